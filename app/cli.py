@@ -1,0 +1,85 @@
+"""The `potwatch` command: `watch` a video or webcam under a memory cap and answer questions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from potwatch.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from potwatch.compression.policies.base import policy_names
+    from potwatch.models.registry import demo_names
+
+    parser = argparse.ArgumentParser(prog="potwatch", description="Watch a video stream with a vision-language model under a hard KV-cache memory cap.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    watch = commands.add_parser("watch", help="watch a video file or webcam and answer questions")
+    watch.add_argument("video", help="a video file, or webcam:N for camera N")
+    watch.add_argument("--mem-cap", default="1GB", help="cap on the KV cache: 2GB, 1.5GiB, 512MB, 64MiB, 300kB, bytes, or 'none' (default 1GB)")
+    watch.add_argument("--model", default="demo", help=f"a demo model ({', '.join(demo_names())}), a hub id or a local folder (default demo)")
+    watch.add_argument("--policy", default="tar_van", help=f"compression policy: {', '.join(policy_names())} (default tar_van)")
+    watch.add_argument("--fps", type=float, default=2.0, help="frames sampled per second of video (default 2)")
+    watch.add_argument("--ask", action="append", default=[], metavar="QUESTION", help="ask at the end of the video (repeatable)")
+    watch.add_argument("--ask-at", action="append", nargs=2, default=[], metavar=("TIME", "QUESTION"), help="ask when the video reaches TIME, e.g. 30s (repeatable)")
+    watch.add_argument("--interactive", action="store_true", help="read questions from stdin while the video plays")
+    watch.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    watch.add_argument("--realtime", action="store_true", help="play a file at its real pace (frames that arrive while the model is busy are dropped)")
+    watch.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
+    watch.add_argument("--max-new-tokens", type=int, default=48, help="longest answer, in tokens (default 48)")
+    watch.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, the model's on CUDA)")
+    watch.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+
+    commands.add_parser("models", help="list the demo models and supported families")
+    commands.add_parser("policies", help="list the compression policies")
+
+    save = commands.add_parser("save-demo", help="write a demo model as a checkpoint folder (to try the from_pretrained path)")
+    save.add_argument("name")
+    save.add_argument("folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "watch":
+            from potwatch.app.watch import run_watch
+
+            return run_watch(args)
+        if args.command == "models":
+            return _list_models()
+        if args.command == "policies":
+            from potwatch.compression.policies.base import policy_names
+
+            print("\n".join(policy_names()))
+            return 0
+        if args.command == "save-demo":
+            from potwatch.models.registry import save_demo
+
+            print(save_demo(args.name, args.folder))
+            return 0
+    except UserError as error:
+        print(f"potwatch: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 1
+
+
+def _list_models() -> int:
+    from potwatch.models.demo_models import DEMO_SPECS
+    from potwatch.models.registry import SUPPORTED_TYPES
+
+    for name, spec in DEMO_SPECS.items():
+        print(f"{name:14s} {spec.description} (random weights)")
+    print(f"any {', '.join(SUPPORTED_TYPES)} checkpoint by hub id or local folder, e.g. Qwen/Qwen2-VL-2B-Instruct")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

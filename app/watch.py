@@ -1,0 +1,188 @@
+"""`potwatch watch`: play a video or webcam into a session, ask the questions, print a summary."""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import threading
+import time
+
+from tqdm import tqdm
+
+from potwatch.app.time_spec import parse_time
+from potwatch.compression.mem_cap import format_bytes
+from potwatch.streaming.answer import DEMO_NOTICE, Answer
+
+EXIT_INTERRUPTED = 130
+
+
+def _cap_arg(text: str):
+    return None if text.strip().lower() in ("none", "off", "unlimited") else text
+
+
+class WatchRun:
+    """The state of one `watch` command: the session, the pending questions, the answers so far."""
+
+    def __init__(self, args):
+        from potwatch.compression.mem_cap import parse_mem_cap
+        from potwatch.compression.policies.base import make_policy
+        from potwatch.streaming.sources import open_source
+
+        self.args = args
+        self.json = args.json
+        mem_cap = _cap_arg(args.mem_cap)
+        if mem_cap is not None:
+            parse_mem_cap(mem_cap)  # fail on a bad cap before loading anything
+        make_policy(args.policy)
+        self.timed = sorted(((parse_time(t), q) for t, q in args.ask_at), key=lambda item: item[0])
+        self.source = open_source(args.video, fps=args.fps, realtime=args.realtime or args.video.startswith("webcam:"))
+        if args.max_frames is not None:
+            self.source.max_frames = args.max_frames
+        self._say(f"loading model {args.model} ...")
+        from potwatch.models.registry import load_model
+        from potwatch.streaming.session import StreamSession
+
+        adapter = load_model(args.model, dtype=args.dtype, device=args.device)
+        self.session = StreamSession(adapter, mem_cap=mem_cap, policy=args.policy, fps=args.fps, max_new_tokens=args.max_new_tokens)
+        self.answers: list[Answer] = []
+        self.interactive: queue.Queue[str | None] = queue.Queue()
+        self.started = time.perf_counter()
+        self.last_time_s = 0.0
+
+    def _say(self, text: str) -> None:
+        if not self.json:
+            print(text, file=sys.stderr, flush=True)
+
+    def ask(self, question: str) -> None:
+        live = not self.json
+        if live:
+            print(f"[{_clock(self.last_time_s)}] Q: {question}\n          A: ", end="", flush=True)
+        answer = self.session.ask(question, on_token=(lambda piece: print(piece, end="", flush=True)) if live else None)
+        self.answers.append(answer)
+        if live:
+            notice = f" {DEMO_NOTICE}" if answer.meaningless else ""
+            print(f"{notice}\n          ({answer.seconds:.2f} s, first token {answer.first_token_s:.2f} s, "
+                  f"{answer.frames_covered} of {answer.frames_seen} frames in cache)", flush=True)
+
+    def play(self) -> None:
+        session = self.session
+        if session.adapter.is_demo:
+            self._say("potwatch: demo model with random weights: every answer is meaningless")
+        if self.args.interactive:
+            threading.Thread(target=self._read_stdin, daemon=True).start()
+        frames = self._frames()
+        bar = tqdm(total=getattr(self.source, "expected_frames", None), unit="frame", disable=None if not self.json else True, file=sys.stderr)
+        try:
+            for frame in frames:
+                self.last_time_s = frame.time_s
+                while self.timed and self.timed[0][0] <= frame.time_s:
+                    self._ask_between(self.timed.pop(0)[1], bar)
+                session.feed(frame)
+                self._drain_interactive(bar)
+                bar.update(1)
+                if session.frame_size and bar.n == 1:
+                    self._say(f"potwatch: mem-cap {session.describe_cap()}")
+                bar.set_postfix_str(f"cache {format_bytes(session.cache.used_bytes)}", refresh=False)
+        finally:
+            bar.close()
+        for _, question in self.timed:
+            self.ask(question)
+        for question in self.args.ask:
+            self.ask(question)
+        if self.args.interactive:
+            self._say("potwatch: the video ended; keep asking (Ctrl-D to finish)")
+            while True:
+                question = self.interactive.get()
+                if question is None:
+                    break
+                self.ask(question)
+
+    def _frames(self):
+        if self.args.realtime or self.args.video.startswith("webcam:"):
+            from potwatch.streaming.ingester import Ingester
+
+            return Ingester(self.source, self.session).frames()
+        return iter(self.source)
+
+    def _ask_between(self, question: str, bar) -> None:
+        bar.clear()
+        self.ask(question)
+        bar.refresh()
+
+    def _drain_interactive(self, bar) -> None:
+        while True:
+            try:
+                question = self.interactive.get_nowait()
+            except queue.Empty:
+                return
+            if question is None:
+                self.interactive.put(None)
+                return
+            self._ask_between(question, bar)
+
+    def _read_stdin(self) -> None:
+        for line in sys.stdin:
+            if line.strip():
+                self.interactive.put(line.strip())
+        self.interactive.put(None)
+
+    def summary(self, interrupted: bool = False) -> dict:
+        stats = self.session.stats()
+        wall = time.perf_counter() - self.started
+        cap = stats["cap_bytes"]
+        return {
+            "video": self.args.video,
+            "model": stats["model"],
+            "demo_model": stats["demo_model"],
+            "policy": stats["policy"],
+            "fps": stats["fps"],
+            "mem_cap_bytes": cap,
+            "capacity_tokens": stats["capacity_tokens"],
+            "frames": stats["frames_seen"],
+            "video_seconds": self.last_time_s,
+            "wall_seconds": wall,
+            "ms_per_frame": stats["ms_per_frame"],
+            "peak_cache_bytes": stats["peak_bytes"],
+            "allocated_cache_bytes": stats["allocated_bytes"],
+            "peak_under_cap": cap is None or (stats["peak_bytes"] <= cap and stats["allocated_bytes"] <= cap),
+            "compressions": stats["compressions"],
+            "compression_ms": stats["compression_ms"],
+            "dropped_frames": stats["dropped_frames"],
+            "tokens_in_cache": stats["tokens_in_cache"],
+            "frames_covered": stats["frames_covered"],
+            "source_error": str(getattr(self.source, "error", None) or "") or None,
+            "interrupted": interrupted,
+            "answers": [answer.as_dict() for answer in self.answers],
+        }
+
+    def print_summary(self, summary: dict) -> None:
+        if self.json:
+            print(json.dumps(summary, indent=2))
+            return
+        cap = summary["mem_cap_bytes"]
+        cap_text = f"{format_bytes(cap)} cap ({'under' if summary['peak_under_cap'] else 'OVER'} the cap)" if cap else "no cap"
+        per_frame = f"{summary['ms_per_frame']:.0f} ms/frame" if summary["ms_per_frame"] else "no frame ingested"
+        print(
+            f"summary: {summary['frames']} frames ({summary['video_seconds']:.1f} s of video) in {summary['wall_seconds']:.1f} s, "
+            f"{per_frame}; peak cache {format_bytes(summary['peak_cache_bytes'])} of {cap_text}; "
+            f"{summary['compressions']} compressions ({summary['compression_ms']:.0f} ms); {summary['dropped_frames']} dropped frames"
+            + ("; interrupted" if summary["interrupted"] else ""),
+            flush=True,
+        )
+
+
+def run_watch(args) -> int:
+    run = WatchRun(args)
+    try:
+        run.play()
+    except KeyboardInterrupt:
+        run.print_summary(run.summary(interrupted=True))
+        return EXIT_INTERRUPTED
+    run.print_summary(run.summary())
+    return 0
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes):02d}:{rest:04.1f}"

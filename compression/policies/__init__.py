@@ -1,0 +1,1 @@
+"""Compression policies, one per file, registered by name."""

@@ -1,0 +1,143 @@
+"""Model names users can give: demo models by name, or any Qwen2-VL / Qwen2.5-VL checkpoint by hub id
+or local folder, loaded with `from_pretrained` (offline works from the local cache)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from potwatch.errors import ModelLoadError
+from potwatch.models.demo_models import DEMO_MARK, DEMO_MAX_PIXELS, DEMO_SPECS, build_demo
+from potwatch.models.frame_preprocessing import QwenFrameProcessor
+from potwatch.models.qwen_vl import QwenVLAdapter
+
+log = logging.getLogger(__name__)
+
+# Per-frame pixel budget for real checkpoints: about 128 tokens per temporal group, as the InfiniPot-V
+# experiments use (128*28*28), instead of the processors' image default of over 12 megapixels.
+DEFAULT_FRAME_MAX_PIXELS = 128 * 28 * 28
+SUPPORTED_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, model_dtype: torch.dtype | None) -> torch.dtype:
+    """The user's dtype; else the model's own on CUDA, float32 on the CPU (faster there than bf16)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype:
+        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                 "float16": torch.float16, "fp16": torch.float16}
+        if dtype not in names:
+            raise ModelLoadError(f"Unknown dtype '{dtype}'; use one of float32, bfloat16, float16.")
+        return names[dtype]
+    if device.type == "cuda" and model_dtype is not None:
+        return model_dtype
+    return torch.float32
+
+
+def _processor_for(source: str | None, vision_config, is_demo: bool, frame_max_pixels: int | None) -> QwenFrameProcessor:
+    settings = {}
+    if source is not None:
+        settings = _read_preprocessor_config(source)
+    max_pixels = frame_max_pixels or (DEMO_MAX_PIXELS if is_demo else DEFAULT_FRAME_MAX_PIXELS)
+    kwargs = dict(
+        patch_size=vision_config.patch_size,
+        merge_size=vision_config.spatial_merge_size,
+        temporal_patch_size=vision_config.temporal_patch_size,
+        max_pixels=max_pixels,
+    )
+    for key in ("image_mean", "image_std"):
+        if key in settings:
+            kwargs[key] = tuple(settings[key])
+    if "min_pixels" in settings:
+        kwargs["min_pixels"] = min(int(settings["min_pixels"]), max_pixels)
+    return QwenFrameProcessor(**kwargs)
+
+
+def _read_preprocessor_config(source: str) -> dict:
+    try:
+        from transformers.utils import cached_file
+
+        path = cached_file(source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    except Exception:  # noqa: BLE001 - a missing preprocessor config just means defaults
+        path = None
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def load_model(name: str = "demo", dtype: str | torch.dtype | None = None, device: str | None = None,
+               frame_max_pixels: int | None = None, trust_remote_code: bool = False) -> QwenVLAdapter:
+    """An adapter for `name`: a demo name (see `demo_names()`), a hub id or a local folder."""
+    target = torch.device(device) if device else default_device()
+    if name in DEMO_SPECS:
+        model, tokenizer = build_demo(name)
+        model = model.to(target, resolve_dtype(dtype, target, None))
+        vision = model.config.vision_config
+        return QwenVLAdapter(model, tokenizer, _processor_for(None, vision, True, frame_max_pixels), name, True)
+    return _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code)
+
+
+def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code) -> QwenVLAdapter:
+    from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    if os.path.exists(name) and not Path(name, "config.json").is_file():
+        raise ModelLoadError(f"'{name}' is a path but holds no config.json; give a model folder saved with save_pretrained.")
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as error:  # noqa: BLE001 - turned into one clear sentence
+        raise ModelLoadError(
+            f"Cannot load model '{name}': it is not a demo name ({', '.join(DEMO_SPECS)}), a local model folder, "
+            f"or a hub id available offline ({type(error).__name__}); check the name or download the model first."
+        ) from None
+    if config.model_type not in SUPPORTED_TYPES:
+        raise ModelLoadError(
+            f"Model '{name}' is a '{config.model_type}' model; potwatch supports {', '.join(SUPPORTED_TYPES)} for now."
+        )
+    model_class = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
+    model_dtype = getattr(config.text_config, "dtype", None) or getattr(config, "dtype", None)
+    if isinstance(model_dtype, str):
+        model_dtype = getattr(torch, model_dtype, None)
+    chosen = resolve_dtype(dtype, target, model_dtype)
+    try:
+        model = model_class.from_pretrained(name, dtype=chosen, trust_remote_code=trust_remote_code).to(target)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as error:  # noqa: BLE001
+        raise ModelLoadError(f"Cannot load the weights or tokenizer of '{name}' ({error}); check the folder is complete.") from None
+    model.eval()
+    is_demo = bool(getattr(config, DEMO_MARK, None))
+    processor = _processor_for(name, config.vision_config, is_demo, frame_max_pixels)
+    log.info("loaded %s (%s) on %s as %s", name, config.model_type, target, chosen)
+    return QwenVLAdapter(model, tokenizer, processor, name, is_demo)
+
+
+def save_demo(name: str, folder: str | Path) -> Path:
+    """Write a demo model as a normal checkpoint folder (config, weights, tokenizer, preprocessor config)."""
+    if name not in DEMO_SPECS:
+        raise ModelLoadError(f"Unknown demo model '{name}'; pick one of: {', '.join(DEMO_SPECS)}.")
+    folder = Path(folder)
+    model, tokenizer = build_demo(name)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    vision = model.config.vision_config
+    processor = _processor_for(None, vision, True, None)
+    preprocessor = {
+        "image_mean": list(processor.image_mean), "image_std": list(processor.image_std),
+        "min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels,
+        "patch_size": vision.patch_size, "merge_size": vision.spatial_merge_size,
+        "temporal_patch_size": vision.temporal_patch_size,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    return folder
+
+
+def demo_names() -> list[str]:
+    return list(DEMO_SPECS)

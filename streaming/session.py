@@ -1,0 +1,364 @@
+"""`StreamSession`: feed frames, ask questions at any moment, under a hard KV-cache byte cap.
+
+The session ties the parts together: the adapter turns frames and text into blocks with explicit
+positions, the monitor makes room before every block, question and answer, and the capped cache holds
+the K/V. One lock serialises model work, so `ask` from one thread while another feeds is safe."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from potwatch.compression.budget import KVGeometry
+from potwatch.compression.capped_cache import CappedKVCache
+from potwatch.compression.mem_cap import format_bytes, parse_mem_cap
+from potwatch.compression.monitor import CompressionMonitor
+from potwatch.compression.policies.base import make_policy
+from potwatch.compression.token_meta import TokenKind
+from potwatch.errors import MemCapError, QuestionError, UserError
+from potwatch.models.adapter import Block, ModelAdapter
+from potwatch.models.frame_preprocessing import to_rgb_uint8
+from potwatch.streaming.answer import Answer
+
+log = logging.getLogger(__name__)
+
+NOMINAL_QUESTION_TOKENS = 48  # used to size the minimum cap before any question is known
+
+
+class StreamSession:
+    """A stream watched by one model under one memory cap.
+
+    mem_cap: bytes ('2GB', '64MiB', an int) for keys + values + metadata of every layer; None for no cap
+    (the cache grows: only for comparisons). policy: a registered policy name. fps: the rate frames are
+    sampled at (timestamps and Qwen2.5-VL's temporal positions follow it)."""
+
+    def __init__(
+        self,
+        model: ModelAdapter | str = "demo",
+        mem_cap: str | int | None = "1GB",
+        policy: str = "tar_van",
+        fps: float = 2.0,
+        groups_per_block: int = 1,
+        max_new_tokens: int = 48,
+        dialogue_share: float = 0.25,
+        target_ratio: float = 0.75,
+        frame_size: tuple[int, int] | None = None,
+        policy_options: dict | None = None,
+    ):
+        if isinstance(model, str):
+            from potwatch.models.registry import load_model
+
+            model = load_model(model)
+        if fps <= 0:
+            raise UserError(f"fps must be positive (got {fps}); try --fps 2.")
+        self.adapter = model
+        self.fps = float(fps)
+        self.groups_per_block = groups_per_block
+        self.max_new_tokens = max_new_tokens
+        self.dialogue_share = dialogue_share
+        self.target_ratio = target_ratio
+        self.policy_name = policy
+        self.policy = make_policy(policy, **(policy_options or {}))
+        self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
+        self.geometry: KVGeometry = model.geometry()
+        self._lock = threading.RLock()
+        self._closed = False
+        self._setup_cache()
+        self.frame_size: tuple[int, int] | None = None
+        if frame_size is not None:
+            self._set_frame_size(frame_size)
+
+    # --- set-up -------------------------------------------------------------------------------
+    def _setup_cache(self) -> None:
+        capacity = None if self.cap_bytes is None else self.geometry.tokens_for(self.cap_bytes)
+        if capacity is not None and capacity < 1:
+            raise MemCapError(
+                f"Memory cap {format_bytes(self.cap_bytes)} holds no token of this model "
+                f"({self.geometry.bytes_per_token:,} bytes a token); raise --mem-cap."
+            )
+        self.cache = CappedKVCache(self.geometry, capacity, self.adapter.device)
+        self.monitor = CompressionMonitor(self.cache, self.policy, self.target_ratio, self.dialogue_share)
+        self.positions = self.adapter.new_positions(self.fps)
+        self._pending: list[np.ndarray] = []
+        self._pending_first = 0
+        self.frames_seen = 0
+        self.frames_ingested = 0
+        self.dropped_frames = 0
+        self.turns = 0
+        self.peak_bytes = 0
+        self.ingest_seconds = 0.0
+        self.blocks = 0
+        system = self.adapter.system_block(self.positions)
+        self.system_tokens = len(system)
+        if self.cache.capped and self.system_tokens > self.cache.capacity:
+            raise self._cap_too_small(self.system_tokens)
+        self._run(system, logits=False)
+
+    def _set_frame_size(self, frame_size: tuple[int, int]) -> None:
+        """Fix the stream's frame size and check the cap holds a block and an answer beside the prompt."""
+        self.frame_size = (int(frame_size[0]), int(frame_size[1]))
+        self.tokens_per_group = self.adapter.tokens_per_group(*self.frame_size)
+        self.block_tokens = self.tokens_per_group * self.groups_per_block
+        if self.cache.capped and self.cache.capacity < self.min_tokens():
+            raise self._cap_too_small(self.min_tokens())
+
+    def min_tokens(self) -> int:
+        """Smallest capacity that holds the system prompt, one block, and a question with its answer."""
+        turn = NOMINAL_QUESTION_TOKENS + self.max_new_tokens
+        block = getattr(self, "block_tokens", 0)
+        needs = (
+            self.system_tokens + block + turn,
+            int(np.ceil((self.system_tokens + block) / (1 - self.dialogue_share))) + 1,
+            int(np.ceil(turn / self.dialogue_share)) + 1,
+        )
+        return max(needs)
+
+    def _cap_too_small(self, tokens: int) -> MemCapError:
+        need = self.geometry.bytes_for(tokens)
+        return MemCapError(
+            f"Memory cap {format_bytes(self.cap_bytes)} holds {self.cache.capacity} tokens of this model, but the system "
+            f"prompt, one block of frames and an answer need at least {tokens} tokens; raise --mem-cap to at least "
+            f"{format_bytes(need)}."
+        )
+
+    def describe_cap(self, tokens_per_frame: int | None = None) -> str:
+        """'2.00 GB holds about 69,754 tokens ≈ 536 frames at 130 tokens/frame' for this model."""
+        per_token = self.geometry.bytes_per_token
+        if not self.cache.capped:
+            return f"no cap: the cache grows with the stream ({per_token:,} bytes a token)"
+        text = (
+            f"{format_bytes(self.cap_bytes)} holds about {self.cache.capacity:,} tokens "
+            f"({self.geometry.kv_bytes_per_token:,} B/token K+V + {self.geometry.meta_bytes_per_token:,} B metadata)"
+        )
+        per_frame = tokens_per_frame or getattr(self, "tokens_per_group", None)
+        if per_frame:
+            text += f" ≈ {self.cache.capacity // per_frame:,} frames at {per_frame} tokens/frame"
+        return text
+
+    # --- feeding -------------------------------------------------------------------------------
+    def feed(self, frames: np.ndarray | Iterable) -> int:
+        """Add one frame (HxWx3, HxW or HxWx4 array), a list of them, or `Frame` objects. Returns blocks ingested."""
+        self._check_open()
+        batch = [frames] if isinstance(frames, np.ndarray) and frames.ndim in (2, 3) and _looks_like_frame(frames) else frames
+        done = 0
+        with self._lock:
+            for frame in batch:
+                pixels = getattr(frame, "rgb", frame)
+                pixels = to_rgb_uint8(np.asarray(pixels))
+                if self.frame_size is None:
+                    self._set_frame_size(pixels.shape[:2])
+                elif pixels.shape[:2] != self.frame_size:
+                    import cv2
+
+                    pixels = cv2.resize(pixels, (self.frame_size[1], self.frame_size[0]), interpolation=cv2.INTER_AREA)
+                if not self._pending:
+                    self._pending_first = self.frames_seen
+                self._pending.append(pixels)
+                self.frames_seen += 1
+                if len(self._pending) == self.adapter.frames_per_group * self.groups_per_block:
+                    self._ingest_pending()
+                    done += 1
+        return done
+
+    def _ingest_pending(self) -> None:
+        frames, first = self._pending, self._pending_first
+        started = time.perf_counter()
+        saved_positions = copy.deepcopy(self.positions)
+        try:
+            with torch.no_grad():
+                block = self.adapter.vision_block(frames, first, self.positions)
+            self.monitor.make_room(len(block))
+            self._run(block, logits=False)
+        except Exception:
+            self.positions = saved_positions
+            raise
+        finally:
+            self._pending = []
+        self.frames_ingested += len(frames)
+        self.blocks += 1
+        self.ingest_seconds += time.perf_counter() - started
+
+    def _run(self, block: Block, logits: bool):
+        """One language-model forward over `block`; on any failure the cache is rolled back."""
+        start = self.cache.length
+        try:
+            with torch.no_grad():
+                out = self.adapter.forward(block, self.cache, logits)
+            self.cache.write_meta(start, block.meta)
+        except Exception:
+            self.cache.truncate(start)
+            raise
+        self.peak_bytes = max(self.peak_bytes, self.cache.used_bytes)
+        return out
+
+    def note_dropped(self, count: int) -> None:
+        """Called by an ingester that dropped frames it could not feed in time."""
+        with self._lock:
+            self.dropped_frames += count
+
+    # --- questions -----------------------------------------------------------------------------
+    def ask(self, question: str, on_token: Callable[[str], None] | None = None, max_new_tokens: int | None = None) -> Answer:
+        """Answer `question` from the cache as it is now; later questions see this turn."""
+        answer = None
+        for piece in self._answer(question, max_new_tokens):
+            if isinstance(piece, Answer):
+                answer = piece
+            elif on_token is not None:
+                on_token(piece)
+        return answer
+
+    def ask_stream(self, question: str, max_new_tokens: int | None = None) -> Iterator[str | Answer]:
+        """Yield the answer text piece by piece, then the `Answer`."""
+        yield from self._answer(question, max_new_tokens)
+
+    def _answer(self, question: str, max_new_tokens: int | None) -> Iterator[str | Answer]:
+        self._check_open()
+        question = _clean_question(question)
+        limit = max_new_tokens or self.max_new_tokens
+        with self._lock:
+            started = time.perf_counter()
+            turn = self.turns
+            question_ids = self.adapter.question_ids(question)
+            resume = self.adapter.resume_ids(answer_finished=True)
+            reserve = len(question_ids) + limit + len(resume) + 1
+            if reserve > self.monitor.dialogue_capacity:
+                raise QuestionError(
+                    f"The question is {len(question_ids)} tokens, but this cap leaves {self.monitor.dialogue_capacity} "
+                    f"tokens for a question and its {limit}-token answer; shorten it or raise --mem-cap."
+                )
+            saved_positions = copy.deepcopy(self.positions)
+            length_before = self.cache.length
+            self.monitor.make_room_for_turn(reserve)
+            try:
+                block = self.adapter.text_block(question_ids, TokenKind.DIALOGUE, self.positions, turn)
+                logits = self._run(block, logits=True)
+            except Exception:
+                self.positions = saved_positions
+                raise
+            first_token_s = None
+            generated: list[int] = []
+            stops = self.adapter.stop_ids()
+            text_so_far = ""
+            finished = False
+            while len(generated) < limit:
+                token = int(torch.argmax(logits))
+                if first_token_s is None:
+                    first_token_s = time.perf_counter() - started
+                if token in stops:
+                    finished = True
+                    break
+                generated.append(token)
+                text = self.adapter.decode(generated)
+                if text != text_so_far and not text.endswith("\ufffd"):
+                    yield text[len(text_so_far):]
+                    text_so_far = text
+                logits = self._run(self.adapter.text_block([token], TokenKind.DIALOGUE, self.positions, turn), logits=True)
+            closing = ([token] if finished else []) + self.adapter.resume_ids(answer_finished=finished)
+            self._run(self.adapter.text_block(closing, TokenKind.DIALOGUE, self.positions, turn), logits=False)
+            self.turns += 1
+            answer = Answer(
+                question=question,
+                text=self.adapter.decode(generated).strip(),
+                tokens=len(generated),
+                seconds=time.perf_counter() - started,
+                first_token_s=first_token_s or 0.0,
+                frames_seen=self.frames_seen,
+                frames_covered=len(self.cache.frames_held()),
+                meaningless=self.adapter.is_demo,
+                video_time_s=max(self.frames_seen - 1, 0) / self.fps,
+            )
+            log.debug("turn %d used %d tokens", turn, self.cache.length - length_before)
+        yield answer
+
+    # --- state ---------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Counters for progress displays and summaries (cheap; safe from any thread)."""
+        with self._lock:
+            kinds = self.cache.kind_counts()
+            events = list(self.monitor.events)
+            return {
+                "model": self.adapter.name,
+                "demo_model": self.adapter.is_demo,
+                "policy": self.policy_name,
+                "fps": self.fps,
+                "frames_seen": self.frames_seen,
+                "frames_ingested": self.frames_ingested,
+                "frames_pending": len(self._pending),
+                "frames_covered": len(self.cache.frames_held()),
+                "dropped_frames": self.dropped_frames,
+                "tokens_in_cache": self.cache.length,
+                "capacity_tokens": self.cache.capacity if self.cache.capped else None,
+                "tokens_by_kind": {kind.name.lower(): count for kind, count in kinds.items()},
+                "cache_bytes": self.cache.used_bytes,
+                "allocated_bytes": self.cache.nbytes,
+                "peak_bytes": self.peak_bytes,
+                "cap_bytes": self.cap_bytes,
+                "bytes_per_token": self.geometry.bytes_per_token,
+                "compressions": self.monitor.event_count,
+                "compression_ms": self.monitor.compression_ms,
+                "recent_events": [event.as_dict() for event in events[-20:]],
+                "turns": self.turns,
+                "ingest_seconds": self.ingest_seconds,
+                "ms_per_frame": 1000 * self.ingest_seconds / self.frames_ingested if self.frames_ingested else None,
+            }
+
+    def retention(self) -> dict[int, float]:
+        """Share of each held frame's tokens still in the cache (over layers and heads)."""
+        with self._lock:
+            if not getattr(self, "tokens_per_group", None):
+                return {}
+            return self.cache.retention(self.tokens_per_group)
+
+    def reset(self, mem_cap: str | int | None | object = ..., policy: str | None = None, fps: float | None = None) -> None:
+        """Forget the stream and the dialogue; optionally change cap, policy or fps."""
+        self._check_open()
+        with self._lock:
+            if policy is not None:
+                self.policy = make_policy(policy)
+                self.policy_name = policy
+            if fps is not None:
+                self.fps = float(fps)
+            if mem_cap is not ...:
+                self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
+            frame_size = self.frame_size
+            self.cache = None
+            self._setup_cache()
+            self.frame_size = None
+            if frame_size is not None:
+                self._set_frame_size(frame_size)
+
+    def close(self) -> None:
+        """Free the cache; the session cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            self.cache = None
+            self.monitor = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UserError("This session is closed; start a new StreamSession.")
+
+    def __enter__(self) -> "StreamSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _looks_like_frame(array: np.ndarray) -> bool:
+    """A single frame is HxW or HxWx{1,3,4}; a stack of frames is NxHxWx3 (handled as a batch)."""
+    return array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4))
+
+
+def _clean_question(question: str) -> str:
+    if isinstance(question, bytes):
+        question = question.decode("utf-8", errors="replace")
+    if not isinstance(question, str) or not question.strip():
+        raise QuestionError("The question is empty; type a question about the video.")
+    return question.strip()

@@ -44,7 +44,11 @@ class WatchRun:
         from potwatch.streaming.session import StreamSession
 
         adapter = load_model(args.model, dtype=args.dtype, device=args.device)
-        self.session = StreamSession(adapter, mem_cap=mem_cap, policy=args.policy, fps=args.fps, max_new_tokens=args.max_new_tokens)
+        size = (getattr(self.source, "height", None), getattr(self.source, "width", None))
+        self.session = StreamSession(
+            adapter, mem_cap=mem_cap, policy=args.policy, fps=args.fps, max_new_tokens=args.max_new_tokens,
+            frame_size=size if all(size) else None,
+        )
         self.answers: list[Answer] = []
         self.interactive: queue.Queue[str | None] = queue.Queue()
         self.started = time.perf_counter()
@@ -69,6 +73,7 @@ class WatchRun:
         session = self.session
         if session.adapter.is_demo:
             self._say("potwatch: demo model with random weights: every answer is meaningless")
+        self._say(f"potwatch: mem-cap {session.describe_cap()}")
         if self.args.interactive:
             threading.Thread(target=self._read_stdin, daemon=True).start()
         frames = self._frames()
@@ -81,8 +86,6 @@ class WatchRun:
                 session.feed(frame)
                 self._drain_interactive(bar)
                 bar.update(1)
-                if session.frame_size and bar.n == 1:
-                    self._say(f"potwatch: mem-cap {session.describe_cap()}")
                 bar.set_postfix_str(f"cache {format_bytes(session.cache.used_bytes)}", refresh=False)
         finally:
             bar.close()

@@ -93,10 +93,10 @@ def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code) -
         raise ModelLoadError(f"'{name}' is a path but holds no config.json; give a model folder saved with save_pretrained.")
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except Exception as error:  # noqa: BLE001 - turned into one clear sentence
+    except Exception:  # noqa: BLE001 - turned into one clear sentence
         raise ModelLoadError(
             f"Cannot load model '{name}': it is not a demo name ({', '.join(DEMO_SPECS)}), a local model folder, "
-            f"or a hub id available offline ({type(error).__name__}); check the name or download the model first."
+            "or a hub id that can be downloaded or is in the local cache; check the name or download the model first."
         ) from None
     if config.model_type not in SUPPORTED_TYPES:
         raise ModelLoadError(

@@ -145,7 +145,8 @@ class StreamSession:
     def feed(self, frames: np.ndarray | Iterable) -> int:
         """Add one frame (HxWx3, HxW or HxWx4 array), a list of them, or `Frame` objects. Returns blocks ingested."""
         self._check_open()
-        batch = [frames] if isinstance(frames, np.ndarray) and frames.ndim in (2, 3) and _looks_like_frame(frames) else frames
+        single = hasattr(frames, "rgb") or (isinstance(frames, np.ndarray) and _looks_like_frame(frames))
+        batch = [frames] if single else frames
         done = 0
         with self._lock:
             for frame in batch:
@@ -232,35 +233,16 @@ class StreamSession:
                     f"The question is {len(question_ids)} tokens, but this cap leaves {self.monitor.dialogue_capacity} "
                     f"tokens for a question and its {limit}-token answer; shorten it or raise --mem-cap."
                 )
+            self.monitor.make_room_for_turn(reserve)
             saved_positions = copy.deepcopy(self.positions)
             length_before = self.cache.length
-            self.monitor.make_room_for_turn(reserve)
             try:
-                block = self.adapter.text_block(question_ids, TokenKind.DIALOGUE, self.positions, turn)
-                logits = self._run(block, logits=True)
-            except Exception:
+                generated, finished, first_token_s = yield from self._generate(question_ids, turn, limit, started)
+            except BaseException:
+                # a failed or abandoned answer leaves no half turn behind
+                self.cache.truncate(length_before)
                 self.positions = saved_positions
                 raise
-            first_token_s = None
-            generated: list[int] = []
-            stops = self.adapter.stop_ids()
-            text_so_far = ""
-            finished = False
-            while len(generated) < limit:
-                token = int(torch.argmax(logits))
-                if first_token_s is None:
-                    first_token_s = time.perf_counter() - started
-                if token in stops:
-                    finished = True
-                    break
-                generated.append(token)
-                text = self.adapter.decode(generated)
-                if text != text_so_far and not text.endswith("\ufffd"):
-                    yield text[len(text_so_far):]
-                    text_so_far = text
-                logits = self._run(self.adapter.text_block([token], TokenKind.DIALOGUE, self.positions, turn), logits=True)
-            closing = ([token] if finished else []) + self.adapter.resume_ids(answer_finished=finished)
-            self._run(self.adapter.text_block(closing, TokenKind.DIALOGUE, self.positions, turn), logits=False)
             self.turns += 1
             answer = Answer(
                 question=question,
@@ -269,12 +251,38 @@ class StreamSession:
                 seconds=time.perf_counter() - started,
                 first_token_s=first_token_s or 0.0,
                 frames_seen=self.frames_seen,
-                frames_covered=len(self.cache.frames_held()),
+                frames_covered=self.frames_covered(),
                 meaningless=self.adapter.is_demo,
                 video_time_s=max(self.frames_seen - 1, 0) / self.fps,
             )
-            log.debug("turn %d used %d tokens", turn, self.cache.length - length_before)
         yield answer
+
+    def _generate(self, question_ids: list[int], turn: int, limit: int, started: float):
+        """Prefill the question, decode greedily while yielding text, then close the turn.
+        Returns (answer ids, whether the model ended the answer itself, seconds to the first token)."""
+        logits = self._run(self.adapter.text_block(question_ids, TokenKind.DIALOGUE, self.positions, turn), logits=True)
+        first_token_s = None
+        generated: list[int] = []
+        stops = self.adapter.stop_ids()
+        text_so_far = ""
+        finished = False
+        token = None
+        while len(generated) < limit:
+            token = int(torch.argmax(logits))
+            if first_token_s is None:
+                first_token_s = time.perf_counter() - started
+            if token in stops:
+                finished = True
+                break
+            generated.append(token)
+            text = self.adapter.decode(generated)
+            if text != text_so_far and not text.endswith("\ufffd"):
+                yield text[len(text_so_far):]
+                text_so_far = text
+            logits = self._run(self.adapter.text_block([token], TokenKind.DIALOGUE, self.positions, turn), logits=True)
+        closing = ([token] if finished else []) + self.adapter.resume_ids(answer_finished=finished)
+        self._run(self.adapter.text_block(closing, TokenKind.DIALOGUE, self.positions, turn), logits=False)
+        return generated, finished, first_token_s
 
     # --- state ---------------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -290,7 +298,7 @@ class StreamSession:
                 "frames_seen": self.frames_seen,
                 "frames_ingested": self.frames_ingested,
                 "frames_pending": len(self._pending),
-                "frames_covered": len(self.cache.frames_held()),
+                "frames_covered": self.frames_covered(),
                 "dropped_frames": self.dropped_frames,
                 "tokens_in_cache": self.cache.length,
                 "capacity_tokens": self.cache.capacity if self.cache.capped else None,
@@ -307,6 +315,10 @@ class StreamSession:
                 "ingest_seconds": self.ingest_seconds,
                 "ms_per_frame": 1000 * self.ingest_seconds / self.frames_ingested if self.frames_ingested else None,
             }
+
+    def frames_covered(self) -> int:
+        """Sampled frames that still have tokens in the cache (a temporal group covers several frames)."""
+        return len(self.cache.frames_held()) * self.adapter.frames_per_group
 
     def retention(self) -> dict[int, float]:
         """Share of each held frame's tokens still in the cache (over layers and heads)."""

@@ -1,0 +1,29 @@
+"""`none`: never evict; the monitor reports a full cache to the user instead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from potwatch.compression.policies.base import Policy, VisualTokens, register
+from potwatch.compression.policies.selection import trivial_selection
+
+
+@register
+@dataclass
+class NoEvictionPolicy(Policy):
+    """Keeps every token. The monitor checks `evicts` and raises the user-facing CacheFullError before
+    it would ask for a cut, so a cut reaching `select` is a bug and fails loudly."""
+
+    name: ClassVar[str] = "none"
+    evicts: ClassVar[bool] = False
+
+    def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
+        if 0 <= keep < tokens.count:
+            raise RuntimeError(
+                f"policy 'none' was asked to keep {keep} of {tokens.count} tokens; it never evicts "
+                "(the monitor should have stopped with CacheFullError)"
+            )
+        return trivial_selection(tokens.heads, tokens.count, keep, tokens.keys.device)

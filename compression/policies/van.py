@@ -1,0 +1,44 @@
+"""`van`: VaN alone (ablation), i.e. InfiniPot-V with alpha = 0."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from potwatch.compression.policies.base import Policy, VisualTokens, register
+from potwatch.compression.policies.selection import (
+    check_kernel,
+    check_ratio,
+    infinipot_score,
+    top_indices,
+    trivial_selection,
+)
+
+
+@register
+@dataclass
+class VanPolicy(Policy):
+    """Keep the recent frames whole, then the tokens with the largest value norm (optionally pooled per
+    frame grid). The recent frames stay forced in, as in the paper's Algorithm 1 with alpha = 0, so the
+    ablation differs from `tar_van` only in the TaR share; a stream must always see its newest frames."""
+
+    name: ClassVar[str] = "van"
+
+    recent_ratio: float = 0.125
+    pool_kernel: int = 1
+
+    def __post_init__(self) -> None:
+        check_ratio("recent_ratio", self.recent_ratio)
+        check_kernel(self.pool_kernel)
+
+    def score(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
+        """Ranking [heads, n] whose top `keep` is the kept set: +inf for recent tokens, else (pooled) VaN."""
+        return infinipot_score(tokens, keep, alpha=0.0, recent_ratio=self.recent_ratio, pool_kernel=self.pool_kernel)
+
+    def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
+        done = trivial_selection(tokens.heads, tokens.count, keep, tokens.keys.device)
+        if done is not None:
+            return done
+        return top_indices(self.score(tokens, keep), keep)

@@ -63,9 +63,11 @@ def _check_rate(fps: float) -> float:
 
 
 def _check_max_frames(max_frames: int | None) -> int | None:
-    if max_frames is not None and (int(max_frames) != max_frames or max_frames < 0):
+    if max_frames is None:
+        return None
+    if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 0:
         raise SourceError(f"max_frames={max_frames!r} is not a whole number >= 0; give a count or None for all.")
-    return None if max_frames is None else int(max_frames)
+    return int(max_frames)
 
 
 def _next_instant(time_s: float, fps: float) -> float:

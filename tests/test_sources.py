@@ -112,6 +112,9 @@ def test_max_frames_and_reiteration(cfr_video):
     assert [f.index for f in source] == [0, 1, 2]
     assert [f.index for f in source] == [0, 1, 2]
     assert list(FileSource(cfr_video, max_frames=0)) == []
+    for bad in (-1, 2.5, "3"):
+        with pytest.raises(SourceError, match="max_frames"):
+            FileSource(cfr_video, max_frames=bad)
 
 
 def test_realtime_paces_to_the_wall_clock(tmp_path):

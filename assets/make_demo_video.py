@@ -49,10 +49,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "demo.mp4")
     parser.add_argument("--seconds", type=float, default=DEMO_SECONDS)
     parser.add_argument("--size", type=parse_size, default=(320, 240), help="WIDTHxHEIGHT, default 320x240")
+    parser.add_argument("--fps", type=float, default=DEMO_FPS, help=f"frames per second written, default {DEMO_FPS:g}")
     args = parser.parse_args()
-    if args.seconds <= 0:
-        parser.error("--seconds must be positive")
-    out = write_demo(args.out, args.seconds, args.size)
+    if args.seconds <= 0 or args.fps <= 0:
+        parser.error("--seconds and --fps must be positive")
+    out = write_demo(args.out, args.seconds, args.size, args.fps)
     start, end = event_window(args.seconds)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {args.seconds:g} s, "
           f"{args.size[0]}x{args.size[1]}, red box from {start:g} s to {end:g} s)")

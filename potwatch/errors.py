@@ -31,3 +31,7 @@ class UnknownPolicyError(UserError):
 
 class QuestionError(UserError):
     """A question that is empty or longer than the dialogue share of the cap."""
+
+
+class PolicyOptionError(UserError, ValueError):
+    """A policy option out of its range (alpha, recent_ratio, pool_kernel)."""

@@ -9,13 +9,12 @@ import torch.nn.functional as F
 from potwatch.compression.policies.base import VisualTokens, make_policy, policy_names
 from potwatch.compression.policies.selection import (
     NOVEL_SCORE,
-    PolicyOptionError,
     pool_per_frame,
     recent_tokens,
     tar_scores,
     van_scores,
 )
-from potwatch.errors import UnknownPolicyError
+from potwatch.errors import PolicyOptionError, UnknownPolicyError
 
 GRID = 4
 DIM = 16

@@ -10,17 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from potwatch.compression.policies.base import VisualTokens
-from potwatch.errors import UserError
+from potwatch.errors import PolicyOptionError
 
 # Score given to older tokens whose (row, col) has no token in the recent frames: the largest TaR score
 # possible (cosine -1), so they count as novel. With no recent patch to compare with there is no
 # evidence of redundancy, and such patches appear exactly when the frame grid changed (new source,
 # new resolution), which is when old content is least likely to be repeated.
 NOVEL_SCORE = 1.0
-
-
-class PolicyOptionError(UserError, ValueError):
-    """A policy option out of its range (alpha, recent_ratio, pool_kernel)."""
 
 
 def check_ratio(name: str, value: float) -> None:

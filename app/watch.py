@@ -146,6 +146,7 @@ class WatchRun:
             "video_seconds": self.last_time_s,
             "wall_seconds": wall,
             "ms_per_frame": stats["ms_per_frame"],
+            "recent_ms_per_frame": stats["recent_ms_per_frame"],
             "peak_cache_bytes": stats["peak_bytes"],
             "allocated_cache_bytes": stats["allocated_bytes"],
             "peak_under_cap": cap is None or (stats["peak_bytes"] <= cap and stats["allocated_bytes"] <= cap),

@@ -10,6 +10,7 @@ import copy
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -29,6 +30,7 @@ from potwatch.streaming.answer import Answer
 log = logging.getLogger(__name__)
 
 NOMINAL_QUESTION_TOKENS = 48  # used to size the minimum cap before any question is known
+RECENT_BLOCKS = 100  # blocks averaged for the recent ingest speed
 
 
 class StreamSession:
@@ -94,6 +96,7 @@ class StreamSession:
         self.peak_bytes = 0
         self.ingest_seconds = 0.0
         self.blocks = 0
+        self._recent_block_seconds: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
         system = self.adapter.system_block(self.positions)
         self.system_tokens = len(system)
         if self.cache.capped and self.system_tokens > self.cache.capacity:
@@ -181,9 +184,11 @@ class StreamSession:
             raise
         finally:
             self._pending = []
+        elapsed = time.perf_counter() - started
         self.frames_ingested += len(frames)
         self.blocks += 1
-        self.ingest_seconds += time.perf_counter() - started
+        self.ingest_seconds += elapsed
+        self._recent_block_seconds.append((elapsed, len(frames)))
 
     def _run(self, block: Block, logits: bool):
         """One language-model forward over `block`; on any failure the cache is rolled back."""
@@ -314,6 +319,7 @@ class StreamSession:
                 "turns": self.turns,
                 "ingest_seconds": self.ingest_seconds,
                 "ms_per_frame": 1000 * self.ingest_seconds / self.frames_ingested if self.frames_ingested else None,
+                "recent_ms_per_frame": _ms_per_frame(self._recent_block_seconds),
             }
 
     def frames_covered(self) -> int:
@@ -361,6 +367,11 @@ class StreamSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _ms_per_frame(blocks) -> float | None:
+    frames = sum(count for _, count in blocks)
+    return 1000 * sum(seconds for seconds, _ in blocks) / frames if frames else None
 
 
 def _looks_like_frame(array: np.ndarray) -> bool:

@@ -150,3 +150,14 @@ def test_reset_and_close(demo_adapter):
     session.close()
     with pytest.raises(UserError, match="closed"):
         session.feed(random_frames(2))
+
+
+def test_the_cap_in_tokens_and_frames_for_the_2b_geometry():
+    from potwatch.models.registry import load_model
+
+    session = StreamSession(load_model("demo-2b", dtype="bfloat16"), mem_cap="2GB")
+    text = session.describe_cap(tokens_per_frame=130)
+    assert "2.00 GB holds about 66,507 tokens (28,672 B/token K+V + 1,400 B metadata)" in text
+    assert text.endswith("≈ 511 frames at 130 tokens/frame")
+    assert session.cache.nbytes <= 2 * 10**9
+    session.close()

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     watch.add_argument("--realtime", action="store_true", help="play a file at its real pace (frames that arrive while the model is busy are dropped)")
     watch.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
+    watch.add_argument("--positions", choices=["keep", "compact"], default=None,
+                       help="keep original position ids, or compact them after each compression so endless streams stay in the model's range (default: per model family)")
     watch.add_argument("--max-new-tokens", type=int, default=48, help="longest answer, in tokens (default 48)")
     watch.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, the model's on CUDA)")
     watch.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")

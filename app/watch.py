@@ -47,6 +47,7 @@ class WatchRun:
         size = (getattr(self.source, "height", None), getattr(self.source, "width", None))
         self.session = StreamSession(
             adapter, mem_cap=mem_cap, policy=args.policy, fps=args.fps, max_new_tokens=args.max_new_tokens,
+            positions=args.positions,
             frame_size=size if all(size) else None,
         )
         self.answers: list[Answer] = []
@@ -154,6 +155,8 @@ class WatchRun:
             "compression_ms": stats["compression_ms"],
             "dropped_frames": stats["dropped_frames"],
             "tokens_in_cache": stats["tokens_in_cache"],
+            "positions": stats["positions"],
+            "max_position": stats["max_position"],
             "frames_covered": stats["frames_covered"],
             "source_error": str(getattr(self.source, "error", None) or "") or None,
             "interrupted": interrupted,

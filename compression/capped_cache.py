@@ -12,6 +12,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.token_meta import META_FIELDS, POS_DTYPE, TokenKind, TokenMeta
+from potwatch.kernels.rope_shift import shift_rotary
 
 
 class CacheOverflowError(RuntimeError):
@@ -103,6 +104,13 @@ class CappedLayer(CacheLayerMixin):
         self.length = m
         self._refresh_views()
 
+    def move_positions(self, new_pos: torch.Tensor, inv_freq: torch.Tensor, section: torch.Tensor) -> None:
+        """Give the held tokens new position ids [rows, heads, length], rotating their keys to match."""
+        n = self.length
+        delta = new_pos - self.pos[:, :, :n].long()
+        self.key_buffer[0, :, :n] = shift_rotary(self.key_buffer[0, :, :n], delta, inv_freq, section)
+        self.pos[:, :, :n] = new_pos.to(self.pos.dtype)
+
     def indices_where(self, mask: torch.Tensor) -> torch.Tensor:
         """Buffer indices [heads, count] where `mask` [heads, length] holds; every head must have the same count."""
         heads = mask.shape[0]
@@ -169,6 +177,20 @@ class CappedKVCache(Cache):
     def truncate(self, length: int) -> None:
         for layer in self.layers:
             layer.truncate(length)
+
+    def renumber(self, layout, inv_freq: torch.Tensor, section: torch.Tensor) -> int:
+        """Give each layer's held tokens the ids `layout(kind, frame, row, col)` returns (per head), rotating
+        their keys to match; returns the largest id now in use (-1 when empty)."""
+        largest = -1
+        for layer in self.layers:
+            n = layer.length
+            if n == 0:
+                continue
+            meta = layer.meta
+            new = layout(meta["kind"][:, :n], meta["frame"][:, :n], meta["row"][:, :n], meta["col"][:, :n])
+            layer.move_positions(new, inv_freq, section)
+            largest = max(largest, int(new.max()))
+        return largest
 
     def kind_counts(self) -> dict[TokenKind, int]:
         """How many tokens of each kind every head holds (equal across heads and layers)."""

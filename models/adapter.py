@@ -46,6 +46,16 @@ class ModelAdapter(ABC):
     @abstractmethod
     def tokens_per_group(self, height: int, width: int) -> int: ...
 
+    default_positions: str = "compact"  # "keep" original ids, or "compact" them after each compaction
+
+    @abstractmethod
+    def max_positions(self) -> int:
+        """The longest position range the language model was trained for."""
+
+    @abstractmethod
+    def rotary_frequencies(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inv_freq [head_dim/2], section [head_dim/2]): what `shift_rotary` needs to move cached keys."""
+
     @abstractmethod
     def system_block(self, positions) -> Block:
         """The system prompt and chat header up to where the video starts."""

@@ -50,6 +50,20 @@ class QwenVLAdapter(ModelAdapter):
             return MRopePositions(time_step=self._tokens_per_second * seconds_per_group)
         return MRopePositions(time_step=1.0)
 
+    default_positions = "keep"  # ids grow one per temporal group: 32K ids last ~9 h at 2 fps
+
+    def max_positions(self) -> int:
+        return self._text_config.max_position_embeddings
+
+    def rotary_frequencies(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inv_freq, section): the rotary frequencies and which M-RoPE row (time, height, width) drives each."""
+        rotary = self.model.model.language_model.rotary_emb
+        if getattr(rotary, "attention_scaling", 1.0) != 1.0:
+            raise NotImplementedError("re-rotating keys needs plain RoPE scaling (attention_scaling 1.0)")
+        sizes = list(rotary.mrope_section)
+        section = torch.cat([torch.full((size,), index % 3, dtype=torch.long) for index, size in enumerate(sizes)])
+        return rotary.inv_freq.detach().float().cpu(), section
+
     def tokens_per_group(self, height: int, width: int) -> int:
         return self.processor.tokens_per_group(height, width)
 

@@ -38,7 +38,10 @@ class StreamSession:
 
     mem_cap: bytes ('2GB', '64MiB', an int) for keys + values + metadata of every layer; None for no cap
     (the cache grows: only for comparisons). policy: a registered policy name. fps: the rate frames are
-    sampled at (timestamps and Qwen2.5-VL's temporal positions follow it)."""
+    sampled at (timestamps and Qwen2.5-VL's temporal positions follow it). positions: "keep" gives every
+    token its original position for good; "compact" re-numbers the held tokens without gaps after each
+    compaction (rotating their keys to match), so positions stay bounded on endless streams at the cost
+    of the time that evicted stretches took (default: what the model family needs)."""
 
     def __init__(
         self,
@@ -52,6 +55,7 @@ class StreamSession:
         target_ratio: float = 0.75,
         frame_size: tuple[int, int] | None = None,
         policy_options: dict | None = None,
+        positions: str | None = None,
     ):
         if isinstance(model, str):
             from potwatch.models.registry import load_model
@@ -60,6 +64,9 @@ class StreamSession:
         if fps <= 0:
             raise UserError(f"fps must be positive (got {fps}); try --fps 2.")
         self.adapter = model
+        self.positions_mode = positions or model.default_positions
+        if self.positions_mode not in ("keep", "compact"):
+            raise UserError(f"Unknown positions mode '{positions}'; use keep or compact.")
         self.fps = float(fps)
         self.groups_per_block = groups_per_block
         self.max_new_tokens = max_new_tokens
@@ -87,6 +94,7 @@ class StreamSession:
         self.cache = CappedKVCache(self.geometry, capacity, self.adapter.device)
         self.monitor = CompressionMonitor(self.cache, self.policy, self.target_ratio, self.dialogue_share)
         self.positions = self.adapter.new_positions(self.fps)
+        self._warned_positions = False
         self._pending: list[np.ndarray] = []
         self._pending_first = 0
         self.frames_seen = 0
@@ -175,9 +183,10 @@ class StreamSession:
         started = time.perf_counter()
         saved_positions = copy.deepcopy(self.positions)
         try:
+            if self.monitor.make_room(self.block_tokens):  # first, so the block's ids follow any re-numbering
+                self._after_compaction()
             with torch.no_grad():
                 block = self.adapter.vision_block(frames, first, self.positions)
-            self.monitor.make_room(len(block))
             self._run(block, logits=False)
         except Exception:
             self.positions = saved_positions
@@ -201,7 +210,23 @@ class StreamSession:
             self.cache.truncate(start)
             raise
         self.peak_bytes = max(self.peak_bytes, self.cache.used_bytes)
+        self._warn_position_range()
         return out
+
+    def _after_compaction(self) -> None:
+        """In "compact" mode, close the gaps evicted tokens left in the position ids."""
+        if self.positions_mode != "compact":
+            return
+        largest = self.cache.renumber(self.positions.compact_layout, *self.adapter.rotary_frequencies())
+        self.positions.restart_after(largest)
+
+    def _warn_position_range(self) -> None:
+        if not self._warned_positions and self.positions.max_position >= self.adapter.max_positions():
+            self._warned_positions = True
+            log.warning(
+                "positions passed the model's trained range of %d; use positions='compact' (--positions compact) "
+                "for streams this long", self.adapter.max_positions(),
+            )
 
     def note_dropped(self, count: int) -> None:
         """Called by an ingester that dropped frames it could not feed in time."""
@@ -238,7 +263,8 @@ class StreamSession:
                     f"The question is {len(question_ids)} tokens, but this cap leaves {self.monitor.dialogue_capacity} "
                     f"tokens for a question and its {limit}-token answer; shorten it or raise --mem-cap."
                 )
-            self.monitor.make_room_for_turn(reserve)
+            if self.monitor.make_room_for_turn(reserve):
+                self._after_compaction()
             saved_positions = copy.deepcopy(self.positions)
             length_before = self.cache.length
             try:
@@ -317,6 +343,8 @@ class StreamSession:
                 "compression_ms": self.monitor.compression_ms,
                 "recent_events": [event.as_dict() for event in events[-20:]],
                 "turns": self.turns,
+                "positions": self.positions_mode,
+                "max_position": self.positions.max_position,
                 "ingest_seconds": self.ingest_seconds,
                 "ms_per_frame": 1000 * self.ingest_seconds / self.frames_ingested if self.frames_ingested else None,
                 "recent_ms_per_frame": _ms_per_frame(self._recent_block_seconds),

@@ -362,22 +362,31 @@ class StreamSession:
             return self.cache.retention(self.tokens_per_group)
 
     def reset(self, mem_cap: str | int | None | object = ..., policy: str | None = None, fps: float | None = None) -> None:
-        """Forget the stream and the dialogue; optionally change cap, policy or fps."""
+        """Forget the stream and the dialogue; optionally change cap, policy or fps.
+
+        Settings that cannot work (a cap too small, an unknown policy) raise a UserError and leave the
+        session as it was."""
         self._check_open()
         with self._lock:
-            if policy is not None:
-                self.policy = make_policy(policy)
-                self.policy_name = policy
-            if fps is not None:
-                self.fps = float(fps)
-            if mem_cap is not ...:
-                self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
-            frame_size = self.frame_size
-            self.cache = None
-            self._setup_cache()
-            self.frame_size = None
-            if frame_size is not None:
-                self._set_frame_size(frame_size)
+            saved = dict(self.__dict__)
+            try:
+                if policy is not None:
+                    self.policy = make_policy(policy)
+                    self.policy_name = policy
+                if fps is not None:
+                    if fps <= 0:
+                        raise UserError(f"fps must be positive (got {fps}); try 2.")
+                    self.fps = float(fps)
+                if mem_cap is not ...:
+                    self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
+                frame_size = self.frame_size
+                self._setup_cache()
+                self.frame_size = None
+                if frame_size is not None:
+                    self._set_frame_size(frame_size)
+            except BaseException:
+                self.__dict__.update(saved)
+                raise
 
     def close(self) -> None:
         """Free the cache; the session cannot be used afterwards."""

@@ -161,3 +161,17 @@ def test_the_cap_in_tokens_and_frames_for_the_2b_geometry():
     assert text.endswith("≈ 511 frames at 130 tokens/frame")
     assert session.cache.nbytes <= 2 * 10**9
     session.close()
+
+
+def test_a_reset_that_cannot_work_leaves_the_session_as_it_was(demo_adapter):
+    session = StreamSession(demo_adapter, mem_cap=SMALL_CAP)
+    session.feed(random_frames(4))
+    before = session.stats()
+    with pytest.raises(MemCapError, match="raise --mem-cap"):
+        session.reset(mem_cap="50kB")
+    with pytest.raises(UserError, match="Unknown policy"):
+        session.reset(policy="nope")
+    after = session.stats()
+    assert after["frames_seen"] == before["frames_seen"] == 4
+    assert after["cap_bytes"] == before["cap_bytes"] and after["tokens_in_cache"] == before["tokens_in_cache"]
+    assert session.ask("still fine?").frames_seen == 4

@@ -9,5 +9,5 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==${TORCH_VERSION}"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip install --quiet -e ".[dev,ui]"
 echo "potwatch is set up: .venv/bin/potwatch --help"

@@ -38,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, the model's on CUDA)")
     watch.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
 
+    from potwatch.app.bench import add_bench_arguments
+
+    add_bench_arguments(commands.add_parser("bench", help="measure cost against stream length and fidelity against the full cache"))
+
+    from potwatch.app.ui_serve import add_serve_arguments
+
+    add_serve_arguments(commands.add_parser("serve", help="start the web UI: webcam or file, chat, memory and retention plots"))
+
     commands.add_parser("models", help="list the demo models and supported families")
     commands.add_parser("policies", help="list the compression policies")
 
@@ -55,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
             from potwatch.app.watch import run_watch
 
             return run_watch(args)
+        if args.command == "bench":
+            from potwatch.app.bench import run_bench
+
+            return run_bench(args)
+        if args.command == "serve":
+            from potwatch.app.ui_serve import run_serve
+
+            return run_serve(args)
         if args.command == "models":
             return _list_models()
         if args.command == "policies":
@@ -74,12 +90,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _list_models() -> int:
+    """Supported families with the KV cost of their smallest real checkpoint, then the demo models."""
+    from potwatch.models.checkpoints import SMALLEST_CHECKPOINTS
     from potwatch.models.demo_models import DEMO_SPECS
-    from potwatch.models.registry import SUPPORTED_TYPES
 
+    print("families (any checkpoint by hub id or local folder; bytes per token in bfloat16):")
+    for checkpoint in SMALLEST_CHECKPOINTS:
+        geometry = checkpoint.geometry()
+        shape = f"{checkpoint.layers} layers x {checkpoint.kv_heads} KV heads x {checkpoint.head_dim}"
+        print(f"  {checkpoint.family:16s} e.g. {checkpoint.hub_id}: {shape} = {geometry.kv_bytes_per_token:,} B/token K+V"
+              f" + {geometry.meta_bytes_per_token:,} B metadata")
+    print("demo models (random weights, offline; every answer is marked meaningless):")
     for name, spec in DEMO_SPECS.items():
-        print(f"{name:14s} {spec.description} (random weights)")
-    print(f"any {', '.join(SUPPORTED_TYPES)} checkpoint by hub id or local folder, e.g. Qwen/Qwen2-VL-2B-Instruct")
+        print(f"  {name:18s} {spec.family:16s} {spec.description}")
     return 0
 
 

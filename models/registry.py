@@ -1,5 +1,6 @@
-"""Model names users can give: demo models by name, or any Qwen2-VL / Qwen2.5-VL checkpoint by hub id
-or local folder, loaded with `from_pretrained` (offline works from the local cache)."""
+"""Model names users can give: demo models by name, or any checkpoint of a supported family (Qwen2-VL,
+Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, SmolVLM2) by hub id or local folder, loaded with `from_pretrained`
+(offline works from the local cache). The family comes from the config's `model_type`."""
 
 from __future__ import annotations
 
@@ -11,16 +12,34 @@ from pathlib import Path
 import torch
 
 from potwatch.errors import ModelLoadError
+from potwatch.models.adapter import ModelAdapter
 from potwatch.models.demo_models import DEMO_MARK, DEMO_MAX_PIXELS, DEMO_SPECS, build_demo
-from potwatch.models.frame_preprocessing import QwenFrameProcessor
+from potwatch.models.family_processors import (
+    llava_processor,
+    preprocessor_settings,
+    qwen_processor,
+    smolvlm_processor,
+)
+from potwatch.models.llava_onevision import LlavaOnevisionAdapter
+from potwatch.models.qwen3_vl import Qwen3VLAdapter
 from potwatch.models.qwen_vl import QwenVLAdapter
+from potwatch.models.smolvlm import SmolVLMAdapter
 
 log = logging.getLogger(__name__)
 
 # Per-frame pixel budget for real checkpoints: about 128 tokens per temporal group, as the InfiniPot-V
 # experiments use (128*28*28), instead of the processors' image default of over 12 megapixels.
+# Qwen3-VL merges 32 x 32 px per token, so the same ~128 tokens take 128*32*32 pixels.
 DEFAULT_FRAME_MAX_PIXELS = 128 * 28 * 28
-SUPPORTED_TYPES = ("qwen2_vl", "qwen2_5_vl")
+QWEN3_FRAME_MAX_PIXELS = 128 * 32 * 32
+SUPPORTED_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "smolvlm")
+MODEL_CLASSES = {  # model_type -> transformers class name
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "smolvlm": "SmolVLMForConditionalGeneration",
+}
 
 
 def default_device() -> torch.device:
@@ -42,23 +61,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, model_d
     return torch.float32
 
 
-def _processor_for(source: str | None, vision_config, is_demo: bool, frame_max_pixels: int | None) -> QwenFrameProcessor:
-    settings = {}
-    if source is not None:
-        settings = _read_preprocessor_config(source)
-    max_pixels = frame_max_pixels or (DEMO_MAX_PIXELS if is_demo else DEFAULT_FRAME_MAX_PIXELS)
-    kwargs = dict(
-        patch_size=vision_config.patch_size,
-        merge_size=vision_config.spatial_merge_size,
-        temporal_patch_size=vision_config.temporal_patch_size,
-        max_pixels=max_pixels,
-    )
-    for key in ("image_mean", "image_std"):
-        if key in settings:
-            kwargs[key] = tuple(settings[key])
-    if "min_pixels" in settings:
-        kwargs["min_pixels"] = min(int(settings["min_pixels"]), max_pixels)
-    return QwenFrameProcessor(**kwargs)
+def _adapter_for(model, tokenizer, settings: dict, name: str, is_demo: bool,
+                 frame_max_pixels: int | None) -> ModelAdapter:
+    """The family's adapter around a loaded model, with its frame processor built from `settings`."""
+    config = model.config
+    family = config.model_type
+    if family == "llava_onevision":
+        return LlavaOnevisionAdapter(model, tokenizer, llava_processor(settings, config), name, is_demo)
+    if family == "smolvlm":
+        return SmolVLMAdapter(model, tokenizer, smolvlm_processor(settings, config), name, is_demo)
+    real_default = QWEN3_FRAME_MAX_PIXELS if family == "qwen3_vl" else DEFAULT_FRAME_MAX_PIXELS
+    max_pixels = frame_max_pixels or (DEMO_MAX_PIXELS if is_demo else real_default)
+    adapter_class = Qwen3VLAdapter if family == "qwen3_vl" else QwenVLAdapter
+    return adapter_class(model, tokenizer, qwen_processor(settings, config, max_pixels), name, is_demo)
 
 
 def _read_preprocessor_config(source: str) -> dict:
@@ -75,19 +90,21 @@ def _read_preprocessor_config(source: str) -> dict:
 
 
 def load_model(name: str = "demo", dtype: str | torch.dtype | None = None, device: str | None = None,
-               frame_max_pixels: int | None = None, trust_remote_code: bool = False) -> QwenVLAdapter:
-    """An adapter for `name`: a demo name (see `demo_names()`), a hub id or a local folder."""
+               frame_max_pixels: int | None = None, trust_remote_code: bool = False) -> ModelAdapter:
+    """An adapter for `name`: a demo name (see `demo_names()`), a hub id or a local folder.
+
+    `frame_max_pixels` bounds Qwen's per-frame resolution; the other families have a fixed frame size."""
     target = torch.device(device) if device else default_device()
     if name in DEMO_SPECS:
         model, tokenizer = build_demo(name)
         model = model.to(target, resolve_dtype(dtype, target, None))
-        vision = model.config.vision_config
-        return QwenVLAdapter(model, tokenizer, _processor_for(None, vision, True, frame_max_pixels), name, True)
+        return _adapter_for(model, tokenizer, {}, name, True, frame_max_pixels)
     return _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code)
 
 
-def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code) -> QwenVLAdapter:
-    from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code) -> ModelAdapter:
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
     if os.path.exists(name) and not Path(name, "config.json").is_file():
         raise ModelLoadError(f"'{name}' is a path but holds no config.json; give a model folder saved with save_pretrained.")
@@ -102,7 +119,7 @@ def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code) -
         raise ModelLoadError(
             f"Model '{name}' is a '{config.model_type}' model; potwatch supports {', '.join(SUPPORTED_TYPES)} for now."
         )
-    model_class = Qwen2VLForConditionalGeneration if config.model_type == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
+    model_class = getattr(transformers, MODEL_CLASSES[config.model_type])
     model_dtype = getattr(config.text_config, "dtype", None) or getattr(config, "dtype", None)
     if isinstance(model_dtype, str):
         model_dtype = getattr(torch, model_dtype, None)
@@ -114,9 +131,8 @@ def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code) -
         raise ModelLoadError(f"Cannot load the weights or tokenizer of '{name}' ({error}); check the folder is complete.") from None
     model.eval()
     is_demo = bool(getattr(config, DEMO_MARK, None))
-    processor = _processor_for(name, config.vision_config, is_demo, frame_max_pixels)
     log.info("loaded %s (%s) on %s as %s", name, config.model_type, target, chosen)
-    return QwenVLAdapter(model, tokenizer, processor, name, is_demo)
+    return _adapter_for(model, tokenizer, _read_preprocessor_config(name), name, is_demo, frame_max_pixels)
 
 
 def save_demo(name: str, folder: str | Path) -> Path:
@@ -127,15 +143,8 @@ def save_demo(name: str, folder: str | Path) -> Path:
     model, tokenizer = build_demo(name)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    vision = model.config.vision_config
-    processor = _processor_for(None, vision, True, None)
-    preprocessor = {
-        "image_mean": list(processor.image_mean), "image_std": list(processor.image_std),
-        "min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels,
-        "patch_size": vision.patch_size, "merge_size": vision.spatial_merge_size,
-        "temporal_patch_size": vision.temporal_patch_size,
-    }
-    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    processor = _adapter_for(model, tokenizer, {}, name, True, None).processor
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_settings(processor), indent=2))
     return folder
 
 

@@ -1,0 +1,110 @@
+"""`potwatch bench`: the benchmarks in `benchmarks/`, reachable from the command line.
+
+Without `--accuracy` it runs the cost and fidelity benchmark (see `bench_suite`); with
+`--accuracy QUESTIONS.json --videos DIR` it scores multiple-choice video QA (see `bench_accuracy`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from potwatch.errors import UserError
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a few hundred frames instead of 2,000 (under 3 minutes on 2 cores)")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for JSON, plots and the table (default benchmarks/results)")
+    parser.add_argument("--model", default=None, help="model to stream through (default demo-2b for the benchmark, demo for --accuracy)")
+    parser.add_argument("--mem-cap", default=None, help="the cap every capped configuration shares (default 80MB; for --accuracy 1GB)")
+    parser.add_argument("--frames", type=int, default=None, help="sampled frames in the long stream (default 2000; 300 with --quick)")
+    parser.add_argument("--full-cache-frames", type=int, default=None,
+                        help="frames the full cache (no cap) runs before it stops growing (default 600; 240 with --quick; 0: all)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 helps on a busy machine)")
+    parser.add_argument("--cost-only", action="store_true", help="skip the at-scale pass, loyalty and the needle probe")
+    accuracy = parser.add_argument_group("accuracy harness (multiple-choice video QA)")
+    accuracy.add_argument("--accuracy", metavar="QUESTIONS_JSON", default=None, help="score these questions instead of running the benchmark")
+    accuracy.add_argument("--videos", metavar="DIR", default=None, help="folder holding the videos the questions name")
+    accuracy.add_argument("--policy", default="tar_van", help="compression policy for --accuracy (default tar_van)")
+    accuracy.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default 2)")
+    accuracy.add_argument("--max-frames", type=int, default=None, help="stop each video after this many sampled frames")
+
+
+def command_line() -> str:
+    """The command as the user typed it, for the report."""
+    program = Path(sys.argv[0]).name
+    arguments = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if program == "potwatch":
+        return f"potwatch {arguments}".strip()
+    return f"python {shlex.quote(sys.argv[0])} {arguments}".strip()
+
+
+def run_bench(args) -> int:
+    if args.accuracy:
+        return _run_accuracy(args)
+    from potwatch.app.bench_suite import BenchConfig, run_benchmark
+
+    changes = {}
+    if args.model:
+        changes["model"] = args.model
+    if args.mem_cap:
+        changes["mem_cap"] = args.mem_cap
+    if args.frames is not None:
+        if args.frames < 4:
+            raise UserError(f"--frames {args.frames} is too short a stream; give at least 4 (default 2000).")
+        changes["frames"] = args.frames
+    if args.full_cache_frames is not None:
+        changes["full_cache_frames"] = args.full_cache_frames or None
+    if args.threads:
+        changes["threads"] = args.threads
+    if args.device:
+        changes["device"] = args.device
+    if args.cost_only:
+        changes.update(scale_tokens=None, loyalty_frames=None, needle_seconds=None)
+    config = BenchConfig.quick(**changes) if args.quick else BenchConfig.full(**changes)
+    results = run_benchmark(config, args.out, command_line())
+    print((Path(args.out) / "bench.md").read_text())
+    return 0 if _invariants_hold(results) else 1
+
+
+def _invariants_hold(results: dict) -> bool:
+    """Peak KV within the cap for every capped configuration, and loyalty exact at ratio 1."""
+    ok = all(f["peak_kv_over_cap"] <= 1 for f in results["cost"].values() if f["cap_bytes"] is not None)
+    if results.get("loyalty"):
+        ok = ok and results["loyalty"]["ratio_1_exact"]
+    if not ok:
+        print("potwatch bench: an invariant failed (peak KV over the cap, or ratio 1 not exact); see bench.json", file=sys.stderr)
+    return ok
+
+
+def _run_accuracy(args) -> int:
+    from potwatch.app.bench_accuracy import accuracy_markdown, load_questions, run_accuracy
+    from potwatch.compression.mem_cap import parse_mem_cap
+    from potwatch.models.registry import load_model
+
+    if not args.videos:
+        raise UserError("--accuracy needs --videos DIR, the folder that holds the videos the questions name.")
+    if not Path(args.videos).is_dir():
+        raise UserError(f"The videos folder '{args.videos}' does not exist; check the path.")
+    items = load_questions(args.accuracy)
+    text = args.mem_cap or "1GB"
+    mem_cap = None if text.strip().lower() in ("none", "off", "unlimited") else text
+    if mem_cap is not None:
+        parse_mem_cap(mem_cap)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    adapter = load_model(args.model or "demo", device=args.device)
+    summary = run_accuracy(adapter, items, args.videos, mem_cap, args.policy, args.fps, args.max_frames)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = command_line()
+    summary["command"] = command
+    (out / "accuracy.json").write_text(json.dumps(summary, indent=2))
+    (out / "accuracy.md").write_text(accuracy_markdown(summary, command))
+    print(accuracy_markdown(summary, command))
+    return 0

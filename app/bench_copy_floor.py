@@ -1,0 +1,117 @@
+"""The memory-traffic floor a compression pass is held against: the time to copy the same K/V bytes
+once into memory that is already allocated and touched (`Tensor.copy_`), measured in the same run.
+
+A TaR+VaN pass must read every key and value and write back what it keeps, so one to two copies' worth
+of time is the floor whatever the model's size; a ratio far above that means work or allocation in the
+hot path. The at-scale check fills a cache of many tokens with random K/V to see how that ratio holds
+where a real stream's cache would be."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from potwatch.compression.budget import KVGeometry
+from potwatch.compression.capped_cache import CappedKVCache
+from potwatch.compression.monitor import CompressionMonitor
+from potwatch.compression.policies.base import make_policy
+from potwatch.compression.token_meta import TokenKind, TokenMeta
+
+
+def copy_floor_ms(cache: CappedKVCache, tokens: int, repeats: int = 5) -> float:
+    """Median ms to copy_ the K and V of the first `tokens` tokens of every layer into preallocated buffers."""
+    tokens = min(int(tokens), cache.capacity)
+    sources = [b[:, :, :tokens] for layer in cache.layers for b in (layer.key_buffer, layer.value_buffer)]
+    targets = [torch.empty(s.shape, dtype=s.dtype, device=s.device) for s in sources]
+    for target, source in zip(targets, sources):  # first touch, not timed
+        target.copy_(source)
+    times = []
+    for _ in range(repeats):
+        _sync(cache)
+        started = time.perf_counter()
+        for target, source in zip(targets, sources):
+            target.copy_(source)
+        _sync(cache)
+        times.append(1000 * (time.perf_counter() - started))
+    return statistics.median(times)
+
+
+def clone_ms(cache: CappedKVCache, tokens: int) -> float:
+    """ms to clone the same bytes into new tensors (allocation included; first touch too unless the allocator
+    reuses memory freed earlier), for scale."""
+    _sync(cache)
+    started = time.perf_counter()
+    clones = [b[:, :, :tokens].clone() for layer in cache.layers for b in (layer.key_buffer, layer.value_buffer)]
+    _sync(cache)
+    elapsed = 1000 * (time.perf_counter() - started)
+    del clones
+    return elapsed
+
+
+def synthetic_cache(geometry: KVGeometry, tokens: int, tokens_per_group: int, grid: tuple[int, int],
+                    system_tokens: int, device: str = "cpu", seed: int = 0) -> CappedKVCache:
+    """A cache filled to `tokens` with random K/V: a system prompt, then whole frames of visual tokens."""
+    cache = CappedKVCache(geometry, tokens, device)
+    fill_synthetic(cache, tokens_per_group, grid, system_tokens, seed)
+    return cache
+
+
+def fill_synthetic(cache: CappedKVCache, tokens_per_group: int, grid: tuple[int, int], system_tokens: int,
+                   seed: int = 0) -> None:
+    """(Re)fill `cache` to capacity with the same random K/V and layout every time for a given seed."""
+    generator = torch.Generator().manual_seed(seed)
+    geometry = cache.geometry
+    n = cache.capacity
+    groups = (n - system_tokens) // tokens_per_group
+    n = system_tokens + groups * tokens_per_group
+    shape = (1, geometry.kv_heads, n, geometry.head_dim)
+    for layer in cache.layers:
+        layer.truncate(0)
+        keys = torch.randn(shape, generator=generator, dtype=torch.float32).to(layer.device, geometry.dtype)
+        values = torch.randn(shape, generator=generator, dtype=torch.float32).to(layer.device, geometry.dtype)
+        layer.update(keys, values)
+        del keys, values
+    positions = torch.arange(system_tokens).expand(geometry.pos_rows, system_tokens)
+    cache.write_meta(0, TokenMeta.text(TokenKind.SYSTEM, positions))
+    rows, cols = grid
+    k = torch.arange(groups * tokens_per_group)
+    group, within = k // tokens_per_group, k % tokens_per_group
+    row, col = within // cols % rows, within % cols
+    pos = torch.stack([system_tokens + group, system_tokens + row, system_tokens + col])
+    cache.write_meta(system_tokens, TokenMeta.vision(2 * group, row, col, pos))
+
+
+def compression_at_scale(geometry: KVGeometry, tokens: int, policies: list[str], tokens_per_group: int,
+                         grid: tuple[int, int], system_tokens: int, device: str = "cpu", repeats: int = 3) -> dict:
+    """One compression pass (to 0.75 of the cache, as the monitor does) per policy on a cache of `tokens`
+    tokens, against copy_ and clone of the same K/V bytes."""
+    cache = synthetic_cache(geometry, tokens, tokens_per_group, grid, system_tokens, device)
+    held = cache.length
+    allocating = clone_ms(cache, held)  # before copy_floor_ms frees buffers of this size for the allocator to reuse
+    result = {
+        "tokens": held,
+        "kv_bytes": held * geometry.kv_bytes_per_token,
+        "copy_ms": copy_floor_ms(cache, held, repeats),
+        "clone_ms": allocating,
+        "policies": {},
+    }
+    for index, name in enumerate(policies):
+        if index:
+            fill_synthetic(cache, tokens_per_group, grid, system_tokens)
+        monitor = CompressionMonitor(cache, make_policy(name))
+        event = monitor.make_room(cache.capacity - held + tokens_per_group)
+        result["policies"][name] = {
+            "ms": event.ms,
+            "tokens_after": event.tokens_after,
+            "vs_copy": event.ms / result["copy_ms"] if result["copy_ms"] else None,
+        }
+    del cache
+    return result
+
+
+def _sync(cache: CappedKVCache) -> None:
+    device = cache.layers[0].device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

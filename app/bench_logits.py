@@ -1,0 +1,59 @@
+"""Next-token logits of a question on a cache as it stands, leaving the cache as it found it; and
+copies of a cache to compress.
+
+Loyalty and the accuracy harness ask the same question of many caches (the full one, and copies
+compressed by each policy to each ratio), so asking must not add a turn that the next question sees."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from potwatch.compression.capped_cache import CappedKVCache
+from potwatch.compression.token_meta import TokenKind
+from potwatch.errors import QuestionError
+
+
+def cache_logits(adapter, cache, positions, question: str) -> torch.Tensor:
+    """Logits [vocab] of the first answer token to `question` over `cache`; the cache is rolled back after."""
+    ids = adapter.question_ids(question)
+    positions = copy.deepcopy(positions)  # text positions advance as tokens are placed
+    start = cache.length
+    block = adapter.text_block(ids, TokenKind.DIALOGUE, positions, turn=0)
+    try:
+        with torch.no_grad():
+            return adapter.forward(block, cache, logits=True).float()
+    finally:
+        cache.truncate(start)
+
+
+def session_logits(session, question: str) -> torch.Tensor:
+    """`cache_logits` on a live session: makes room for the question first, as `ask` would, under its cap."""
+    adapter = session.adapter
+    needed = len(adapter.question_ids(question)) + 1
+    with session._lock:
+        if needed > session.monitor.dialogue_capacity:
+            raise QuestionError(
+                f"The question is {needed - 1} tokens, but this cap leaves {session.monitor.dialogue_capacity} tokens "
+                "for a question; shorten it or raise the cap."
+            )
+        if session.monitor.make_room_for_turn(needed) and session.positions_mode == "compact":
+            session._after_compaction()  # no public hook yet: re-number as `ask` does
+        return cache_logits(adapter, session.cache, session.positions, question)
+
+
+def spare_copy(cache: CappedKVCache, extra_tokens: int) -> CappedKVCache:
+    """A capped cache with room for everything `cache` holds plus `extra_tokens` (e.g. a question)."""
+    return CappedKVCache(cache.geometry, cache.length + extra_tokens, cache.layers[0].device)
+
+
+def copy_cache_into(target: CappedKVCache, source: CappedKVCache) -> None:
+    """Make `target` hold exactly what `source` holds: K, V, metadata and positions of every layer."""
+    for into, layer in zip(target.layers, source.layers):
+        n = layer.length
+        into.truncate(0)
+        into.update(layer.keys, layer.values)
+        for name, tensor in layer.meta.items():
+            into.meta[name][:, :n].copy_(tensor[:, :n])
+        into.pos[:, :, :n].copy_(layer.pos[:, :, :n])

@@ -1,0 +1,77 @@
+"""Loyalty (as EffiVLM-Bench defines it): how closely a compressed cache's answers follow the full
+cache's on the same frames. For each policy and compression ratio, the cache after the frames is copied,
+compressed once to that share of its visual tokens, and asked the same questions; the next-token
+distribution is compared with the full cache's by KL(full || compressed) and top-1 agreement.
+
+At ratio 1 nothing is evicted, so the logits must be exactly equal: that checks the machinery itself."""
+
+from __future__ import annotations
+
+import torch
+
+from potwatch.app.bench_logits import cache_logits, copy_cache_into, spare_copy
+from potwatch.compression.monitor import CompressionMonitor
+from potwatch.compression.policies.base import make_policy
+from potwatch.compression.token_meta import TokenKind
+from potwatch.streaming.session import StreamSession
+
+LOYALTY_QUESTIONS = (
+    "What is on the stove?",
+    "Did a delivery arrive? When?",
+    "What colour is the ball?",
+    "Describe what moved in the video.",
+)
+RATIOS = (1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16)
+POLICIES = ("tar_van", "tar", "van", "uniform", "window")
+
+
+def kl_divergence(full: torch.Tensor, compressed: torch.Tensor) -> float:
+    """KL(p_full || p_compressed) of two next-token logit vectors, in nats (float64)."""
+    log_p = torch.log_softmax(full.double(), dim=-1)
+    log_q = torch.log_softmax(compressed.double(), dim=-1)
+    return float((log_p.exp() * (log_p - log_q)).sum())
+
+
+def measure_loyalty(adapter, frames: list, fps: float = 2.0, policies=POLICIES, ratios=RATIOS,
+                    questions=LOYALTY_QUESTIONS) -> dict:
+    """Per policy, per ratio: mean and max KL, top-1 agreement and largest logit difference over the questions."""
+    session = StreamSession(adapter, mem_cap=None, policy="none", fps=fps)
+    session.feed(frames)
+    full = session.cache
+    positions = session.positions
+    reference = [cache_logits(adapter, full, positions, q) for q in questions]
+    longest = max(len(adapter.question_ids(q)) for q in questions)
+    work = spare_copy(full, longest + 1)
+    visual = full.kind_counts()[TokenKind.VISION]
+    protected = full.length - visual
+    results: dict[str, list[dict]] = {}
+    for name in policies:
+        rows = []
+        for share in ratios:
+            copy_cache_into(work, full)
+            keep = min(visual, max(1, round(share * visual)))
+            if keep < visual:
+                monitor = CompressionMonitor(work, make_policy(name), target_ratio=1.0)
+                monitor.make_room(work.capacity - (protected + keep))
+            logits = [cache_logits(adapter, work, positions, q) for q in questions]
+            kls = [kl_divergence(r, c) for r, c in zip(reference, logits)]
+            rows.append({
+                "ratio": share,
+                "visual_tokens_kept": work.kind_counts()[TokenKind.VISION],
+                "kl_mean": sum(kls) / len(kls),
+                "kl_max": max(kls),
+                "top1_agreement": sum(int(r.argmax() == c.argmax()) for r, c in zip(reference, logits)) / len(logits),
+                "max_abs_logit_diff": max(float((r - c).abs().max()) for r, c in zip(reference, logits)),
+                "exact": all(torch.equal(r, c) for r, c in zip(reference, logits)),
+            })
+        results[name] = rows
+    summary = {
+        "frames": session.frames_seen,
+        "visual_tokens": visual,
+        "questions": list(questions),
+        "ratios": list(ratios),
+        "policies": results,
+        "ratio_1_exact": all(row["exact"] for rows in results.values() for row in rows if row["ratio"] == 1.0),
+    }
+    session.close()
+    return summary

@@ -1,0 +1,84 @@
+"""`potwatch serve`: load the model once and start the web UI, bound to this machine unless told."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import time
+
+from potwatch.errors import UserError
+
+DEFAULT_PORT = 7860
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from potwatch.compression.policies.base import policy_names
+    from potwatch.models.registry import demo_names
+
+    parser.add_argument("--model", default="demo", help=f"a demo model ({', '.join(demo_names())}), a hub id or a local folder; one for the whole server (default demo)")
+    parser.add_argument("--mem-cap", default="1GB", help="each session's default cap on the KV cache, e.g. 1GB or 400kB; users can change it per tab (default 1GB)")
+    parser.add_argument("--policy", default="tar_van", help=f"each session's default compression policy: {', '.join(policy_names())} (default tar_van)")
+    parser.add_argument("--fps", type=float, default=2.0, help="each session's default frames sampled per second (default 2)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    parser.add_argument("--max-sessions", type=int, default=4, help="browser tabs served at once, each with its own cache (default 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="longest answer, in tokens (default 48)")
+    parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, the model's on CUDA)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before the model loads when the port is taken (the server binds it again right after)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise UserError(f"Port {port} on {host} is taken or cannot be bound ({error.strerror}); pick another with --port or --host.") from error
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        raise UserError(f"The web UI needs the ui extra ({error.name} is missing); run: pip install -e '.[ui]'.") from error
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port} is not a port number; give one between 1 and 65535, e.g. 7860.")
+    from potwatch.app.ui_sessions import SessionPool, TabSettings
+
+    settings = TabSettings(mem_cap=args.mem_cap, policy=args.policy, fps=args.fps).checked()
+    if args.max_sessions < 1:
+        raise UserError(f"--max-sessions {args.max_sessions} allows no session; give 1 or more.")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens} allows no answer; give 1 or more, e.g. 48.")
+    _check_port(args.host, args.port)
+    print(f"potwatch: loading model {args.model} ...", file=sys.stderr, flush=True)
+    from potwatch.models.registry import load_model
+
+    adapter = load_model(args.model, dtype=args.dtype, device=args.device)
+    pool = SessionPool(adapter, max_sessions=args.max_sessions, settings=settings, max_new_tokens=args.max_new_tokens)
+    pool.check()
+    from potwatch.app.ui import build_app, launch_options
+
+    app = build_app(pool)
+    try:
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
+                   quiet=True, **launch_options())
+    except OSError as error:
+        pool.close_all()
+        raise UserError(f"Port {args.port} on {args.host} is taken or cannot be bound; pick another with --port or --host.") from error
+    print(f"potwatch: serving {args.model} at {app.local_url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    if args.share and app.share_url:
+        print(f"potwatch: public share link {app.share_url}", file=sys.stderr, flush=True)
+    try:
+        while app.is_running:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("potwatch: stopping", file=sys.stderr, flush=True)
+    finally:
+        app.close()
+        pool.close_all()
+    return 0

@@ -1,0 +1,333 @@
+"""One `StreamSession` per browser tab, held in a bounded pool that shares the server's one model.
+
+A `TabSession` wraps the session with what the page shows: a snapshot of the stats and of the
+retention (taken by the thread that feeds, so the page's timer never waits on the model), a bounded
+history for the memory plot, the current frame, and the source that is running (webcam or file; one
+at a time)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from potwatch.compression.mem_cap import parse_mem_cap
+from potwatch.compression.policies.base import make_policy
+from potwatch.errors import UserError
+from potwatch.streaming.answer import Answer
+from potwatch.streaming.session import StreamSession
+from potwatch.streaming.sources import Frame
+
+from potwatch.app.ui_player import PacedFile, PushSource, SourceRunner
+
+log = logging.getLogger(__name__)
+
+HISTORY_SAMPLES = 3000  # memory-plot points kept per tab (25 minutes at 2 fps); older ones scroll out
+RETENTION_EVERY_S = 0.5  # the retention snapshot is refreshed at most this often while frames flow
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".ogv", ".wmv", ".flv", ".ts", ".y4m")
+
+
+class PoolFullError(UserError):
+    """Every session slot of the server is taken."""
+
+
+def cap_value(text: str | int | None) -> str | int | None:
+    """A cap as typed ('400kB', 'none') as StreamSession takes it: None means no cap."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("none", "off", "unlimited")):
+        return None
+    return text.strip() if isinstance(text, str) else text
+
+
+@dataclass(frozen=True)
+class TabSettings:
+    """Per-session settings; they apply on reset."""
+
+    mem_cap: str = "1GB"
+    policy: str = "tar_van"
+    fps: float = 2.0
+
+    def checked(self) -> "TabSettings":
+        """The same settings, or a UserError that says what to fix."""
+        mem_cap = str(self.mem_cap or "").strip()
+        if not mem_cap:
+            raise UserError("The memory cap is empty; type a size such as 400kB or 1GB, or 'none'.")
+        if cap_value(mem_cap) is not None:
+            parse_mem_cap(mem_cap)
+        make_policy(self.policy)
+        try:
+            fps = float(self.fps)
+        except (TypeError, ValueError):
+            fps = float("nan")
+        if not (0 < fps <= 30):
+            raise UserError(f"The frame rate {self.fps!r} is not between 0 and 30 frames a second; try 2.")
+        return replace(self, mem_cap=mem_cap, fps=fps)
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """One point of the memory plot."""
+
+    frames_seen: int
+    cache_bytes: int
+    cap_bytes: int | None
+    compressions: int
+
+
+class TabSession:
+    """One browser tab's session and everything its page shows."""
+
+    def __init__(self, key: str, session: StreamSession, settings: TabSettings) -> None:
+        self.key = key
+        self.session = session
+        self.settings = settings
+        self.history: deque[MemorySample] = deque(maxlen=HISTORY_SAMPLES)
+        self.stats: dict = {}
+        self.retention: dict[int, float] = {}
+        self.current_frame: np.ndarray | None = None
+        self.runner: SourceRunner | None = None
+        self.video_path: Path | None = None
+        self.video_name: str | None = None
+        self.webcam_paused = False
+        self.notice: str | None = None  # the last thing the user should know (an error, a refusal)
+        self.version = 0  # goes up whenever what the page shows changes
+        self.rendered: dict[str, object] = {}  # what the page last got, per output, to skip repeats
+        self.answering = False
+        self.chat: list[dict] = []  # the chat as the page shows it (messages format)
+        self._control = threading.Lock()  # one source switch at a time
+        self._retention_at = 0.0
+        self.record(retention=True)
+
+    # --- what the page shows -------------------------------------------------------------------
+    def record(self, retention: bool = False) -> None:
+        """Snapshot the stats (and, at most every RETENTION_EVERY_S, the retention) for the page."""
+        stats = self.session.stats()
+        self.stats = stats
+        sample = MemorySample(stats["frames_seen"], stats["cache_bytes"], stats["cap_bytes"], stats["compressions"])
+        if not self.history or self.history[-1] != sample:
+            self.history.append(sample)
+        now = time.monotonic()
+        if retention or now - self._retention_at >= RETENTION_EVERY_S:
+            self.retention = self.session.retention()
+            self._retention_at = now
+        self.version += 1
+
+    def feed(self, frame: Frame) -> None:
+        """Called on the runner's thread for every frame it feeds."""
+        self.session.feed(frame)
+        self.current_frame = frame.rgb
+        self.record()
+
+    # --- sources -------------------------------------------------------------------------------
+    @property
+    def source_kind(self) -> str | None:
+        """'webcam' or 'file' while a source is attached (running or paused), else None."""
+        runner = self.runner
+        return runner.kind if runner is not None and not runner.finished else None
+
+    def _stop_runner(self) -> None:
+        if self.runner is not None:
+            runner, self.runner = self.runner, None
+            runner.stop()
+            self._finish_note(runner)
+            self.version += 1
+
+    def _finish_note(self, runner: SourceRunner) -> None:
+        if runner.error:
+            self.notice = runner.error
+
+    def _start(self, source: PacedFile | PushSource) -> SourceRunner:
+        self.runner = SourceRunner(source, self.session, self.feed).start()
+        self.version += 1
+        return self.runner
+
+    def offer_webcam(self, rgb: np.ndarray) -> None:
+        """A frame from the browser camera: fed at the session's fps unless paused or a file plays."""
+        if rgb is None or self.webcam_paused:
+            return
+        with self._control:
+            if self.source_kind == "file":
+                self.notice = "A video file is playing; stop it to watch the webcam."
+                return
+            runner = self.runner
+            if runner is None or runner.kind != "webcam" or runner.finished:
+                if runner is not None:
+                    self._finish_note(runner)
+                runner = self._start(PushSource(self.session.fps))
+            runner.source.offer(np.asarray(rgb))
+
+    def set_webcam_paused(self, paused: bool) -> None:
+        self.webcam_paused = paused
+        if paused:
+            with self._control:
+                if self.source_kind == "webcam":
+                    self._stop_runner()
+        self.version += 1
+
+    def choose_video(self, path: str | Path, name: str | None = None) -> None:
+        """Pick the file the file tab plays; only video files are accepted."""
+        path = Path(path)
+        shown = name or path.name
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise UserError(f"'{shown}' is not a video file; upload an mp4, mkv, webm, mov or avi file.")
+        PacedFile(path, fps=self.session.fps)  # opens it now, so a broken file is refused at once
+        with self._control:
+            if self.source_kind == "file":
+                self._stop_runner()
+            self.video_path, self.video_name = path, shown
+            self.notice = None
+            self.version += 1
+
+    def play(self) -> None:
+        """Start the chosen file, or resume it when paused; a running webcam feed stops."""
+        with self._control:
+            runner = self.runner
+            if runner is not None and runner.kind == "file" and not runner.finished:
+                runner.source.resume()
+                self.version += 1
+                return
+            if self.video_path is None:
+                raise UserError("No video is chosen; upload a video file or pick the demo video first.")
+            self._stop_runner()
+            self.notice = None
+            self._start(PacedFile(self.video_path, fps=self.session.fps))
+
+    def pause(self) -> None:
+        with self._control:
+            runner = self.runner
+            if runner is not None and runner.kind == "file" and not runner.finished:
+                runner.source.pause()
+                self.version += 1
+
+    def stop(self) -> None:
+        """Stop the file (the cache keeps what it saw; questions still work)."""
+        with self._control:
+            if self.runner is not None and self.runner.kind == "file":
+                self._stop_runner()
+
+    # --- questions -----------------------------------------------------------------------------
+    def ask(self, question: str) -> Iterator[str | Answer]:
+        """The answer's text pieces, then the Answer.
+
+        The session's generator runs start to end on one thread of its own (its lock must be released
+        by the thread that took it, and a closed browser tab must not leave it half-run); the pieces
+        are relayed from there."""
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+
+        def work() -> None:
+            try:
+                for piece in self.session.ask_stream(question):
+                    pieces.put(piece)
+                self.record(retention=True)
+            except BaseException as error:  # noqa: BLE001 - re-raised on the caller's thread
+                pieces.put(error)
+            finally:
+                pieces.put(done)
+
+        self.answering = True
+        threading.Thread(target=work, name="potwatch-answer", daemon=True).start()
+        try:
+            while True:
+                item = pieces.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.answering = False
+
+    # --- settings and life ---------------------------------------------------------------------
+    def apply(self, settings: TabSettings) -> None:
+        """Stop the source, forget the stream and the dialogue, and take the new settings."""
+        settings = settings.checked()
+        with self._control:
+            self._stop_runner()
+            self.session.reset(mem_cap=cap_value(settings.mem_cap), policy=settings.policy, fps=settings.fps)
+            self.settings = settings
+            self.history.clear()
+            self.current_frame = None
+            self.notice = None
+            self.chat.clear()
+            self.rendered.clear()
+            self.record(retention=True)
+
+    def close(self) -> None:
+        with self._control:
+            self._stop_runner()
+            self.session.close()
+
+
+class SessionPool:
+    """The server's sessions, one per browser tab, at most `max_sessions` at once, all on one model."""
+
+    def __init__(self, adapter, max_sessions: int = 4, settings: TabSettings | None = None,
+                 max_new_tokens: int = 48) -> None:
+        if max_sessions < 1:
+            raise UserError(f"--max-sessions {max_sessions} allows no session; give 1 or more.")
+        self.adapter = adapter
+        self.max_sessions = max_sessions
+        self.settings = (settings or TabSettings()).checked()
+        self.max_new_tokens = max_new_tokens
+        self._tabs: dict[str, TabSession] = {}
+        self._opening = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._tabs)
+
+    def new_session(self, settings: TabSettings) -> StreamSession:
+        return StreamSession(self.adapter, mem_cap=cap_value(settings.mem_cap), policy=settings.policy,
+                             fps=settings.fps, max_new_tokens=self.max_new_tokens)
+
+    def check(self) -> None:
+        """Build and free one session with the server's settings, so a cap too small fails at start-up."""
+        self.new_session(self.settings).close()
+
+    def get(self, key: str) -> TabSession | None:
+        return self._tabs.get(key)
+
+    def open(self, key: str) -> TabSession:
+        """This tab's session, made now if it has none; PoolFullError when every slot is taken."""
+        with self._lock:
+            if key in self._tabs:
+                return self._tabs[key]
+            if len(self._tabs) + self._opening >= self.max_sessions:
+                limit = f"{self.max_sessions} session{'' if self.max_sessions == 1 else 's'}"
+                raise PoolFullError(
+                    f"This server already runs as many sessions as it may ({limit}, --max-sessions "
+                    f"{self.max_sessions}); this page starts one by itself as soon as another tab closes."
+                )
+            self._opening += 1
+        try:  # the cache is allocated outside the pool's lock: other tabs need not wait for it
+            tab = TabSession(key, self.new_session(self.settings), self.settings)
+        finally:
+            with self._lock:
+                self._opening -= 1
+        with self._lock:
+            existing = self._tabs.setdefault(key, tab)
+        if existing is not tab:  # the same tab asked twice at once: keep the first session
+            tab.close()
+            return existing
+        log.info("session %s opened (%d of %d)", key, len(self._tabs), self.max_sessions)
+        return tab
+
+    def close(self, key: str) -> bool:
+        with self._lock:
+            tab = self._tabs.pop(key, None)
+        if tab is None:
+            return False
+        tab.close()
+        log.info("session %s closed (%d of %d)", key, len(self._tabs), self.max_sessions)
+        return True
+
+    def close_all(self) -> None:
+        for key in list(self._tabs):
+            self.close(key)

@@ -1,0 +1,79 @@
+"""Adapter for LLaVA-OneVision (`LlavaOnevisionForConditionalGeneration`: SigLIP tower, Qwen2 language
+model, 1-D RoPE).
+
+Video layout, as the stock model lays out one `<video>` (and as LLaVA-OneVision was trained, in the
+ChatML format of its `qwen_1_5` conversation template):
+
+    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n
+    [frame 0: side x side pooled tokens][frame 1] ... [image_newline]\\n{question}<|im_end|>\\n<|im_start|>assistant\\n
+
+Each frame is encoded alone (SigLIP attends within a frame, the projector and the 2x bilinear pooling
+are per frame), so block by block equals all frames at once. The single learned `image_newline` that
+closes a video belongs to the question block: it is written when the video segment closes, as the
+first token of the question turn (marked NEWLINE in the ids). After an answer the stream reopens a
+user turn and the next frames start a new video segment, as a multi-turn chat with one video per
+user turn would."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from potwatch.compression.token_meta import TokenKind, TokenMeta
+from potwatch.models.adapter import Block
+from potwatch.models.frame_preprocessing_llava import LlavaFrameProcessor
+from potwatch.models.qwen_vl import DEFAULT_SYSTEM_PROMPT
+from potwatch.models.rope_1d_adapter import Rope1DAdapter
+
+NEWLINE = -1  # stands for the model's `image_newline` embedding in token id lists (never a real id)
+
+
+class LlavaOnevisionAdapter(Rope1DAdapter):
+    def __init__(self, model, tokenizer, processor: LlavaFrameProcessor, name: str, is_demo: bool,
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT):
+        super().__init__(model, tokenizer, model.model.language_model, name, is_demo)
+        self.processor = processor
+        self.system_prompt = system_prompt
+        vision = model.config.vision_config
+        side = vision.image_size // vision.patch_size
+        self.grid_side = math.ceil(side / 2)  # apply_pooling: bilinear to ceil(side / 2) per side
+
+    def tokens_per_group(self, height: int, width: int) -> int:
+        return self.grid_side**2
+
+    # --- chat format ------------------------------------------------------------------------------
+    def system_block(self, positions) -> Block:
+        text = f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n<|im_start|>user\n"
+        return self.text_block(self._ids(text), TokenKind.SYSTEM, positions)
+
+    def question_ids(self, question: str) -> list[int]:
+        return [NEWLINE] + self._ids(f"\n{question}<|im_end|>\n<|im_start|>assistant\n")
+
+    def resume_ids(self, answer_finished: bool) -> list[int]:
+        closing = "" if answer_finished else "<|im_end|>"
+        return self._ids(f"{closing}\n<|im_start|>user\n")
+
+    def stop_ids(self) -> set[int]:
+        ids = {self._token_id("<|im_end|>"), self._token_id("<|endoftext|>")}
+        return {i for i in ids if i is not None}
+
+    # --- blocks -----------------------------------------------------------------------------------
+    def _embed(self, ids: list[int]) -> torch.Tensor:
+        if NEWLINE not in ids:
+            return super()._embed(ids)
+        embeds = super()._embed([0 if token == NEWLINE else token for token in ids])
+        mark = torch.tensor([token == NEWLINE for token in ids], device=self.device)[None, :, None]
+        return torch.where(mark, self.model.model.image_newline.to(embeds.dtype), embeds)
+
+    def vision_block(self, frames: list[np.ndarray], first_frame: int, positions) -> Block:
+        pixels = torch.from_numpy(self.processor(frames)).unsqueeze(0)  # [1, n, 3, size, size]
+        vision_dtype = self.model.model.vision_tower.dtype
+        features = self.model.model.get_video_features(pixel_values_videos=pixels.to(self.device, vision_dtype))
+        embeds = features.pooler_output[:, :-1].to(self.dtype)  # drop the video's closing image_newline
+        per_frame = self.grid_side**2
+        k = torch.arange(len(frames) * per_frame)
+        frame = first_frame + k // per_frame
+        row, col = (k % per_frame) // self.grid_side, k % self.grid_side
+        return Block(embeds, TokenMeta.vision(frame, row, col, positions.vision(frame, row, col)))

@@ -1,0 +1,306 @@
+"""The web UI's event handlers, called as Gradio would call them but without a browser."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("gradio")
+pytest.importorskip("matplotlib")
+
+from potwatch.app.cli import main  # noqa: E402
+from potwatch.app.ui_handlers import DEMO_VIDEO, Handlers  # noqa: E402
+from potwatch.app.ui_player import PushSource  # noqa: E402
+from potwatch.app.ui_plots import memory_figure, retention_figure  # noqa: E402
+from potwatch.app.ui_sessions import HISTORY_SAMPLES, MemorySample, PoolFullError, SessionPool, TabSettings  # noqa: E402
+from potwatch.errors import MemCapError, UserError  # noqa: E402
+from potwatch.streaming.synthetic_scene import render_frames  # noqa: E402
+
+SMALL_CAP = "400kB"
+
+
+def tab_request(name: str = "tab-a") -> SimpleNamespace:
+    """What the handlers read from a gr.Request: the browser tab's session hash."""
+    return SimpleNamespace(session_hash=name)
+
+
+def is_skip(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+
+
+def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def pool(demo_adapter):
+    pool = SessionPool(demo_adapter, max_sessions=2, settings=TabSettings(mem_cap=SMALL_CAP), max_new_tokens=6)
+    yield pool
+    pool.close_all()
+
+
+@pytest.fixture
+def handlers(pool):
+    return Handlers(pool)
+
+
+def write_clip(path: Path, seconds: float, fps: int = 10) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (320, 240))
+    for rgb in render_frames(seconds, size=(320, 240), fps=fps):
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+# --- the pool ------------------------------------------------------------------------------------
+def test_each_tab_gets_its_own_session_and_the_pool_is_bounded(pool):
+    first, second = pool.open("a"), pool.open("b")
+    assert first.session is not second.session and pool.open("a") is first
+    with pytest.raises(PoolFullError, match=r"already runs as many sessions as it may \(2 sessions"):
+        pool.open("c")
+    assert pool.close("a") and len(pool) == 1
+    assert pool.open("c").session is not first.session  # the freed slot is reused
+    assert not pool.close("nobody")
+
+
+def test_pool_refuses_settings_that_cannot_work(demo_adapter):
+    with pytest.raises(UserError, match="max-sessions"):
+        SessionPool(demo_adapter, max_sessions=0)
+    with pytest.raises(MemCapError):
+        SessionPool(demo_adapter, settings=TabSettings(mem_cap="lots"))
+    with pytest.raises(UserError, match="Unknown policy"):
+        SessionPool(demo_adapter, settings=TabSettings(policy="magic"))
+    with pytest.raises(UserError, match="frame rate"):
+        SessionPool(demo_adapter, settings=TabSettings(fps=0))
+    with pytest.raises(MemCapError, match="raise --mem-cap"):
+        SessionPool(demo_adapter, settings=TabSettings(mem_cap="10kB")).check()
+    assert TabSettings(mem_cap=" none ").checked().mem_cap == "none"
+
+
+# --- page life -----------------------------------------------------------------------------------
+def test_load_opens_a_session_and_unload_frees_it(handlers, pool):
+    status, numbers, memory, retention, frame, chat, cap_words, video_words = handlers.load(tab_request())
+    assert status.startswith("**ready") and "of 400.00 kB" in status
+    assert "frames seen" in numbers and "under the cap" in numbers
+    assert memory is not None and retention is not None and frame is None
+    assert chat == [] and "400.00 kB holds about" in cap_words and "demo video" in video_words
+    assert len(pool) == 1
+    handlers.unload(tab_request())
+    assert len(pool) == 0
+
+
+def test_a_visitor_over_the_limit_gets_a_clear_message_and_a_session_once_one_frees(handlers):
+    handlers.load(tab_request("a"))
+    handlers.load(tab_request("b"))
+    refused = handlers.load(tab_request("c"))
+    assert refused[0].startswith("⚠") and "--max-sessions 2" in refused[0]
+    assert handlers.tick(tab_request("c"))[0] == refused[0]
+    handlers.unload(tab_request("a"))
+    assert handlers.tick(tab_request("c"))[0].startswith("**ready")
+
+
+def test_tick_sends_only_what_changed(handlers):
+    handlers.load(tab_request())
+    assert all(is_skip(part) for part in handlers.tick(tab_request()))
+
+
+# --- file playback -------------------------------------------------------------------------------
+def test_demo_file_plays_in_real_time_pauses_resumes_and_stops(handlers, pool):
+    request = tab_request()
+    handlers.load(request)
+    words, _, upload_field = handlers.use_demo_video(request)
+    assert "demo.mp4" in words and upload_field is None
+    started = time.monotonic()
+    assert "playing demo.mp4" in handlers.play(request)
+    tab = pool.get(request.session_hash)
+    wait_for(lambda: tab.stats["frames_seen"] >= 4, what="4 frames")
+    elapsed = time.monotonic() - started
+    assert tab.stats["frames_seen"] <= 2 * elapsed + 2  # real-time pace at 2 fps, not as fast as decoding
+    status, numbers, memory, retention, frame = handlers.tick(request)
+    assert "playing demo.mp4 at" in status and frame.shape == (240, 320, 3)
+
+    assert "paused demo.mp4" in handlers.pause(request)
+    time.sleep(0.3)
+    paused_at = tab.stats["frames_seen"]
+    time.sleep(1.2)
+    assert tab.stats["frames_seen"] == paused_at  # paused: nothing is fed, nothing queues up
+    handlers.play(request)
+    wait_for(lambda: tab.stats["frames_seen"] >= paused_at + 2, what="frames after resuming")
+    assert "stopped" in handlers.stop(request)
+    stopped_at = tab.stats["frames_seen"]
+    time.sleep(0.8)
+    assert tab.stats["frames_seen"] == stopped_at
+    assert stopped_at < 60 and tab.stats["dropped_frames"] == 0
+
+
+def test_a_short_file_plays_to_the_end(handlers, pool, tmp_path):
+    request = tab_request()
+    handlers.load(request)
+    tab = pool.get(request.session_hash)
+    tab.choose_video(write_clip(tmp_path / "clip.mp4", 1.5))
+    handlers.play(request)
+    wait_for(lambda: tab.runner is not None and tab.runner.finished, timeout=20, what="the clip to end")
+    assert handlers.tick(request)[0].startswith("**finished clip.mp4**: 3 frames")
+
+
+def test_only_video_files_are_accepted(handlers, tmp_path):
+    request = tab_request()
+    handlers.load(request)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert "is not a video file" in handlers.upload(str(text), request)[0]
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    assert "is empty" in handlers.upload(str(empty), request)[0]
+    assert "No video is chosen" in handlers.play(request)
+    words, status = handlers.upload(str(DEMO_VIDEO), request)
+    assert words == "Video: **demo.mp4**" and "ready" in status
+
+
+# --- webcam --------------------------------------------------------------------------------------
+def test_push_source_samples_browser_frames_at_the_session_rate():
+    source = PushSource(fps=2.0, queue_frames=3)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    taken = [source.offer(frame, now=100.0 + 0.1 * step) for step in range(21)]  # 10 frames/s for 2 s
+    assert sum(taken) == 3 and source.dropped == 2  # instants 0, 0.5, 1.0 queued; 1.5 and 2.0 over the queue
+
+
+def test_webcam_frames_are_fed_without_waiting_on_the_model(handlers, pool):
+    request = tab_request()
+    handlers.load(request)
+    frames = list(render_frames(3.0, size=(320, 240), fps=10))
+    for rgb in frames:
+        started = time.monotonic()
+        handlers.webcam_frame(rgb, request)
+        assert time.monotonic() - started < 0.5
+        time.sleep(0.1)
+    tab = pool.get(request.session_hash)
+    wait_for(lambda: tab.stats["frames_seen"] >= 5, what="webcam frames")
+    assert 5 <= tab.stats["frames_seen"] <= 8  # about 2 a second of the 10 offered
+    assert "watching the webcam" in handlers.tick(request)[0]
+    time.sleep(3.2)
+    assert "webcam stopped" in handlers.tick(request)[0]  # the browser sent nothing for a while
+    label, status = handlers.toggle_webcam(request)
+    assert label["value"] == "Resume watching" and "webcam paused" in status
+    seen = tab.stats["frames_seen"]
+    handlers.webcam_frame(frames[0], request)
+    time.sleep(0.3)
+    assert tab.stats["frames_seen"] == seen
+
+
+# --- chat ----------------------------------------------------------------------------------------
+def test_a_question_is_answered_while_the_file_plays(handlers, pool):
+    request = tab_request()
+    handlers.load(request)
+    handlers.use_demo_video(request)
+    handlers.play(request)
+    tab = pool.get(request.session_hash)
+    wait_for(lambda: tab.stats["frames_seen"] >= 4, what="4 frames")
+    updates = list(handlers.ask("  What is moving?  ", request))
+    assert updates[0][1] == ""  # the question box is cleared at once
+    chat = updates[-1][0]
+    assert chat[0] == {"role": "user", "content": "What is moving?"}
+    answer = chat[1]["content"]
+    assert "[demo model with random weights: this answer is meaningless]" in answer
+    assert " s (first token " in answer and "frames in cache" in answer
+    assert len(updates) >= 3  # the answer streamed in pieces
+    seen = tab.stats["frames_seen"]
+    wait_for(lambda: tab.stats["frames_seen"] >= seen + 2, what="the stream to keep flowing")
+    assert tab.stats["turns"] == 1
+
+
+def test_an_empty_question_does_nothing(handlers):
+    handlers.load(tab_request())
+    assert all(is_skip(part) for part in next(handlers.ask("   ", tab_request())))
+
+
+# --- settings ------------------------------------------------------------------------------------
+def test_settings_apply_on_reset_and_bad_ones_change_nothing(handlers, pool):
+    request = tab_request()
+    handlers.load(request)
+    list(handlers.ask("Hello?", request))
+    outputs = handlers.apply_settings("10kB", "tar_van", 2, request)
+    assert "⚠" in outputs[0] and "at least 75.89 kB" in outputs[0]
+    tab = pool.get(request.session_hash)
+    assert tab.session.cap_bytes == 400_000 and tab.chat  # unchanged
+    assert "frame rate" in handlers.apply_settings("1MB", "window", -1, request)[0]
+    outputs = handlers.apply_settings("1MB", "window", 1, request)
+    status, chat, cap_words, mem_cap, policy, fps = outputs[0], *outputs[5:]
+    assert "of 1.00 MB" in status and "⚠" not in status
+    assert chat == [] and "1.00 MB holds about" in cap_words and (mem_cap, policy, fps) == ("1MB", "window", 1.0)
+    assert tab.session.policy_name == "window" and tab.session.fps == 1.0 and tab.stats["turns"] == 0
+
+
+# --- plots ---------------------------------------------------------------------------------------
+def test_memory_plot_draws_use_cap_and_compressions_quickly():
+    history = [MemorySample(i, 10_000 + 3_000 * (i % 7), 40_000, i // 7) for i in range(HISTORY_SAMPLES)]
+    started = time.perf_counter()
+    figure = memory_figure(history, 40_000)
+    figure.savefig(__import__("io").BytesIO(), format="png")
+    seconds = time.perf_counter() - started
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["cache in use", f"compression ({(HISTORY_SAMPLES - 1) // 7})", "cap 40.00 kB"]
+    assert seconds < 0.5, f"memory plot took {seconds * 1000:.0f} ms"
+    empty = memory_figure([], None)
+    assert empty.axes[0].texts[0].get_text() == "no frames yet"
+
+
+def test_retention_plot_shows_every_frame_seen():
+    retention = {0: 0.25, 2: 0.0625, 6: 1.0}
+    figure = retention_figure(retention, frames_seen=9, frames_per_group=2)
+    axes = figure.axes[0]
+    assert axes.get_title(loc="left") == "Retention: 6 of 9 frames still held"
+    assert axes.get_xlim() == (0.0, 10.0)
+
+
+def test_history_is_bounded(pool):
+    tab = pool.open("a")
+    for index in range(HISTORY_SAMPLES + 50):
+        tab.history.append(MemorySample(index, 1, 2, 0))
+    assert len(tab.history) == HISTORY_SAMPLES
+
+
+# --- the command ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--mem-cap", "lots"], "Memory cap 'lots' is not a size"),
+    (["--policy", "magic"], "Unknown policy 'magic'"),
+    (["--max-sessions", "0"], "--max-sessions 0 allows no session"),
+    (["--port", "70000"], "--port 70000 is not a port number"),
+])
+def test_serve_refuses_bad_settings_with_one_sentence(capsys, args, message):
+    assert main(["serve", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("potwatch: error: ") and message in err and "\n" not in err
+
+
+def test_serve_says_when_the_port_is_taken(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("potwatch: error: ") and f"Port {port} on 127.0.0.1 is taken" in err and "\n" not in err
+
+
+def test_gradio_can_see_where_to_pass_the_request(handlers):
+    """Gradio passes gr.Request by type hint; a hint that does not resolve would silently drop it."""
+    import typing
+
+    import gradio as gr
+
+    for name in ("load", "unload", "tick", "webcam_frame", "toggle_webcam", "upload", "use_demo_video",
+                 "play", "pause", "stop", "ask", "apply_settings"):
+        assert typing.get_type_hints(getattr(handlers, name))["request"] is gr.Request, name

@@ -82,7 +82,7 @@ def _invariants_hold(results: dict) -> bool:
 
 def _run_accuracy(args) -> int:
     from potwatch.app.bench_accuracy import accuracy_markdown, load_questions, run_accuracy
-    from potwatch.compression.mem_cap import parse_mem_cap
+    from potwatch.compression.mem_cap import parse_optional_mem_cap
     from potwatch.models.registry import load_model
 
     if not args.videos:
@@ -91,9 +91,7 @@ def _run_accuracy(args) -> int:
         raise UserError(f"The videos folder '{args.videos}' does not exist; check the path.")
     items = load_questions(args.accuracy)
     text = args.mem_cap or "1GB"
-    mem_cap = None if text.strip().lower() in ("none", "off", "unlimited") else text
-    if mem_cap is not None:
-        parse_mem_cap(mem_cap)
+    mem_cap = None if parse_optional_mem_cap(text) is None else text  # validated; the report keeps it as typed
     if args.threads:
         import torch
 

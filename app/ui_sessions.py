@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from potwatch.compression.mem_cap import parse_mem_cap
+from potwatch.compression.mem_cap import parse_optional_mem_cap
 from potwatch.compression.policies.base import make_policy
 from potwatch.errors import UserError
 from potwatch.streaming.answer import Answer
@@ -38,11 +38,9 @@ class PoolFullError(UserError):
     """Every session slot of the server is taken."""
 
 
-def cap_value(text: str | int | None) -> str | int | None:
-    """A cap as typed ('400kB', 'none') as StreamSession takes it: None means no cap."""
-    if text is None or (isinstance(text, str) and text.strip().lower() in ("none", "off", "unlimited")):
-        return None
-    return text.strip() if isinstance(text, str) else text
+def cap_value(text: str | int | None) -> int | None:
+    """A cap as typed ('400kB', 'none') in bytes, as StreamSession takes it: None means no cap."""
+    return parse_optional_mem_cap(text)
 
 
 @dataclass(frozen=True)
@@ -58,8 +56,7 @@ class TabSettings:
         mem_cap = str(self.mem_cap or "").strip()
         if not mem_cap:
             raise UserError("The memory cap is empty; type a size such as 400kB or 1GB, or 'none'.")
-        if cap_value(mem_cap) is not None:
-            parse_mem_cap(mem_cap)
+        cap_value(mem_cap)
         make_policy(self.policy)
         try:
             fps = float(self.fps)

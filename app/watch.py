@@ -17,23 +17,17 @@ from potwatch.streaming.answer import DEMO_NOTICE, Answer
 EXIT_INTERRUPTED = 130
 
 
-def _cap_arg(text: str):
-    return None if text.strip().lower() in ("none", "off", "unlimited") else text
-
-
 class WatchRun:
     """The state of one `watch` command: the session, the pending questions, the answers so far."""
 
     def __init__(self, args):
-        from potwatch.compression.mem_cap import parse_mem_cap
+        from potwatch.compression.mem_cap import parse_optional_mem_cap
         from potwatch.compression.policies.base import make_policy
         from potwatch.streaming.sources import open_source
 
         self.args = args
         self.json = args.json
-        mem_cap = _cap_arg(args.mem_cap)
-        if mem_cap is not None:
-            parse_mem_cap(mem_cap)  # fail on a bad cap before loading anything
+        mem_cap = parse_optional_mem_cap(args.mem_cap)  # fail on a bad cap before loading anything
         make_policy(args.policy)
         self.timed = sorted(((parse_time(t), q) for t, q in args.ask_at), key=lambda item: item[0])
         self.source = open_source(args.video, fps=args.fps, realtime=args.realtime or args.video.startswith("webcam:"))

@@ -50,6 +50,16 @@ def parse_mem_cap(text: str | int | float) -> int:
     return nbytes
 
 
+NO_CAP_WORDS = ("none", "off", "unlimited")
+
+
+def parse_optional_mem_cap(text: str | int | float | None) -> int | None:
+    """Bytes in a cap, or None for 'none', 'off' or 'unlimited': no cap, the cache grows (for comparisons)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in NO_CAP_WORDS):
+        return None
+    return parse_mem_cap(text)
+
+
 def format_bytes(nbytes: float) -> str:
     """Human-readable decimal size, e.g. '2.00 GB', '512.0 kB'."""
     for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):

@@ -59,3 +59,18 @@ def test_qwen2_vl_2b_geometry_matches_the_issue_figures():
 def test_format_bytes():
     assert format_bytes(2 * 10**9) == "2.00 GB"
     assert format_bytes(512) == "512 B"
+
+
+@pytest.mark.parametrize("text", [None, "none", " OFF ", "unlimited"])
+def test_no_cap_words_mean_no_cap(text):
+    from potwatch.compression.mem_cap import parse_optional_mem_cap
+
+    assert parse_optional_mem_cap(text) is None
+
+
+def test_an_optional_cap_is_still_checked():
+    from potwatch.compression.mem_cap import parse_optional_mem_cap
+
+    assert parse_optional_mem_cap("64MiB") == 64 * 2**20
+    with pytest.raises(MemCapError, match="write it like 2GB"):
+        parse_optional_mem_cap("nothing")

@@ -1,8 +1,8 @@
 """Server-side sources for the web UI: a video file played at its own pace (with pause), frames pushed
 by the browser's webcam, and the thread that runs either one into a tab's session.
 
-Both go through the `Ingester`, so a slow model drops the oldest queued frames (and counts them)
-instead of letting memory grow. Pausing a file stops its clock and its decoder: nothing queues up
+Both go through the `Ingester`, so a slow model gets the newest frame and an evenly thinned backlog
+(the dropped frames are counted) instead of letting memory grow. Pausing a file stops its clock and its decoder: nothing queues up
 while paused, and playing on resumes at the same frame."""
 
 from __future__ import annotations

@@ -50,6 +50,8 @@ def status_line(tab: TabSession) -> str:
     line = f"**{activity(tab)}**: {frames} frame{'' if frames == 1 else 's'}, {cache_words(stats)}"
     if stats.get("compressions"):
         line += f", {stats['compressions']} compression{'' if stats['compressions'] == 1 else 's'}"
+    if stats.get("dropped_frames"):
+        line += f", {stats['dropped_frames']:,} dropped (the model was behind)"
     if tab.answering:
         line += " · answering…"
     problem = (tab.runner.error if tab.runner is not None else None) or tab.notice

@@ -77,6 +77,7 @@ class StreamSession:
         self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
         self.geometry: KVGeometry = model.geometry()
         self._lock = threading.RLock()
+        self._drop_lock = threading.Lock()
         self._closed = False
         self._setup_cache()
         self.frame_size: tuple[int, int] | None = None
@@ -229,8 +230,9 @@ class StreamSession:
             )
 
     def note_dropped(self, count: int) -> None:
-        """Called by an ingester that dropped frames it could not feed in time."""
-        with self._lock:
+        """Called by an ingester that dropped frames it could not feed in time. Takes only a counter's
+        lock, never the model's: a reader thread must not stall while an answer is generated."""
+        with self._drop_lock:
             self.dropped_frames += count
 
     # --- questions -----------------------------------------------------------------------------

@@ -30,12 +30,25 @@ from potwatch.app.ui_player import PacedFile, PushSource, SourceRunner
 log = logging.getLogger(__name__)
 
 HISTORY_SAMPLES = 3000  # memory-plot points kept per tab (25 minutes at 2 fps); older ones scroll out
+OPEN_WAIT_S = 1.0  # how often a request waiting for its tab's session being made looks again
 RETENTION_EVERY_S = 0.5  # the retention snapshot is refreshed at most this often while frames flow
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".ogv", ".wmv", ".flv", ".ts", ".y4m")
 
 
 class PoolFullError(UserError):
     """Every session slot of the server is taken."""
+
+
+class TabClosedError(PoolFullError):
+    """The tab closed while its session was being made; handled like a full pool: no session for it."""
+
+
+class _Opening:
+    """A tab whose session is being made: other requests of that tab wait on `done`."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.closed = False  # the tab went away meanwhile
 
 
 def cap_value(text: str | int | None) -> int | None:
@@ -274,7 +287,7 @@ class SessionPool:
         self.settings = (settings or TabSettings()).checked()
         self.max_new_tokens = max_new_tokens
         self._tabs: dict[str, TabSession] = {}
-        self._opening = 0
+        self._opening: dict[str, _Opening] = {}  # tabs whose session is being made
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -292,33 +305,50 @@ class SessionPool:
         return self._tabs.get(key)
 
     def open(self, key: str) -> TabSession:
-        """This tab's session, made now if it has none; PoolFullError when every slot is taken."""
-        with self._lock:
-            if key in self._tabs:
-                return self._tabs[key]
-            if len(self._tabs) + self._opening >= self.max_sessions:
-                limit = f"{self.max_sessions} session{'' if self.max_sessions == 1 else 's'}"
-                raise PoolFullError(
-                    f"This server already runs as many sessions as it may ({limit}, --max-sessions "
-                    f"{self.max_sessions}); this page starts one by itself as soon as another tab closes."
-                )
-            self._opening += 1
+        """This tab's session, made now if it has none; PoolFullError when every slot is taken.
+
+        A page fires several events at once when it loads; they all get the one session the first
+        of them makes (the others wait for it), and a tab takes one slot however many ask."""
+        while True:
+            with self._lock:
+                if key in self._tabs:
+                    return self._tabs[key]
+                pending = self._opening.get(key)
+                if pending is None:
+                    if len(self._tabs) + len(self._opening) >= self.max_sessions:
+                        limit = f"{self.max_sessions} session{'' if self.max_sessions == 1 else 's'}"
+                        raise PoolFullError(
+                            f"This server already runs as many sessions as it may ({limit}, --max-sessions "
+                            f"{self.max_sessions}); this page starts one by itself as soon as another tab closes."
+                        )
+                    pending = self._opening[key] = _Opening()
+                    break
+            pending.done.wait(OPEN_WAIT_S)  # the same tab's first request is making the session
+            if pending.closed:
+                raise TabClosedError("This page was closed; reload it to start a session.")
         try:  # the cache is allocated outside the pool's lock: other tabs need not wait for it
             tab = TabSession(key, self.new_session(self.settings), self.settings)
-        finally:
+        except BaseException:
             with self._lock:
-                self._opening -= 1
+                del self._opening[key]
+            pending.done.set()
+            raise
         with self._lock:
-            existing = self._tabs.setdefault(key, tab)
-        if existing is not tab:  # the same tab asked twice at once: keep the first session
+            del self._opening[key]
+            if not pending.closed:
+                self._tabs[key] = tab
+        pending.done.set()
+        if pending.closed:  # the tab went away while its session was made: free it at once
             tab.close()
-            return existing
+            raise TabClosedError("This page was closed; reload it to start a session.")
         log.info("session %s opened (%d of %d)", key, len(self._tabs), self.max_sessions)
         return tab
 
     def close(self, key: str) -> bool:
         with self._lock:
             tab = self._tabs.pop(key, None)
+            if tab is None and key in self._opening:
+                self._opening[key].closed = True  # freed as soon as it is made
         if tab is None:
             return False
         tab.close()

@@ -10,6 +10,7 @@ import pytest
 from potwatch.compression.token_meta import TokenKind
 from potwatch.errors import CacheFullError, MemCapError, QuestionError, UserError
 from potwatch.streaming.session import StreamSession
+from tests.cache_invariants import assert_cache_invariants
 from tests.conftest import random_frames
 
 SMALL_CAP = "400kB"  # ~650 tokens of the tiny demo model: a dozen temporal groups
@@ -28,10 +29,10 @@ def test_cap_holds_after_every_block_and_answer(demo_adapter, policy):
     frames = random_frames(80, seed=5)
     for index, frame in enumerate(frames):
         session.feed(frame)
-        assert session.cache.used_bytes <= cap and session.cache.nbytes <= cap
+        assert_cache_invariants(session)
         if index in (20, 50, 79):
             session.ask("what is happening?")
-            assert session.cache.used_bytes <= cap
+            assert_cache_invariants(session)
     stats = session.stats()
     assert stats["compressions"] >= 5, stats["compressions"]
     assert stats["peak_bytes"] <= cap

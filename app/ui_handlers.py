@@ -20,6 +20,7 @@ from potwatch.app.ui_status import answer_message, numbers_table, status_line
 
 DEMO_VIDEO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
 SKIP = gr.skip
+CHAT_MESSAGES = 200  # messages the chat keeps (100 questions and answers); older ones scroll out
 
 
 class Handlers:
@@ -174,6 +175,7 @@ class Handlers:
         tab.chat.append({"role": "user", "content": question})
         reply = {"role": "assistant", "content": "…"}
         tab.chat.append(reply)
+        del tab.chat[:-CHAT_MESSAGES]  # a chat open for days keeps its latest turns only
         yield (list(tab.chat), "")
         text = ""
         try:

@@ -32,7 +32,7 @@ def to_rgb_uint8(frame: np.ndarray) -> np.ndarray:
     array = np.asarray(frame)
     if array.dtype != np.uint8:
         raise SourceError(
-            f"A frame has dtype {array.dtype}, not uint8; give 8-bit frames (e.g. `(x * 255).astype(np.uint8)`)."
+            f"A frame has dtype {array.dtype}, not uint8; give 8-bit frames, e.g. (frame * 255).astype(np.uint8)."
         )
     if array.size == 0:
         raise SourceError(f"A frame is empty (shape {array.shape}); give frames with at least one pixel.")
@@ -44,8 +44,10 @@ def to_rgb_uint8(frame: np.ndarray) -> np.ndarray:
         return array
     if array.ndim == 3 and array.shape[2] == 4:
         return np.ascontiguousarray(array[:, :, :3])
+    channels_first = array.ndim == 3 and array.shape[0] in (1, 3, 4)
+    hint = " (a channels-first frame needs frame.transpose(1, 2, 0))" if channels_first else ""
     raise SourceError(
-        f"A frame has shape {array.shape}; give HxW grayscale, HxWx3 RGB or HxWx4 RGBA uint8 frames."
+        f"A frame has shape {array.shape}; give HxW grayscale, HxWx3 RGB or HxWx4 RGBA uint8 frames{hint}."
     )
 
 

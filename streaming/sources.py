@@ -7,6 +7,7 @@ a stream that breaks part-way ends cleanly with a warning and keeps what was alr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ import numpy as np
 
 from potwatch.errors import SourceError
 from potwatch.models.frame_preprocessing import to_rgb_uint8
+from potwatch.streaming.mp4_index import is_incomplete_mp4
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 _TIME_EPS = 1e-6
 # A webcam may drop a few reads (e.g. while warming up); this many failures in a row end the stream.
 _WEBCAM_MAX_READ_FAILURES = 5
+# A file whose last decoded frame comes this much before the end its header gives was cut off.
+_TRUNCATED_MIN_GAP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -52,13 +56,15 @@ class FrameSource(Protocol):
     def __iter__(self) -> Iterator[Frame]: ...
 
 
-def _check_rate(fps: float) -> float:
+def check_rate(fps: float) -> float:
+    """`fps` as a positive finite float, or a SourceError saying how to write it."""
     try:
         value = float(fps)
     except (TypeError, ValueError):
         value = math.nan
     if not math.isfinite(value) or value <= 0:
-        raise SourceError(f"The sampling rate {fps!r} is not a positive number; give frames per second, e.g. 2.")
+        shown = f"{value:g}" if not math.isnan(value) and not isinstance(fps, str) else repr(fps)
+        raise SourceError(f"The sampling rate {shown} is not a positive number; give frames per second, e.g. 2.")
     return value
 
 
@@ -66,7 +72,9 @@ def _check_max_frames(max_frames: int | None) -> int | None:
     if max_frames is None:
         return None
     if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 0:
-        raise SourceError(f"max_frames={max_frames!r} is not a whole number >= 0; give a count or None for all.")
+        raise SourceError(
+            f"The frame limit {max_frames!r} is not a whole number >= 0; give a number of frames, e.g. --max-frames 100."
+        )
     return int(max_frames)
 
 
@@ -82,7 +90,7 @@ class FileSource:
     def __init__(self, path: str | os.PathLike, fps: float = 2.0, realtime: bool = False,
                  max_frames: int | None = None) -> None:
         self.path = Path(path)
-        self.fps = _check_rate(fps)
+        self.fps = check_rate(fps)
         self.realtime = realtime
         self.max_frames = _check_max_frames(max_frames)
         self.error: str | None = None
@@ -114,15 +122,28 @@ class FileSource:
         try:
             return av.open(str(self.path))
         except (av.FFmpegError, OSError) as exc:
+            if is_incomplete_mp4(self.path):
+                raise SourceError(
+                    f"'{self.path}' is an incomplete MP4 file: its index (the 'moov' box) is missing, most likely "
+                    "because it was cut off while copying or recording; copy or export it again."
+                ) from None
+            reason = getattr(exc, "strerror", None) or str(exc)
             raise SourceError(
-                f"'{self.path}' cannot be opened as a video ({exc}); give a video file such as mp4, mkv or webm."
-            ) from exc
+                f"'{self.path}' is not a video FFmpeg can read ({reason}); give a video file such as mp4, mkv or webm."
+            ) from None
 
     def _video_stream(self, container: av.container.InputContainer) -> av.VideoStream:
         if not container.streams.video:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
             raise SourceError(f"'{self.path}' has no video stream (it holds {kinds}); give a file with video.")
-        return container.streams.video[0]
+        stream = container.streams.video[0]
+        if stream.codec_context is None:  # FFmpeg has no decoder for this codec
+            raise SourceError(self._undecodable())
+        return stream
+
+    def _undecodable(self) -> str:
+        return (f"'{self.path}' holds video in a codec potwatch's FFmpeg cannot decode; "
+                "convert it to H.264 or VP9 and try again.")
 
     @staticmethod
     def _duration(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
@@ -148,7 +169,8 @@ class FileSource:
         return estimate
 
     def _decode(self, container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
-        """Decoded frames in order; a decoding error part-way ends them with a warning."""
+        """Decoded frames in order; a decoding error ends them and leaves its reason in `_failure`."""
+        self._failure = None
         frames = container.decode(stream)
         while True:
             try:
@@ -156,8 +178,7 @@ class FileSource:
             except StopIteration:
                 return
             except (av.FFmpegError, OSError) as exc:
-                self.error = f"decoding '{self.path}' stopped part-way: {exc}"
-                log.warning("%s; keeping the frames read so far", self.error)
+                self._failure = getattr(exc, "strerror", None) or str(exc)
                 return
             yield frame
 
@@ -168,10 +189,12 @@ class FileSource:
         try:
             stream = self._video_stream(container)
             stream.thread_type = "AUTO"
+            video_end_s = self._video_end(container, stream)
             origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else None
             wall_start = time.monotonic()
             next_instant = 0.0
             index = 0
+            last_s = None  # time of the last frame decoded, sampled or not
             if self.max_frames == 0:
                 return
             for decoded, frame in enumerate(self._decode(container, stream)):
@@ -182,6 +205,7 @@ class FileSource:
                 if origin is None:
                     origin = stamp
                 time_s = stamp - origin
+                last_s = time_s
                 if time_s < -_TIME_EPS or time_s + _TIME_EPS < next_instant:
                     continue
                 time_s = max(time_s, 0.0)
@@ -194,8 +218,36 @@ class FileSource:
                 if self.max_frames is not None and index >= self.max_frames:
                     return
                 next_instant = _next_instant(time_s, self.fps)
+            self._note_early_end(last_s, video_end_s)
         finally:
             container.close()
+
+    def _video_end(self, container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+        """How long the header says the video track runs (not the audio), or None if it does not say."""
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+        if container.duration and len(container.streams) == 1:
+            return container.duration / av.time_base
+        return None
+
+    def _note_early_end(self, last_s: float | None, video_end_s: float | None) -> None:
+        """After the last frame: say why the video ended early, if it did; if nothing decoded, refuse it."""
+        if last_s is None and self._failure is not None:
+            raise SourceError(
+                f"'{self.path}' has no frame potwatch's FFmpeg can decode ({self._failure}); "
+                "convert it to H.264 or VP9 and try again."
+            )
+        if last_s is None:
+            return
+        if self._failure is not None:
+            self.error = f"decoding '{self.path}' stopped part-way, after {last_s:.1f} s: {self._failure}"
+        elif video_end_s is not None:
+            frame_s = 1.0 / self.native_fps if self.native_fps else 0.0
+            if video_end_s - last_s > max(_TRUNCATED_MIN_GAP_S, 3 * frame_s):
+                self.error = (f"'{self.path}' ends after {last_s:.1f} s of the {video_end_s:.1f} s its header gives; "
+                              "the file was probably cut off")
+        if self.error is not None:
+            log.warning("%s; keeping the frames read so far", self.error)
 
 
 class WebcamSource:
@@ -203,7 +255,7 @@ class WebcamSource:
 
     def __init__(self, device: int = 0, fps: float = 2.0, max_frames: int | None = None) -> None:
         self.device = int(device)
-        self.fps = _check_rate(fps)
+        self.fps = check_rate(fps)
         self.max_frames = _check_max_frames(max_frames)
         self.error: str | None = None
         self.duration_s: float | None = None
@@ -218,7 +270,8 @@ class WebcamSource:
         return f"WebcamSource({self.device}, fps={self.fps})"
 
     def _open(self) -> cv2.VideoCapture:
-        capture = cv2.VideoCapture(self.device)
+        with _quiet_opencv():  # a missing camera makes OpenCV log warnings; the SourceError says it all
+            capture = cv2.VideoCapture(self.device)
         if not capture.isOpened():
             capture.release()
             raise SourceError(
@@ -247,7 +300,10 @@ class WebcamSource:
             index = 0
             failures = 0
             while self.max_frames is None or index < self.max_frames:
-                ok, image = capture.read()
+                try:
+                    ok, image = capture.read()
+                except cv2.error:  # some drivers raise rather than return False when the camera goes
+                    ok, image = False, None
                 time_s = time.monotonic() - start
                 if not ok or image is None:
                     failures += 1
@@ -273,12 +329,27 @@ class WebcamSource:
             self.close()
 
 
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's own log down to errors while a camera is opened."""
+    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_api is None:
+        yield
+        return
+    level = logging_api.getLogLevel()
+    logging_api.setLogLevel(logging_api.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        logging_api.setLogLevel(level)
+
+
 class ArraySource:
     """Frames already in memory (a list, or an array [N,H,W,3], [N,H,W] or [N,H,W,4] of uint8),
     stamped index/fps; grayscale and RGBA become RGB."""
 
     def __init__(self, frames: Sequence[np.ndarray] | np.ndarray, fps: float = 2.0) -> None:
-        self.fps = _check_rate(fps)
+        self.fps = check_rate(fps)
         self.error: str | None = None
         if isinstance(frames, np.ndarray):
             if frames.ndim not in (3, 4):

@@ -35,3 +35,7 @@ class QuestionError(UserError):
 
 class PolicyOptionError(UserError, ValueError):
     """A policy option out of its range (alpha, recent_ratio, pool_kernel)."""
+
+
+class DeviceMemoryError(UserError):
+    """The device ran out of memory on a block even in smaller pieces; the session keeps what it had."""

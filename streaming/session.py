@@ -22,10 +22,14 @@ from potwatch.compression.mem_cap import format_bytes, parse_mem_cap
 from potwatch.compression.monitor import CompressionMonitor
 from potwatch.compression.policies.base import make_policy
 from potwatch.compression.token_meta import TokenKind
-from potwatch.errors import MemCapError, QuestionError, UserError
+from potwatch.errors import DeviceMemoryError, MemCapError, QuestionError, UserError
 from potwatch.models.adapter import Block, ModelAdapter
-from potwatch.models.frame_preprocessing import to_rgb_uint8
+from potwatch.models.block_pieces import split_block
 from potwatch.streaming.answer import Answer
+from potwatch.streaming.frame_input import check_frame_size, frames_in
+from potwatch.streaming.oom_retry import piece_sizes, release_device_memory
+from potwatch.streaming.question_text import clean_question
+from potwatch.streaming.sources import check_rate
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +65,14 @@ class StreamSession:
             from potwatch.models.registry import load_model
 
             model = load_model(model)
-        if fps <= 0:
-            raise UserError(f"fps must be positive (got {fps}); try --fps 2.")
+        fps = check_rate(fps)
         self.adapter = model
         self.positions_mode = positions or model.default_positions
         if self.positions_mode not in ("keep", "compact"):
             raise UserError(f"Unknown positions mode '{positions}'; use keep or compact.")
         self.fps = float(fps)
         self.groups_per_block = groups_per_block
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = _answer_length(max_new_tokens)
         self.dialogue_share = dialogue_share
         self.target_ratio = target_ratio
         self.policy_name = policy
@@ -114,6 +117,7 @@ class StreamSession:
 
     def _set_frame_size(self, frame_size: tuple[int, int]) -> None:
         """Fix the stream's frame size and check the cap holds a block and an answer beside the prompt."""
+        check_frame_size(int(frame_size[0]), int(frame_size[1]))
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
         self.tokens_per_group = self.adapter.tokens_per_group(*self.frame_size)
         self.block_tokens = self.tokens_per_group * self.groups_per_block
@@ -157,13 +161,9 @@ class StreamSession:
     def feed(self, frames: np.ndarray | Iterable) -> int:
         """Add one frame (HxWx3, HxW or HxWx4 array), a list of them, or `Frame` objects. Returns blocks ingested."""
         self._check_open()
-        single = hasattr(frames, "rgb") or (isinstance(frames, np.ndarray) and _looks_like_frame(frames))
-        batch = [frames] if single else frames
         done = 0
         with self._lock:
-            for frame in batch:
-                pixels = getattr(frame, "rgb", frame)
-                pixels = to_rgb_uint8(np.asarray(pixels))
+            for pixels in frames_in(frames):  # each checked before it touches the session
                 if self.frame_size is None:
                     self._set_frame_size(pixels.shape[:2])
                 elif pixels.shape[:2] != self.frame_size:
@@ -181,33 +181,64 @@ class StreamSession:
 
     def _ingest_pending(self) -> None:
         frames, first = self._pending, self._pending_first
+        self._pending = []
         started = time.perf_counter()
-        saved_positions = copy.deepcopy(self.positions)
+        if self.monitor.make_room(self.block_tokens):  # first, so the block's ids follow any re-numbering
+            self._after_compaction()
         try:
-            if self.monitor.make_room(self.block_tokens):  # first, so the block's ids follow any re-numbering
-                self._after_compaction()
-            with torch.no_grad():
-                block = self.adapter.vision_block(frames, first, self.positions)
-            self._run(block, logits=False)
-        except Exception:
-            self.positions = saved_positions
-            raise
-        finally:
-            self._pending = []
+            self._ingest_block(frames, first, piece_tokens=None)
+        except torch.OutOfMemoryError:
+            self._ingest_in_pieces(frames, first)
         elapsed = time.perf_counter() - started
         self.frames_ingested += len(frames)
         self.blocks += 1
         self.ingest_seconds += elapsed
         self._recent_block_seconds.append((elapsed, len(frames)))
 
-    def _run(self, block: Block, logits: bool):
-        """One language-model forward over `block`; on any failure the cache is rolled back."""
-        start = self.cache.length
+    def _ingest_block(self, frames: list[np.ndarray], first: int, piece_tokens: int | None) -> None:
+        """Vision tower, then the language model in pieces of `piece_tokens` (None: all at once).
+        On any failure, Ctrl-C included, the positions and the cache are as they were."""
+        saved_positions = copy.deepcopy(self.positions)
         try:
             with torch.no_grad():
-                out = self.adapter.forward(block, self.cache, logits)
-            self.cache.write_meta(start, block.meta)
-        except Exception:
+                block = self.adapter.vision_block(frames, first, self.positions)
+            self._run(block, logits=False, piece_tokens=piece_tokens)
+        except BaseException:
+            self.positions = saved_positions
+            raise
+
+    def _ingest_in_pieces(self, frames: list[np.ndarray], first: int) -> None:
+        """The block ran out of device memory: retry it in ever smaller pieces, then give up on it,
+        keeping what the session had and counting its frames as dropped."""
+        for size in piece_sizes(self.block_tokens):
+            release_device_memory(self.adapter.device)
+            try:
+                self._ingest_block(frames, first, piece_tokens=size)
+            except torch.OutOfMemoryError:
+                continue
+            log.warning("out of device memory on a block of %d tokens; it fit in pieces of %d", self.block_tokens, size)
+            return
+        release_device_memory(self.adapter.device)
+        self.note_dropped(len(frames))
+        smallest = min(piece_sizes(self.block_tokens), default=self.block_tokens)
+        raise DeviceMemoryError(
+            f"Device {self.adapter.device} ran out of memory on frames {first}-{first + len(frames) - 1}, even "
+            f"{smallest} tokens at a time; the session keeps the {self.frames_ingested} frames it had; "
+            "lower --mem-cap or free device memory (other programs using it)."
+        )
+
+    def _run(self, block: Block, logits: bool, piece_tokens: int | None = None):
+        """Language-model forwards over `block` (in pieces of `piece_tokens`, if given); on any failure,
+        Ctrl-C included, the cache is rolled back."""
+        start = self.cache.length
+        try:
+            pieces = split_block(block, piece_tokens)
+            with torch.no_grad():
+                for index, piece in enumerate(pieces):
+                    piece_start = self.cache.length
+                    out = self.adapter.forward(piece, self.cache, logits and index == len(pieces) - 1)
+                    self.cache.write_meta(piece_start, piece.meta)
+        except BaseException:
             self.cache.truncate(start)
             raise
         self.peak_bytes = max(self.peak_bytes, self.cache.used_bytes)
@@ -250,31 +281,50 @@ class StreamSession:
         """Yield the answer text piece by piece, then the `Answer`."""
         yield from self._answer(question, max_new_tokens)
 
+    def check_question(self, question, max_new_tokens: int | None = None) -> str:
+        """The question as it will be asked, or a QuestionError (empty, not UTF-8, too long for the cap);
+        changes nothing, so a program can check its questions before the stream starts."""
+        self._check_open()
+        question = clean_question(question)
+        self._question_budget(question, max_new_tokens)
+        return question
+
+    def _question_budget(self, question: str, max_new_tokens: int | None) -> tuple[list[int], int, int]:
+        """(question ids, answer length, tokens to reserve) for a clean question that fits the cap."""
+        limit = self.max_new_tokens if max_new_tokens is None else _answer_length(max_new_tokens)
+        question_ids = self.adapter.question_ids(question)
+        resume = self.adapter.resume_ids(answer_finished=True)
+        reserve = len(question_ids) + limit + len(resume) + 1
+        if reserve > self.monitor.dialogue_capacity:
+            raise QuestionError(
+                f"The question is {len(question_ids)} tokens, but this cap leaves {self.monitor.dialogue_capacity} "
+                f"tokens for a question and its {limit}-token answer; shorten it or raise --mem-cap."
+            )
+        return question_ids, limit, reserve
+
     def _answer(self, question: str, max_new_tokens: int | None) -> Iterator[str | Answer]:
         self._check_open()
-        question = _clean_question(question)
-        limit = max_new_tokens or self.max_new_tokens
+        question = clean_question(question)
         with self._lock:
             started = time.perf_counter()
             turn = self.turns
-            question_ids = self.adapter.question_ids(question)
-            resume = self.adapter.resume_ids(answer_finished=True)
-            reserve = len(question_ids) + limit + len(resume) + 1
-            if reserve > self.monitor.dialogue_capacity:
-                raise QuestionError(
-                    f"The question is {len(question_ids)} tokens, but this cap leaves {self.monitor.dialogue_capacity} "
-                    f"tokens for a question and its {limit}-token answer; shorten it or raise --mem-cap."
-                )
+            question_ids, limit, reserve = self._question_budget(question, max_new_tokens)
             if self.monitor.make_room_for_turn(reserve):
                 self._after_compaction()
             saved_positions = copy.deepcopy(self.positions)
             length_before = self.cache.length
             try:
                 generated, finished, first_token_s = yield from self._generate(question_ids, turn, limit, started)
-            except BaseException:
+            except BaseException as error:
                 # a failed or abandoned answer leaves no half turn behind
                 self.cache.truncate(length_before)
                 self.positions = saved_positions
+                if isinstance(error, torch.OutOfMemoryError):
+                    release_device_memory(self.adapter.device)
+                    raise DeviceMemoryError(
+                        f"Device {self.adapter.device} ran out of memory while answering; the session keeps what it "
+                        "had; ask a shorter question, lower --mem-cap or free device memory (other programs using it)."
+                    ) from None
                 raise
             self.turns += 1
             answer = Answer(
@@ -376,9 +426,7 @@ class StreamSession:
                     self.policy = make_policy(policy)
                     self.policy_name = policy
                 if fps is not None:
-                    if fps <= 0:
-                        raise UserError(f"fps must be positive (got {fps}); try 2.")
-                    self.fps = float(fps)
+                    self.fps = check_rate(fps)
                 if mem_cap is not ...:
                     self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
                 frame_size = self.frame_size
@@ -413,14 +461,11 @@ def _ms_per_frame(blocks) -> float | None:
     return 1000 * sum(seconds for seconds, _ in blocks) / frames if frames else None
 
 
-def _looks_like_frame(array: np.ndarray) -> bool:
-    """A single frame is HxW or HxWx{1,3,4}; a stack of frames is NxHxWx3 (handled as a batch)."""
-    return array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4))
-
-
-def _clean_question(question: str) -> str:
-    if isinstance(question, bytes):
-        question = question.decode("utf-8", errors="replace")
-    if not isinstance(question, str) or not question.strip():
-        raise QuestionError("The question is empty; type a question about the video.")
-    return question.strip()
+def _answer_length(max_new_tokens) -> int:
+    """A positive whole number of answer tokens, or a UserError saying so."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise UserError(
+            f"The answer length {max_new_tokens!r} is not a whole number of tokens >= 1; "
+            "give one like --max-new-tokens 48."
+        )
+    return int(max_new_tokens)

@@ -46,6 +46,31 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device asked for, checked to exist here; the default (CUDA if there is one) for None."""
+    if device is None or device == "":
+        return default_device()
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"Unknown device '{device}'; use cpu, cuda or cuda:N.") from None
+    if target.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelLoadError(
+                f"Device '{device}' is not available: torch finds no CUDA GPU here; use --device cpu."
+            )
+        if target.index is not None and target.index >= count:
+            raise ModelLoadError(
+                f"There is no device '{device}': this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}."
+            )
+    elif target.type != "cpu":
+        backend = getattr(torch, target.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise ModelLoadError(f"Device '{device}' is not available here; use cpu or cuda.")
+    return target
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, model_dtype: torch.dtype | None) -> torch.dtype:
     """The user's dtype; else the model's own on CUDA, float32 on the CPU (faster there than bf16)."""
     if isinstance(dtype, torch.dtype):
@@ -94,7 +119,7 @@ def load_model(name: str = "demo", dtype: str | torch.dtype | None = None, devic
     """An adapter for `name`: a demo name (see `demo_names()`), a hub id or a local folder.
 
     `frame_max_pixels` bounds Qwen's per-frame resolution; the other families have a fixed frame size."""
-    target = torch.device(device) if device else default_device()
+    target = resolve_device(device)
     if name in DEMO_SPECS:
         model, tokenizer = build_demo(name)
         model = model.to(target, resolve_dtype(dtype, target, None))
@@ -106,11 +131,15 @@ def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code) -
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    if os.path.exists(name) and not Path(name, "config.json").is_file():
-        raise ModelLoadError(f"'{name}' is a path but holds no config.json; give a model folder saved with save_pretrained.")
+    local = _check_local_folder(name)
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except Exception:  # noqa: BLE001 - turned into one clear sentence
+    except Exception as error:  # noqa: BLE001 - turned into one clear sentence
+        if local:
+            raise ModelLoadError(
+                f"'{name}' has a config.json that is not a model config ({_first_sentence(error)}); "
+                "copy the model folder again or save it with save_pretrained."
+            ) from None
         raise ModelLoadError(
             f"Cannot load model '{name}': it is not a demo name ({', '.join(DEMO_SPECS)}), a local model folder, "
             "or a hub id that can be downloaded or is in the local cache; check the name or download the model first."
@@ -118,6 +147,11 @@ def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code) -
     if config.model_type not in SUPPORTED_TYPES:
         raise ModelLoadError(
             f"Model '{name}' is a '{config.model_type}' model; potwatch supports {', '.join(SUPPORTED_TYPES)} for now."
+        )
+    if local and not _has_weights(Path(name)):
+        raise ModelLoadError(
+            f"'{name}' has a config.json but no weights (model.safetensors or pytorch_model.bin); "
+            "copy the whole model folder."
         )
     model_class = getattr(transformers, MODEL_CLASSES[config.model_type])
     model_dtype = getattr(config.text_config, "dtype", None) or getattr(config, "dtype", None)
@@ -133,6 +167,44 @@ def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code) -
     is_demo = bool(getattr(config, DEMO_MARK, None))
     log.info("loaded %s (%s) on %s as %s", name, config.model_type, target, chosen)
     return _adapter_for(model, tokenizer, _read_preprocessor_config(name), name, is_demo, frame_max_pixels)
+
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name no hub id could be: absolute, relative with ./ or ../, home-relative, or ending in a slash."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.endswith(("/", os.sep)) or name.count("/") > 1
+
+
+def _check_local_folder(name: str) -> bool:
+    """True when `name` is a local model folder; a ModelLoadError when it is a path but not a model folder."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        if _looks_like_path(name):
+            raise ModelLoadError(f"The model folder '{name}' does not exist; check the path.")
+        return False
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"'{name}' is a file, not a model folder; give the folder that holds its config.json, a hub id, "
+            "or a demo name such as demo."
+        )
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"'{name}' is a folder but not a model (it has no config.json); give a folder written by "
+            "save_pretrained, a hub id, or a demo name such as demo."
+        )
+    return True
+
+
+def _has_weights(folder: Path) -> bool:
+    return any((folder / file).is_file() for file in _WEIGHT_FILES) or any(folder.glob("*.safetensors"))
+
+
+def _first_sentence(error: Exception) -> str:
+    """The first sentence of a library's error, without its trailing full stop."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.split(". ")[0].rstrip(".")
 
 
 def save_demo(name: str, folder: str | Path) -> Path:

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"potwatch: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:  # `watch` prints its summary itself; elsewhere there is nothing to keep
+        print("potwatch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 1
 
 

@@ -12,8 +12,11 @@ from tqdm import tqdm
 
 from potwatch.app.time_spec import parse_time
 from potwatch.compression.mem_cap import format_bytes
+from potwatch.errors import DeviceMemoryError, UserError
 from potwatch.streaming.answer import DEMO_NOTICE, Answer
+from potwatch.streaming.question_text import clean_question
 
+EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -29,10 +32,10 @@ class WatchRun:
         self.json = args.json
         mem_cap = parse_optional_mem_cap(args.mem_cap)  # fail on a bad cap before loading anything
         make_policy(args.policy)
-        self.timed = sorted(((parse_time(t), q) for t, q in args.ask_at), key=lambda item: item[0])
-        self.source = open_source(args.video, fps=args.fps, realtime=args.realtime or args.video.startswith("webcam:"))
-        if args.max_frames is not None:
-            self.source.max_frames = args.max_frames
+        self.timed = sorted(((parse_time(t), clean_question(q)) for t, q in args.ask_at), key=lambda item: item[0])
+        self.questions = [clean_question(question) for question in args.ask]
+        self.source = open_source(args.video, fps=args.fps, realtime=args.realtime or args.video.startswith("webcam:"),
+                                  max_frames=args.max_frames)
         self._say(f"loading model {args.model} ...")
         from potwatch.models.registry import load_model
         from potwatch.streaming.session import StreamSession
@@ -44,16 +47,31 @@ class WatchRun:
             positions=args.positions,
             frame_size=size if all(size) else None,
         )
+        for question in self.questions + [question for _, question in self.timed]:
+            self.session.check_question(question)  # too long for the cap: say so before the video plays
         self.answers: list[Answer] = []
-        self.interactive: queue.Queue[str | None] = queue.Queue()
+        self.interactive: queue.Queue[str | UserError | None] = queue.Queue()
         self.started = time.perf_counter()
         self.last_time_s = 0.0
+        self.stream_error: str | None = None  # why the stream stopped early (damaged file, camera gone, memory)
+        self.refused = 0  # interactive questions refused with a message; the run then exits 2
 
     def _say(self, text: str) -> None:
         if not self.json:
             print(text, file=sys.stderr, flush=True)
 
-    def ask(self, question: str) -> None:
+    def ask(self, question: str | UserError) -> None:
+        """Answer one question; a question that cannot be asked is reported and the run goes on."""
+        try:
+            if isinstance(question, UserError):
+                raise question
+            question = self.session.check_question(question)
+            self._answer(question)
+        except UserError as error:
+            self.refused += 1
+            print(f"potwatch: error: {error}", file=sys.stderr, flush=True)
+
+    def _answer(self, question: str) -> None:
         live = not self.json
         if live:
             print(f"[{_clock(self.last_time_s)}] Q: {question}\n          A: ", end="", flush=True)
@@ -78,15 +96,22 @@ class WatchRun:
                 self.last_time_s = frame.time_s
                 while self.timed and self.timed[0][0] <= frame.time_s:
                     self._ask_between(self.timed.pop(0)[1], bar)
-                session.feed(frame)
+                try:
+                    session.feed(frame)
+                except DeviceMemoryError as error:  # the session kept what it had: answer from that
+                    self.stream_error = str(error)
+                    break
                 self._drain_interactive(bar)
                 bar.update(1)
                 bar.set_postfix_str(f"cache {format_bytes(session.cache.used_bytes)}", refresh=False)
         finally:
             bar.close()
+            if hasattr(frames, "close"):
+                frames.close()  # stop the reader or decoder now, not when garbage is collected
+        self._report_early_end()
         for _, question in self.timed:
             self.ask(question)
-        for question in self.args.ask:
+        for question in self.questions:
             self.ask(question)
         if self.args.interactive:
             self._say("potwatch: the video ended; keep asking (Ctrl-D to finish)")
@@ -95,6 +120,14 @@ class WatchRun:
                 if question is None:
                     break
                 self.ask(question)
+
+    def _report_early_end(self) -> None:
+        """Say why and where the stream stopped early, if it did: the answers come from what came before."""
+        self.stream_error = self.stream_error or getattr(self.source, "error", None)
+        if self.stream_error:
+            print(f"potwatch: warning: {self.stream_error.rstrip('.')}. The stream stopped at "
+                  f"{_clock(self.last_time_s)} after {self.session.frames_seen} frames; the questions are answered "
+                  "from them.", file=sys.stderr, flush=True)
 
     def _frames(self):
         if self.args.realtime or self.args.video.startswith("webcam:"):
@@ -120,10 +153,19 @@ class WatchRun:
             self._ask_between(question, bar)
 
     def _read_stdin(self) -> None:
-        for line in sys.stdin:
-            if line.strip():
-                self.interactive.put(line.strip())
-        self.interactive.put(None)
+        """Questions from stdin, one a line; a line that is not UTF-8 is passed on as its error."""
+        stream = getattr(sys.stdin, "buffer", sys.stdin)
+        try:
+            for line in stream:
+                try:
+                    question = clean_question(line)
+                except UserError as error:
+                    if line.strip():
+                        self.interactive.put(error)
+                    continue
+                self.interactive.put(question)
+        finally:
+            self.interactive.put(None)
 
     def summary(self, interrupted: bool = False) -> dict:
         stats = self.session.stats()
@@ -153,6 +195,7 @@ class WatchRun:
             "max_position": stats["max_position"],
             "frames_covered": stats["frames_covered"],
             "source_error": str(getattr(self.source, "error", None) or "") or None,
+            "stream_error": self.stream_error or str(getattr(self.source, "error", None) or "") or None,
             "interrupted": interrupted,
             "answers": [answer.as_dict() for answer in self.answers],
         }
@@ -168,20 +211,25 @@ class WatchRun:
             f"summary: {summary['frames']} frames ({summary['video_seconds']:.1f} s of video) in {summary['wall_seconds']:.1f} s, "
             f"{per_frame}; peak cache {format_bytes(summary['peak_cache_bytes'])} of {cap_text}; "
             f"{summary['compressions']} compressions ({summary['compression_ms']:.0f} ms); {summary['dropped_frames']} dropped frames"
+            + ("; stream stopped early" if summary["stream_error"] else "")
             + ("; interrupted" if summary["interrupted"] else ""),
             flush=True,
         )
 
 
 def run_watch(args) -> int:
-    run = WatchRun(args)
+    try:
+        run = WatchRun(args)
+    except KeyboardInterrupt:
+        print("potwatch: interrupted before the stream started", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     try:
         run.play()
     except KeyboardInterrupt:
         run.print_summary(run.summary(interrupted=True))
         return EXIT_INTERRUPTED
     run.print_summary(run.summary())
-    return 0
+    return EXIT_USER_ERROR if run.refused else 0
 
 
 def _clock(seconds: float) -> str:

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--max-new-tokens", type=int, default=48, help="longest answer, in tokens (default 48)")
     watch.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, the model's on CUDA)")
     watch.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    add_trust_remote_code_argument(watch)
 
     from potwatch.app.bench import add_bench_arguments
 
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("name")
     save.add_argument("folder")
     return parser
+
+
+def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
+    """Off unless given: a checkpoint's own Python code would run with the user's rights."""
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a checkpoint run its own Python code from its folder or hub repository "
+                             "(off by default; only for checkpoints you trust)")
 
 
 def main(argv: list[str] | None = None) -> int:

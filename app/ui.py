@@ -18,10 +18,11 @@ from potwatch.compression.policies.base import policy_names  # noqa: E402
 from potwatch.app.ui_handlers import DEMO_VIDEO, Handlers  # noqa: E402
 from potwatch.app.ui_sessions import SessionPool  # noqa: E402
 from potwatch.app.ui_status import header  # noqa: E402
+from potwatch.app.ui_uploads import MAX_UPLOAD_MB  # noqa: E402
 
 TICK_S = 1.0  # refresh of status, numbers, plots and the current frame
 WEBCAM_EVERY_S = 0.5  # how often the browser sends a camera frame
-MAX_UPLOAD = "200mb"
+MAX_UPLOAD = f"{MAX_UPLOAD_MB}mb"  # Gradio answers a bigger upload with HTTP 413
 CSS = """
 #status { min-height: 2.5em; }
 #numbers table { font-size: 0.9em; }
@@ -57,7 +58,7 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
                         webcam_pause = gr.Button("Pause watching", size="sm", elem_id="webcam-pause")
                     with gr.Tab("File", id="file"):
                         with gr.Row():
-                            upload = gr.File(label="Upload a video (up to 200 MB)", file_types=["video"],
+                            upload = gr.File(label=f"Upload a video (up to {MAX_UPLOAD_MB} MB)", file_types=["video"],
                                              type="filepath", height=110, elem_id="upload", scale=3)
                             demo_button = gr.Button("Use the demo video", visible=handlers.demo_video is not None,
                                                     elem_id="use-demo", scale=1)

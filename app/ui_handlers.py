@@ -17,6 +17,7 @@ from potwatch.streaming.answer import Answer
 from potwatch.app.ui_plots import memory_figure, retention_figure
 from potwatch.app.ui_sessions import PoolFullError, SessionPool, TabSession, TabSettings
 from potwatch.app.ui_status import answer_message, numbers_table, status_line
+from potwatch.app.ui_uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, delete_upload, is_upload
 
 DEMO_VIDEO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
 SKIP = gr.skip
@@ -79,8 +80,11 @@ class Handlers:
         return (*self._full_outputs(tab), list(tab.chat), self.cap_description(tab), self._video_words(tab))
 
     def unload(self, request: gr.Request) -> None:
-        """Tab closed or reloaded: free its session and cache."""
+        """Tab closed or reloaded: free its session, its cache and its uploaded video."""
+        tab = self.pool.get(request.session_hash)
         self.pool.close(request.session_hash)
+        if tab is not None and tab.video_path is not None:
+            self._release(tab.video_path)
 
     def tick(self, request: gr.Request) -> tuple:
         """The page's timer: what changed since the last tick. A visitor who was refused a session
@@ -121,7 +125,14 @@ class Handlers:
         Returns (video words, status)."""
         if not path:
             return (SKIP(), SKIP())
-        return self._choose(Path(path), None, request)[:2]
+        path = Path(path)
+        if path.is_file() and path.stat().st_size > MAX_UPLOAD_BYTES:  # Gradio refuses these first; belt and braces
+            self._release(path)
+            return (f"⚠ '{path.name}' is over {MAX_UPLOAD_MB} MB; upload a shorter or smaller video.", SKIP())
+        words, status, chosen = self._choose(path, None, request)
+        if not chosen:
+            self._release(path)  # refused (not a video, broken): not kept on disk
+        return (words, status)
 
     def use_demo_video(self, request: gr.Request) -> tuple:
         """Choose the shipped demo video. Returns (video words, status, upload field: emptied)."""
@@ -133,10 +144,18 @@ class Handlers:
     def _choose(self, path: Path, name: str | None, request: gr.Request) -> tuple[str, object, bool]:
         try:
             tab = self._tab(request)
+            previous = tab.video_path
             tab.choose_video(path, name)
         except UserError as error:
             return (f"⚠ {error}", SKIP(), False)
+        if previous is not None and previous != path:
+            self._release(previous)
         return (self._video_words(tab), status_line(tab), True)
+
+    def _release(self, path: Path) -> None:
+        """Delete an uploaded video that no tab plays any more (see `ui_uploads`)."""
+        if is_upload(path) and not any(tab.video_path == path for tab in self.pool.tabs()):
+            delete_upload(path)
 
     def _control(self, action: str, request: gr.Request) -> str:
         try:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 
 from potwatch.errors import UserError
@@ -27,6 +30,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, the model's on CUDA)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    from potwatch.app.cli import add_trust_remote_code_argument
+
+    add_trust_remote_code_argument(parser)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -40,6 +46,21 @@ def _check_port(host: str, port: int) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C. Uploads go to a folder of this server's own (unless $GRADIO_TEMP_DIR names
+    one), deleted with everything in it when the server stops, however it stops short of a kill."""
+    own_folder = None
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        own_folder = tempfile.mkdtemp(prefix="potwatch-serve-")
+        os.environ["GRADIO_TEMP_DIR"] = own_folder
+    try:
+        return _serve(args)
+    finally:
+        if own_folder is not None:
+            shutil.rmtree(own_folder, ignore_errors=True)
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+
+
+def _serve(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401
         import matplotlib  # noqa: F401
@@ -58,7 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"potwatch: loading model {args.model} ...", file=sys.stderr, flush=True)
     from potwatch.models.registry import load_model
 
-    adapter = load_model(args.model, dtype=args.dtype, device=args.device)
+    adapter = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     pool = SessionPool(adapter, max_sessions=args.max_sessions, settings=settings, max_new_tokens=args.max_new_tokens)
     pool.check()
     from potwatch.app.ui import build_app, launch_options

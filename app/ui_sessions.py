@@ -304,6 +304,11 @@ class SessionPool:
     def get(self, key: str) -> TabSession | None:
         return self._tabs.get(key)
 
+    def tabs(self) -> list[TabSession]:
+        """The open tabs, now."""
+        with self._lock:
+            return list(self._tabs.values())
+
     def open(self, key: str) -> TabSession:
         """This tab's session, made now if it has none; PoolFullError when every slot is taken.
 

@@ -40,7 +40,8 @@ class WatchRun:
         from potwatch.models.registry import load_model
         from potwatch.streaming.session import StreamSession
 
-        adapter = load_model(args.model, dtype=args.dtype, device=args.device)
+        adapter = load_model(args.model, dtype=args.dtype, device=args.device,
+                             trust_remote_code=getattr(args, "trust_remote_code", False))
         size = (getattr(self.source, "height", None), getattr(self.source, "width", None))
         self.session = StreamSession(
             adapter, mem_cap=mem_cap, policy=args.policy, fps=args.fps, max_new_tokens=args.max_new_tokens,

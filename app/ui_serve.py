@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 
 from potwatch.errors import UserError
@@ -46,18 +48,33 @@ def _check_port(host: str, port: int) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Serve until Ctrl-C. Uploads go to a folder of this server's own (unless $GRADIO_TEMP_DIR names
-    one), deleted with everything in it when the server stops, however it stops short of a kill."""
+    """Serve until Ctrl-C or SIGTERM. Uploads go to a folder of this server's own (unless
+    $GRADIO_TEMP_DIR names one), deleted with everything in it when the server stops."""
     own_folder = None
     if not os.environ.get("GRADIO_TEMP_DIR"):
         own_folder = tempfile.mkdtemp(prefix="potwatch-serve-")
         os.environ["GRADIO_TEMP_DIR"] = own_folder
+    previous = _stop_on_sigterm()
     try:
         return _serve(args)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if own_folder is not None:
             shutil.rmtree(own_folder, ignore_errors=True)
             os.environ.pop("GRADIO_TEMP_DIR", None)
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM (systemd, docker stop) stop the server like Ctrl-C, so the clean-up runs; returns
+    the handler it replaced (None off the main thread, where no handler can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _serve(args: argparse.Namespace) -> int:

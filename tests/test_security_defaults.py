@@ -75,7 +75,7 @@ def test_risky_options_are_off_unless_given():
 
 
 # --- the server ----------------------------------------------------------------------------------
-def test_serve_listens_on_this_machine_only_and_deletes_its_uploads_when_it_stops(tmp_path):
+def test_serve_listens_on_this_machine_only_and_deletes_its_uploads_when_stopped(tmp_path):
     pytest.importorskip("gradio")
     if not os.path.exists("/proc/net/tcp"):
         pytest.skip("needs Linux /proc/net/tcp to see where the server listens")
@@ -102,7 +102,7 @@ def test_serve_listens_on_this_machine_only_and_deletes_its_uploads_when_it_stop
         own = [folder for folder in temp.iterdir() if folder.name.startswith("potwatch-serve-")]
         assert len(own) == 1 and uploaded.is_file() and uploaded.is_relative_to(own[0])
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGTERM)  # as systemd or docker stop it
         try:
             server.wait(30)
         except subprocess.TimeoutExpired:

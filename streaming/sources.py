@@ -234,8 +234,8 @@ class FileSource:
         """After the last frame: say why the video ended early, if it did; if nothing decoded, refuse it."""
         if last_s is None and self._failure is not None:
             raise SourceError(
-                f"'{self.path}' has no frame potwatch's FFmpeg can decode ({self._failure}); "
-                "convert it to H.264 or VP9 and try again."
+                f"'{self.path}' has no frame potwatch's FFmpeg can decode ({self._failure}); its video data is "
+                "damaged or in a codec FFmpeg does not know, so export it again, e.g. as H.264."
             )
         if last_s is None:
             return

@@ -84,6 +84,18 @@ def write_unknown_codec(path: Path) -> Path:
     return path
 
 
+def write_damaged_data(path: Path) -> Path:
+    """A real H.264 MP4 whose frame data (the `mdat` box) was overwritten with zeros, its index intact:
+    what a failing disk or a bad transfer leaves."""
+    write_video(path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"mdat") + 4
+    size = int.from_bytes(data[start - 8:start - 4], "big")
+    data[start:start - 8 + size] = bytes(size - 8)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def write_all(folder: Path) -> Path:
     """Every file the bad-inputs table names, in `folder` (the names match docs/bad-inputs.md)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,6 +105,7 @@ def write_all(folder: Path) -> Path:
     write_cut_in_half(write_video(folder / "complete.mp4", count=20), folder / "half.mp4")
     write_audio_only(folder / "sound.m4a")
     write_unknown_codec(folder / "unknown-codec.mp4")
+    write_damaged_data(folder / "damaged.mp4")
     write_video(folder / "tiny.mkv", count=2, size=(1, 1), codec="ffv1", pix_fmt="bgr0")
     write_blank_8k(folder / "8k.mp4")
     write_video(folder / "gray.mkv", count=4, codec="ffv1", pix_fmt="gray")

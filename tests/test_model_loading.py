@@ -34,7 +34,7 @@ def test_bfloat16_halves_the_bytes_per_token():
 
 def test_a_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(ModelLoadError, match="holds no config.json"):
+    with pytest.raises(ModelLoadError, match="it has no config.json"):
         load_model(str(tmp_path))
 
 

@@ -1,9 +1,11 @@
 """A transformers `Cache` whose memory is allocated once, from a byte cap, and never grows.
 
-Each layer owns preallocated K/V buffers `[1, kv_heads, capacity, head_dim]` and per-head metadata.
+All layers' K/V live in one preallocated block `[layers, kv_heads, capacity, head_dim]` (and their
+metadata in blocks shaped alike); each layer works on its slice `[1, kv_heads, capacity, head_dim]`.
 New tokens are written in place; `update` returns views of the filled prefix, which transformers
-attends over like any other cache. Compaction gathers the kept tokens of each head to the front of
-the same buffers, so the storage addresses never change."""
+attends over like any other cache. Compaction moves the kept tokens of every (layer, head) row to the
+front of the same block in one batched pass, so the storage addresses never change and the cost of
+a pass does not grow with the number of layers' Python calls."""
 
 from __future__ import annotations
 
@@ -15,30 +17,46 @@ from potwatch.compression.token_meta import META_FIELDS, POS_DTYPE, TokenKind, T
 from potwatch.kernels.rope_shift import shift_rotary
 
 
+# Bytes of scratch a compaction moves rows through: small enough to stay in the CPU's cache, whatever
+# the size of the KV cache, so compaction allocates next to nothing.
+COMPACT_SCRATCH_BYTES = 4 << 20
+
+
 class CacheOverflowError(RuntimeError):
     """More tokens were written than the capacity holds: the monitor failed to make room (a bug)."""
 
 
+def allocate_storage(geometry: KVGeometry, layers: int, capacity: int, device: torch.device | str) -> dict:
+    """Zero-filled K, V, metadata and positions for `layers` layers: `keys`/`values` [layers, heads,
+    capacity, head_dim], each metadata field [layers, heads, capacity], `pos` [layers, rows, heads, capacity]."""
+    heads = geometry.kv_heads
+    shape = (layers, heads, capacity, geometry.head_dim)
+    storage = {
+        "keys": torch.zeros(shape, dtype=geometry.dtype, device=device),
+        "values": torch.zeros(shape, dtype=geometry.dtype, device=device),
+        "pos": torch.zeros((layers, geometry.pos_rows, heads, capacity), dtype=POS_DTYPE, device=device),
+    }
+    for name, dtype in META_FIELDS:
+        storage[name] = torch.full((layers, heads, capacity), -1, dtype=dtype, device=device)
+    return storage
+
+
 class CappedLayer(CacheLayerMixin):
-    """One decoder layer's slice of the capped cache."""
+    """One decoder layer's slice of the capped cache: views into the shared storage at `index`."""
 
     is_compileable = False
     is_croppable = False
     supports_early_init = False
 
-    def __init__(self, geometry: KVGeometry, capacity: int, device: torch.device | str, growable: bool = False):
+    def __init__(self, storage: dict, index: int, growable: bool = False):
         super().__init__()
-        self.capacity = capacity
         self.growable = growable
-        self.device = torch.device(device)
-        shape = (1, geometry.kv_heads, capacity, geometry.head_dim)
-        self.key_buffer = torch.zeros(shape, dtype=geometry.dtype, device=self.device)
-        self.value_buffer = torch.zeros(shape, dtype=geometry.dtype, device=self.device)
-        self.meta = {
-            name: torch.full((geometry.kv_heads, capacity), -1, dtype=dtype, device=self.device)
-            for name, dtype in META_FIELDS
-        }
-        self.pos = torch.zeros((geometry.pos_rows, geometry.kv_heads, capacity), dtype=POS_DTYPE, device=self.device)
+        self.key_buffer = storage["keys"][index : index + 1]  # [1, heads, capacity, head_dim]
+        self.value_buffer = storage["values"][index : index + 1]
+        self.meta = {name: storage[name][index] for name, _ in META_FIELDS}  # [heads, capacity]
+        self.pos = storage["pos"][index]  # [rows, heads, capacity]
+        self.capacity = self.key_buffer.shape[2]
+        self.device = self.key_buffer.device
         self.length = 0
         self.is_initialized = True
         self._refresh_views()
@@ -90,13 +108,10 @@ class CappedLayer(CacheLayerMixin):
         self.pos[:, :, start:end] = meta.pos.to(self.device).unsqueeze(1)
 
     def compact(self, keep: torch.Tensor) -> None:
-        """Keep, per head, the tokens at `keep` [heads, m] (ascending), moved to the buffer front."""
-        m = keep.shape[1]
-        heads, dim = self.key_buffer.shape[1], self.key_buffer.shape[3]
-        index = keep.unsqueeze(-1).expand(heads, m, dim)
-        for buffer in (self.key_buffer, self.value_buffer):
-            kept = torch.gather(buffer[0, :, : self.length], 1, index)
-            buffer[0, :, :m].copy_(kept)
+        """Keep, per head, the tokens at `keep` [heads, m] (ascending), moved to the buffer front in place."""
+        heads, m = keep.shape
+        move_rows(self.key_buffer[0], keep)
+        move_rows(self.value_buffer[0], keep)
         for name in self.meta:
             self.meta[name][:, :m] = torch.gather(self.meta[name][:, : self.length], 1, keep)
         pos_index = keep.unsqueeze(0).expand(self.pos.shape[0], heads, m)
@@ -110,11 +125,6 @@ class CappedLayer(CacheLayerMixin):
         delta = new_pos - self.pos[:, :, :n].long()
         self.key_buffer[0, :, :n] = shift_rotary(self.key_buffer[0, :, :n], delta, inv_freq, section)
         self.pos[:, :, :n] = new_pos.to(self.pos.dtype)
-
-    def indices_where(self, mask: torch.Tensor) -> torch.Tensor:
-        """Buffer indices [heads, count] where `mask` [heads, length] holds; every head must have the same count."""
-        heads = mask.shape[0]
-        return mask.nonzero()[:, 1].view(heads, -1)
 
     def _grow(self, capacity: int) -> None:
         """Only for an uncapped cache (`--mem-cap none`): reallocate bigger buffers."""
@@ -137,17 +147,51 @@ class CappedLayer(CacheLayerMixin):
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def indices_where(mask: torch.Tensor) -> torch.Tensor:
+    """Column indices [rows, count] where `mask` [rows, n] holds; every row must hold the same count."""
+    return mask.nonzero()[:, 1].view(mask.shape[0], -1)
+
+
+def move_rows(rows: torch.Tensor, keep: torch.Tensor) -> None:
+    """rows[b, j] = rows[b, keep[b, j]] for every row b of `rows` [B, capacity, D] (contiguous) and j < m.
+
+    `keep` [B, m] is ascending, so keep[b, j] >= j: moving the kept rows front to back in chunks
+    never overwrites a row a later chunk still has to read. Each chunk is read into a small scratch
+    with one index_select over all rows, then written into place; a leading run that already sits
+    where it belongs in every row is skipped (dropping one old turn leaves everything before it)."""
+    batch, capacity, dim = rows.shape
+    m = keep.shape[1]
+    in_place = (keep == torch.arange(m, device=keep.device)).all(dim=0)
+    start = int(in_place.long().cumprod(dim=0).sum())
+    if start >= m:
+        return
+    chunk = max(1, COMPACT_SCRATCH_BYTES // (batch * dim * rows.element_size()))
+    flat = rows.view(batch * capacity, dim)
+    first_row = torch.arange(batch, device=keep.device)[:, None] * capacity
+    scratch = torch.empty((batch * min(chunk, m - start), dim), dtype=rows.dtype, device=rows.device)
+    for begin in range(start, m, chunk):
+        end = min(m, begin + chunk)
+        moved = scratch[: batch * (end - begin)]
+        torch.index_select(flat, 0, (keep[:, begin:end] + first_row).view(-1), out=moved)
+        rows[:, begin:end].copy_(moved.view(batch, end - begin, dim))
+
+
 class CappedKVCache(Cache):
     """The whole capped cache: one `CappedLayer` per decoder layer, all holding the same token count.
 
     `capacity=None` makes an uncapped cache that grows (only for comparisons against the full cache)."""
 
     def __init__(self, geometry: KVGeometry, capacity: int | None, device: torch.device | str = "cpu"):
-        growable = capacity is None
-        start = 1024 if growable else capacity
-        super().__init__(layers=[CappedLayer(geometry, start, device, growable) for _ in range(geometry.layers)])
+        if capacity is None:  # each layer grows on its own
+            layers = [CappedLayer(allocate_storage(geometry, 1, 1024, device), 0, growable=True)
+                      for _ in range(geometry.layers)]
+            self.storage = None
+        else:
+            self.storage = allocate_storage(geometry, geometry.layers, capacity, device)
+            layers = [CappedLayer(self.storage, index) for index in range(geometry.layers)]
+        super().__init__(layers=layers)
         self.geometry = geometry
-        self.capped = not growable
+        self.capped = capacity is not None
 
     @property
     def capacity(self) -> int:
@@ -169,6 +213,28 @@ class CappedKVCache(Cache):
 
     def free(self) -> int:
         return self.capacity - self.length if self.capped else 1 << 62
+
+    def rows(self, name: str) -> torch.Tensor:
+        """Every (layer, head) row of one stored field at once, as [layers * heads, capacity, ...]: `keys`,
+        `values` or a metadata name. Capped caches only (their storage is one block)."""
+        tensor = self.storage[name]
+        return tensor.view(-1, *tensor.shape[2:])
+
+    def compact(self, keep: torch.Tensor) -> None:
+        """Keep, in every (layer, head) row, the tokens at `keep` [layers * heads, m] (ascending), in one pass."""
+        m, n = keep.shape[1], self.length
+        move_rows(self.rows("keys"), keep)
+        move_rows(self.rows("values"), keep)
+        for name, _ in META_FIELDS:
+            meta = self.rows(name)
+            meta[:, :m] = torch.gather(meta[:, :n], 1, keep)
+        pos = self.storage["pos"]  # [layers, rows, heads, capacity]
+        layers, pos_rows, heads, _ = pos.shape
+        index = keep.view(layers, 1, heads, m).expand(layers, pos_rows, heads, m)
+        pos[..., :m] = torch.gather(pos[..., :n], 3, index)
+        for layer in self.layers:
+            layer.length = m
+            layer._refresh_views()
 
     def write_meta(self, start: int, meta: TokenMeta) -> None:
         for layer in self.layers:
@@ -198,11 +264,14 @@ class CappedKVCache(Cache):
         return {kind: int((kinds == kind).sum()) for kind in TokenKind}
 
     def frames_held(self) -> torch.Tensor:
-        """Distinct frame indices with at least one token left in any layer or head."""
-        frames = [layer.meta["frame"][:, : layer.length] for layer in self.layers]
-        kinds = [layer.meta["kind"][:, : layer.length] for layer in self.layers]
-        held = torch.cat([f[k == TokenKind.VISION] for f, k in zip(frames, kinds)])
-        return torch.unique(held)
+        """Distinct frame indices with at least one token left in any layer or head, ascending."""
+        held = [layer.meta["frame"][:, : layer.length][layer.meta["kind"][:, : layer.length] == TokenKind.VISION]
+                for layer in self.layers]
+        newest = max((int(h.max()) for h in held if h.numel()), default=-1)
+        present = torch.zeros(newest + 1, dtype=torch.bool, device=self.layers[0].device)
+        for frames in held:
+            present[frames] = True  # a presence table: no sort of every layer's frames
+        return present.nonzero().view(-1)
 
     def retention(self, tokens_per_frame: int) -> dict[int, float]:
         """For each frame still held: the share of its `tokens_per_frame` tokens kept, over layers and heads."""

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from potwatch.compression.capped_cache import CappedKVCache
+from potwatch.compression.capped_cache import CappedKVCache, indices_where
 from potwatch.compression.policies.base import Policy, VisualTokens
 from potwatch.compression.token_meta import TokenKind
 from potwatch.errors import CacheFullError
@@ -66,7 +66,7 @@ class CompressionMonitor:
                 f"The cache is full at {cache.length} of {cache.capacity} tokens and policy 'none' evicts nothing; "
                 "raise --mem-cap or pick a compressing policy such as tar_van."
             )
-        return self._compact("visual", lambda layer_index, layer: self._visual_keep(layer_index, layer, keep_visual))
+        return self._compact("visual", lambda: self._visual_keep(keep_visual))
 
     def make_room_for_turn(self, incoming: int) -> list[CompressionEvent]:
         """Drop whole oldest dialogue turns until a new turn of `incoming` tokens fits its share, then make room."""
@@ -74,37 +74,35 @@ class CompressionMonitor:
         while self.cache.kind_counts()[TokenKind.DIALOGUE] + incoming > self.dialogue_capacity:
             turns = self.cache.layers[0].meta["turn"][0, : self.cache.length]
             oldest = int(turns[turns >= 0].min())
-            events.append(self._compact("dialogue", lambda i, layer: self._drop_turn(layer, oldest)))
+            events.append(self._compact("dialogue", lambda: self._drop_turn(oldest)))
         event = self.make_room(incoming)
         return events + ([event] if event else [])
 
-    def _visual_keep(self, layer_index: int, layer, keep_visual: int) -> torch.Tensor:
-        n = layer.length
-        kinds = layer.meta["kind"][:, :n]
-        visual_at = layer.indices_where(kinds == TokenKind.VISION)
-        protected_at = layer.indices_where(kinds != TokenKind.VISION)
+    def _visual_keep(self, keep_visual: int) -> torch.Tensor:
+        """Rows to keep [layers * heads, m]: the protected text, plus the visual tokens the policy picks
+        out of every (layer, head) row in one call."""
+        cache, n = self.cache, self.cache.length
+        is_visual = cache.rows("kind")[:, :n] == TokenKind.VISION
+        visual_at = indices_where(is_visual)
         tokens = VisualTokens(
-            keys=torch.gather(layer.keys[0], 1, _expand(visual_at, layer.keys.shape[-1])),
-            values=torch.gather(layer.values[0], 1, _expand(visual_at, layer.values.shape[-1])),
-            frame=torch.gather(layer.meta["frame"][:, :n], 1, visual_at),
-            row=torch.gather(layer.meta["row"][:, :n], 1, visual_at),
-            col=torch.gather(layer.meta["col"][:, :n], 1, visual_at),
-            layer=layer_index,
+            keys=cache.rows("keys"),  # the cache's own rows: policies read what they need where it lies
+            values=cache.rows("values"),
+            frame=torch.gather(cache.rows("frame")[:, :n], 1, visual_at),
+            row=torch.gather(cache.rows("row")[:, :n], 1, visual_at),
+            col=torch.gather(cache.rows("col")[:, :n], 1, visual_at),
+            at=visual_at,
         )
         chosen = self.policy.select(tokens, keep_visual)
-        keep = torch.cat([protected_at, torch.gather(visual_at, 1, chosen)], dim=1)
-        return keep.sort(dim=1).values
+        keep = (~is_visual).scatter_(1, torch.gather(visual_at, 1, chosen), True)
+        return indices_where(keep)
 
-    @staticmethod
-    def _drop_turn(layer, turn: int) -> torch.Tensor:
-        n = layer.length
-        return layer.indices_where(layer.meta["turn"][:, :n] != turn)
+    def _drop_turn(self, turn: int) -> torch.Tensor:
+        return indices_where(self.cache.rows("turn")[:, : self.cache.length] != turn)
 
-    def _compact(self, reason: str, keep_for_layer) -> CompressionEvent:
+    def _compact(self, reason: str, keep_rows) -> CompressionEvent:
         started = time.perf_counter()
         before = self.cache.length
-        for index, layer in enumerate(self.cache.layers):
-            layer.compact(keep_for_layer(index, layer))
+        self.cache.compact(keep_rows())
         ms = (time.perf_counter() - started) * 1000
         event = CompressionEvent(
             time_s=time.monotonic() - self._start,
@@ -118,7 +116,3 @@ class CompressionMonitor:
         self.event_count += 1
         self.compression_ms += ms
         return event
-
-
-def _expand(index: torch.Tensor, dim: int) -> torch.Tensor:
-    return index.unsqueeze(-1).expand(*index.shape, dim)

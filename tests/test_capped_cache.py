@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache
 
 from potwatch.compression.budget import KVGeometry
-from potwatch.compression.capped_cache import CacheOverflowError, CappedKVCache
+from potwatch.compression.capped_cache import CacheOverflowError, CappedKVCache, indices_where
 from potwatch.compression.token_meta import TokenKind, TokenMeta
 
 GEOMETRY = KVGeometry(layers=2, kv_heads=3, head_dim=8, dtype=torch.float32, pos_rows=3)
@@ -72,8 +72,8 @@ def test_per_head_compaction_keeps_keys_values_and_metadata_in_step():
         next_frame += 5
         for layer in cache.layers:
             kinds = layer.meta["kind"][:, : layer.length]
-            visual = layer.indices_where(kinds == TokenKind.VISION)
-            protected = layer.indices_where(kinds != TokenKind.VISION)
+            visual = indices_where(kinds == TokenKind.VISION)
+            protected = indices_where(kinds != TokenKind.VISION)
             keep_n = visual.shape[1] // 2
             choice = torch.stack([torch.randperm(visual.shape[1])[:keep_n].sort().values for _ in range(3)])
             keep = torch.cat([protected, torch.gather(visual, 1, choice)], 1).sort(1).values

@@ -12,7 +12,6 @@ from potwatch.compression.policies.selection import (
     pool_per_frame,
     recent_tokens,
     tar_scores,
-    van_scores,
 )
 from potwatch.errors import PolicyOptionError, UnknownPolicyError
 
@@ -87,7 +86,7 @@ def test_tar_scores_static_as_redundant_and_changed_as_novel():
     tokens = grid_tokens(8, 2, CHANGED)
     in_recent, _ = recent_tokens(tokens.frame, 0.125, keep=10**6)
     assert bool((in_recent == (tokens.frame == 7)).all())  # r = max(1, floor(0.125 * 8)) = 1 frame
-    score = tar_scores(tokens.keys, tokens.row, tokens.col, in_recent)
+    score = tar_scores(tokens, in_recent)
     for h in range(2):
         is_changed = torch.zeros(tokens.count, dtype=torch.bool)
         for f, r, c in CHANGED[h]:
@@ -115,7 +114,7 @@ def test_tar_uses_the_mean_over_several_recent_frames():
     tokens = grid_tokens(16, 1, {0: [(14, 0, 0)]})
     in_recent, _ = recent_tokens(tokens.frame, 0.125, keep=10**6)
     assert int(in_recent.sum()) == 2 * GRID * GRID
-    score = tar_scores(tokens.keys, tokens.row, tokens.col, in_recent)
+    score = tar_scores(tokens, in_recent)
     at_origin = (tokens.row[0] == 0) & (tokens.col[0] == 0) & ~in_recent[0]
     assert torch.allclose(score[0][at_origin], torch.tensor(0.0), atol=1e-5)
     assert torch.allclose(score[0][~at_origin & ~in_recent[0]], torch.tensor(-1.0), atol=1e-5)
@@ -127,7 +126,7 @@ def test_tar_coordinate_without_recent_token_counts_as_novel():
     gone = (tokens.frame[0] == 3) & (tokens.row[0] == 3) & (tokens.col[0] == 3)
     tokens = take(tokens, torch.nonzero(~gone).T)
     in_recent, _ = recent_tokens(tokens.frame, 0.125, keep=10**6)
-    score = tar_scores(tokens.keys, tokens.row, tokens.col, in_recent)
+    score = tar_scores(tokens, in_recent)
     lonely = (tokens.row[0] == 3) & (tokens.col[0] == 3)
     assert bool((score[0][lonely] == NOVEL_SCORE).all())
     assert bool((score[0][~lonely & ~in_recent[0]] < -0.99).all())
@@ -152,7 +151,7 @@ def test_alignment_survives_repeated_compressions():
         if step > 0:
             assert not torch.equal(cache.frame[0], cache.frame[1]) or not torch.equal(cache.row[0], cache.row[1])
         in_recent, _ = recent_tokens(cache.frame, 0.125, keep=10**6)
-        score = tar_scores(cache.keys, cache.row, cache.col, in_recent)
+        score = tar_scores(cache, in_recent)
         for h in range(2):
             static = ~in_recent[h] & torch.tensor([p not in changed[h] for p in zip(
                 cache.frame[h].tolist(), cache.row[h].tolist(), cache.col[h].tolist())])
@@ -230,7 +229,7 @@ def test_masked_pooling_ignores_missing_tokens():
     # Evict everything of frame 0 but (0, 0) and (0, 1): the mean must be over the two present tokens only.
     keep_mask = (tokens.frame[0] == 1) | ((tokens.row[0] == 0) & (tokens.col[0] <= 1))
     tokens = take(tokens, torch.nonzero(keep_mask).T)
-    norm = van_scores(tokens.values)
+    norm = tokens.value_norms()
     pooled = pool_per_frame(norm, tokens.frame, tokens.row, tokens.col, 3)
     assert pooled[0, 0].item() == pytest.approx((10.0 + 0.1) / 2)
     assert pooled[0, 1].item() == pytest.approx((10.0 + 0.1) / 2)
@@ -277,7 +276,7 @@ def test_tar_van_keeps_recent_frames_tar_picks_and_exact_count():
     index = policy.select(tokens, keep)
     assert_valid(index, 2, tokens.count, keep)
     in_recent, _ = recent_tokens(tokens.frame, 0.125, keep)
-    score = tar_scores(tokens.keys, tokens.row, tokens.col, in_recent)
+    score = tar_scores(tokens, in_recent)
     for h in range(2):
         chosen = set(index[h].tolist())
         assert set(torch.nonzero(in_recent[h]).flatten().tolist()) <= chosen

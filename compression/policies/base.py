@@ -1,7 +1,7 @@
 """What every compression policy receives and returns, and the registry of policies by name.
 
-A policy sees one layer's evictable (visual) tokens at a time, per KV head, and says which of them
-to keep. It never sees the question and never knows the model family."""
+A policy sees the evictable (visual) tokens of each KV head of each layer, one head per row, and says
+which of them to keep in every row. It never sees the question and never knows the model family."""
 
 from __future__ import annotations
 
@@ -15,24 +15,46 @@ from potwatch.errors import UnknownPolicyError
 
 @dataclass
 class VisualTokens:
-    """One layer's visual tokens, per KV head, in the order they sit in the cache (oldest first).
+    """Visual tokens per KV head (the monitor passes every head of every layer at once, one per row), in
+    the order they sit in the cache (oldest first).
 
-    Every head holds the same number of tokens `n`, but not necessarily the same tokens."""
+    Every head holds the same number of tokens `n`, but not necessarily the same tokens. `keys` and
+    `values` may be whole cache rows (protected tokens and free room included) with `at` saying which
+    entries are the visual tokens: the monitor hands over the cache's own storage that way, so no policy
+    pays for a copy of K/V it does not read. With `at=None` every entry is a visual token."""
 
-    keys: torch.Tensor  # [heads, n, head_dim], cached keys (after RoPE)
-    values: torch.Tensor  # [heads, n, head_dim]
+    keys: torch.Tensor  # [heads, N >= n, head_dim], cached keys (after RoPE)
+    values: torch.Tensor  # [heads, N, head_dim]
     frame: torch.Tensor  # [heads, n] int, index of the frame each token came from
     row: torch.Tensor  # [heads, n] int, patch row inside its frame's grid
     col: torch.Tensor  # [heads, n] int, patch column inside its frame's grid
-    layer: int = 0
+    at: torch.Tensor | None = None  # [heads, n] rows of keys/values holding the visual tokens; None = all
 
     @property
     def heads(self) -> int:
-        return self.keys.shape[0]
+        return self.frame.shape[0]
 
     @property
     def count(self) -> int:
-        return self.keys.shape[1]
+        return self.frame.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.frame.device
+
+    def rows(self) -> torch.Tensor:
+        """Row of keys/values holding each visual token, [heads, n]."""
+        if self.at is not None:
+            return self.at
+        return torch.arange(self.count, device=self.device).expand(self.heads, self.count)
+
+    def pick(self, per_row: torch.Tensor) -> torch.Tensor:
+        """The visual tokens' entries [heads, n] of a per-row quantity [heads, N]."""
+        return per_row if self.at is None else per_row.gather(1, self.at)
+
+    def value_norms(self) -> torch.Tensor:
+        """L2 norm of each visual token's value (VaN, Eq. 7), in float32, without copying the values."""
+        return self.pick(torch.linalg.vector_norm(self.values, dim=-1, dtype=torch.float32))
 
 
 class Policy:

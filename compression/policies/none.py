@@ -26,4 +26,4 @@ class NoEvictionPolicy(Policy):
                 f"policy 'none' was asked to keep {keep} of {tokens.count} tokens; it never evicts "
                 "(the monitor should have stopped with CacheFullError)"
             )
-        return trivial_selection(tokens.heads, tokens.count, keep, tokens.keys.device)
+        return trivial_selection(tokens.heads, tokens.count, keep, tokens.device)

@@ -18,6 +18,9 @@ from potwatch.errors import PolicyOptionError
 # new resolution), which is when old content is least likely to be repeated.
 NOVEL_SCORE = 1.0
 
+# Most bytes of mean-key rows TaR looks up at once (one head's worth when a head alone is larger).
+TAR_LOOKUP_BYTES = 8 << 20
+
 
 def check_ratio(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
@@ -40,11 +43,22 @@ def trivial_selection(heads: int, n: int, keep: int, device: torch.device) -> to
     return None
 
 
+def ranking_key(score: torch.Tensor) -> torch.Tensor:
+    """An int64 per entry [H, n] that orders like `score` (as float32), ties going to the earlier index.
+
+    Unique within a row, so an unsorted top-k returns exactly the set a stable sort would, on every
+    device, at a fraction of a full sort's cost."""
+    bits = (score.float() + 0.0).view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats count down
+    n = score.shape[1]
+    return ordered * (1 << 32) + (n - 1 - torch.arange(n, device=score.device))
+
+
 def top_indices(score: torch.Tensor, keep: int) -> torch.Tensor:
-    """The `keep` highest-scoring indices per row, ascending. Ties go to the earlier index (stable sort),
-    so the result is deterministic on every device."""
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :keep]
-    return order.sort(dim=1).values
+    """The `keep` highest-scoring indices per row, ascending. Ties go to the earlier index, so the result
+    is deterministic on every device."""
+    chosen = torch.topk(ranking_key(score), keep, dim=1, sorted=False).indices
+    return mask_to_indices(torch.zeros_like(score, dtype=torch.bool).scatter(1, chosen, True), keep)
 
 
 def mask_to_indices(mask: torch.Tensor, keep: int) -> torch.Tensor:
@@ -62,8 +76,12 @@ def frame_ranks(frame: torch.Tensor, newest_first: bool) -> tuple[torch.Tensor, 
     heads, n = frame.shape
     f = frame.long()
     position = torch.arange(n, device=frame.device)
-    key = (f - f.min()) * n + position  # unique per row: frame first, then cache index
-    order = torch.sort(key, dim=1, descending=newest_first).indices
+    if n > 1 and bool((f[:, 1:] >= f[:, :-1]).all()):
+        # The usual case: the cache holds tokens in time order, so the order is known without a sort.
+        order = (position.flip(0) if newest_first else position).expand(heads, n)
+    else:
+        key = (f - f.min()) * n + position  # unique per row: frame first, then cache index
+        order = torch.sort(key, dim=1, descending=newest_first).indices
     sorted_frame = f.gather(1, order)
     starts = torch.ones_like(sorted_frame, dtype=torch.bool)
     starts[:, 1:] = sorted_frame[:, 1:] != sorted_frame[:, :-1]
@@ -87,35 +105,53 @@ def recent_tokens(frame: torch.Tensor, recent_ratio: float, keep: int) -> tuple[
     return in_recent, kept
 
 
-def tar_scores(keys: torch.Tensor, row: torch.Tensor, col: torch.Tensor, in_recent: torch.Tensor) -> torch.Tensor:
+def tar_scores(tokens: VisualTokens, in_recent: torch.Tensor) -> torch.Tensor:
     """TaR (Eq. 4): minus the mean cosine between a token's key and the keys at the same (row, col) in the
     recent frames; higher = more novel. Recent tokens get +inf (they are kept outright).
 
-    Uses mean-of-cosines = dot(k_hat, mean of recent k_hat at that coordinate), so it costs one
-    [slots, D] table and one dot product per token instead of a frames x frames comparison."""
-    heads, n, dim = keys.shape
-    r = row.long() - row.min()
-    c = col.long() - col.min()
-    coordinate = r * (int(c.max()) + 1) + c
-    head = torch.arange(heads, device=keys.device)[:, None]
-    slot_key = head * (int(coordinate.max()) + 1) + coordinate  # (head, row, col) -> one integer
-    _, slot = torch.unique(slot_key.reshape(-1), return_inverse=True)  # dense slot ids, at most H * n
-    slots = int(slot.max()) + 1
-    flat_keys = keys.reshape(-1, dim).float()
-    recent = in_recent.reshape(-1)
-    recent_slot = slot[recent]
-    sums = flat_keys.new_zeros(slots, dim).index_add_(0, recent_slot, F.normalize(flat_keys[recent], dim=-1))
-    counts = torch.bincount(recent_slot, minlength=slots)
+    Uses mean-of-cosines = dot(k, mean of recent unit keys at that coordinate) / |k|, so it costs one
+    [coordinates, D] table per head and one dot product per token instead of a frames x frames
+    comparison. The dot products run over the rows where the keys lie (no copy of the keys), a group
+    of heads at a time so the looked-up table rows stay small; rows that are not visual tokens look up
+    an all-zero table row and are never read back."""
+    heads, n = tokens.frame.shape
+    keys = tokens.keys.float()  # [heads, N, D]; a no-op for float32 caches
+    rows_per_head, dim = keys.shape[1], keys.shape[2]
+    coordinate, coordinates = patch_coordinates(tokens.row, tokens.col)
+    table = coordinates + 1  # the last row of each head's table stays zero
+    rows = tokens.rows()
+    slot = coordinate + torch.arange(heads, device=tokens.device)[:, None] * table  # [heads, n]
+    recent_slot = slot[in_recent]
+    recent_keys = keys[torch.nonzero(in_recent, as_tuple=True)[0], rows[in_recent]]
+    sums = keys.new_zeros(heads * table, dim).index_add_(0, recent_slot, F.normalize(recent_keys, dim=-1))
+    counts = torch.bincount(recent_slot, minlength=heads * table)
     mean = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
-    # cos(k, recent) averaged = dot(k, mean of unit recent keys) / |k|; no normalised copy of all keys.
-    similarity = torch.linalg.vecdot(flat_keys, mean[slot]) / flat_keys.norm(dim=-1).clamp(min=1e-12)
-    score = torch.where(counts[slot] > 0, -similarity, NOVEL_SCORE).view(heads, n)
+    slot_of_row = (torch.arange(heads, device=tokens.device)[:, None] * table + coordinates).expand(heads, rows_per_head)
+    slot_of_row = slot_of_row.scatter(1, rows, slot)
+    dot = torch.empty(heads, rows_per_head, dtype=keys.dtype, device=keys.device)
+    group = max(1, TAR_LOOKUP_BYTES // (rows_per_head * dim * keys.element_size()))
+    for first in range(0, heads, group):
+        last = min(heads, first + group)
+        looked_up = mean.index_select(0, slot_of_row[first:last].reshape(-1))
+        part = keys[first:last].reshape(-1, 1, dim)  # a view when the rows are one block, as the monitor's are
+        dot[first:last] = torch.bmm(part, looked_up.unsqueeze(2)).view(last - first, rows_per_head)
+    norm = torch.linalg.vector_norm(keys, dim=-1).clamp(min=1e-12)
+    similarity = (dot / norm).gather(1, rows)
+    score = torch.where(counts[slot] > 0, -similarity, NOVEL_SCORE)
     return score.masked_fill(in_recent, float("inf"))
 
 
-def van_scores(values: torch.Tensor) -> torch.Tensor:
-    """VaN (Eq. 7): L2 norm of each token's value vector, per head."""
-    return values.float().norm(dim=-1)
+def patch_coordinates(row: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A dense id per (row, col) [H, n] and how many ids there are. Grids are small, so the id is
+    simply row * width + col; the unique() fallback only guards against absurd coordinates."""
+    r = row.long() - row.min()
+    c = col.long() - col.min()
+    coordinate = r * (int(c.max()) + 1) + c
+    coordinates = int(coordinate.max()) + 1
+    if coordinates > 4 * coordinate.numel() + 1024:
+        _, coordinate = torch.unique(coordinate, return_inverse=True)
+        coordinates = int(coordinate.max()) + 1
+    return coordinate, coordinates
 
 
 def pool_per_frame(
@@ -152,10 +188,19 @@ def pool_per_frame(
 def pick_ranked(score: torch.Tensor, allowed: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """Mask of the `count[h]` highest-scoring allowed tokens in each head (counts may differ per head)."""
     heads, n = score.shape
-    masked = score.masked_fill(~allowed, float("-inf"))
-    order = torch.sort(masked, dim=1, descending=True, stable=True).indices
-    picked_sorted = torch.arange(n, device=score.device) < count[:, None]
-    return torch.zeros_like(allowed).scatter(1, order, picked_sorted) & allowed
+    count = count.clamp(min=0, max=n)
+    most = int(count.max()) if heads else 0
+    if most == 0:
+        return torch.zeros_like(allowed)
+    key = ranking_key(score.masked_fill(~allowed, float("-inf")))
+    # One top-k for every head: head h gets most - count[h] padding entries that outrank everything,
+    # so its top `most` are those plus its own best count[h].
+    j = torch.arange(most, device=score.device)
+    padding = torch.where(j[None, :] < (most - count)[:, None], torch.iinfo(torch.int64).max - j[None, :],
+                          torch.iinfo(torch.int64).min)
+    chosen = torch.topk(torch.cat([key, padding], dim=1), most, dim=1, sorted=False).indices
+    picked = torch.zeros(heads, n + most, dtype=torch.bool, device=score.device).scatter(1, chosen, True)
+    return picked[:, :n] & allowed
 
 
 def evenly_spaced(group: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -183,12 +228,12 @@ def infinipot_score(
     older = ~in_recent
     n_tar = (int(alpha * keep + 0.5) - recent_kept.sum(dim=1)).clamp(min=0)  # alpha*keep rounded half up
     if alpha > 0 and bool((n_tar > 0).any()):
-        tar = tar_scores(tokens.keys, tokens.row, tokens.col, in_recent)
+        tar = tar_scores(tokens, in_recent)
         forced = forced | pick_ranked(tar, older, n_tar)
     if alpha < 1:
-        van = pool_per_frame(van_scores(tokens.values), tokens.frame, tokens.row, tokens.col, pool_kernel)
+        van = pool_per_frame(tokens.value_norms(), tokens.frame, tokens.row, tokens.col, pool_kernel)
     else:
-        van = torch.zeros(tokens.frame.shape, device=tokens.keys.device)
+        van = torch.zeros(tokens.frame.shape, device=tokens.device)
     score = van.masked_fill(forced, float("inf"))
     # Recent tokens that did not fit must not come back through VaN.
     return score.masked_fill(in_recent & ~recent_kept, float("-inf"))

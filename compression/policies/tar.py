@@ -29,7 +29,7 @@ class TarPolicy(Policy):
         return infinipot_score(tokens, keep, alpha=1.0, recent_ratio=self.recent_ratio, pool_kernel=1)
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
-        done = trivial_selection(tokens.heads, tokens.count, keep, tokens.keys.device)
+        done = trivial_selection(tokens.heads, tokens.count, keep, tokens.device)
         if done is not None:
             return done
         return top_indices(self.score(tokens, keep), keep)

@@ -43,7 +43,7 @@ class TarVanPolicy(Policy):
         return infinipot_score(tokens, keep, self.alpha, self.recent_ratio, self.pool_kernel)
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
-        done = trivial_selection(tokens.heads, tokens.count, keep, tokens.keys.device)
+        done = trivial_selection(tokens.heads, tokens.count, keep, tokens.device)
         if done is not None:
             return done
         return top_indices(self.score(tokens, keep), keep)

@@ -26,7 +26,7 @@ class UniformPolicy(Policy):
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
         heads, n = tokens.heads, tokens.count
-        done = trivial_selection(heads, n, keep, tokens.keys.device)
+        done = trivial_selection(heads, n, keep, tokens.device)
         if done is not None:
             return done
         rank, order, frames = frame_ranks(tokens.frame, newest_first=False)  # time order: frame, then index

@@ -20,8 +20,8 @@ class WindowPolicy(Policy):
     name: ClassVar[str] = "window"
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
-        done = trivial_selection(tokens.heads, tokens.count, keep, tokens.keys.device)
+        done = trivial_selection(tokens.heads, tokens.count, keep, tokens.device)
         if done is not None:
             return done
         n = tokens.count
-        return torch.arange(n - keep, n, device=tokens.keys.device).expand(tokens.heads, keep).contiguous()
+        return torch.arange(n - keep, n, device=tokens.device).expand(tokens.heads, keep).contiguous()

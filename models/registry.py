@@ -169,7 +169,8 @@ def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code) -
     return _adapter_for(model, tokenizer, _read_preprocessor_config(name), name, is_demo, frame_max_pixels)
 
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                 "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def _looks_like_path(name: str) -> bool:

@@ -73,7 +73,8 @@ def _check_max_frames(max_frames: int | None) -> int | None:
         return None
     if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 0:
         raise SourceError(
-            f"The frame limit {max_frames!r} is not a whole number >= 0; give a number of frames, e.g. --max-frames 100."
+            f"The frame limit {max_frames!r} is not a whole number >= 0; "
+            "give a number of frames, e.g. --max-frames 100."
         )
     return int(max_frames)
 

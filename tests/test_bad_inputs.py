@@ -149,7 +149,8 @@ def live_session(demo_adapter) -> StreamSession:
 
 def _state(session: StreamSession) -> tuple:
     stats = session.stats()
-    return stats["frames_seen"], stats["frames_ingested"], stats["frames_pending"], stats["tokens_in_cache"], stats["turns"]
+    keys = ("frames_seen", "frames_ingested", "frames_pending", "tokens_in_cache", "turns")
+    return tuple(stats[key] for key in keys)
 
 
 @pytest.mark.parametrize("row", API_ROWS, ids=[row.case for row in API_ROWS])

@@ -178,11 +178,16 @@ def _fault_in_forward(adapter, error: type[BaseException], times: int | None = N
                 left["times"] -= 1
             raise error("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
 
-    handle = adapter.model.model.language_model.layers[1].register_forward_pre_hook(hook, with_kwargs=True)
+    handle = _decoder_layers(adapter)[1].register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield
     finally:
         handle.remove()
+
+
+def _decoder_layers(adapter):
+    language_model = getattr(adapter, "language_model", None) or adapter.model.model.language_model
+    return language_model.layers
 
 
 def _snapshot(session: StreamSession) -> tuple:
@@ -216,6 +221,20 @@ def test_out_of_memory_once_retries_in_pieces_with_the_same_result(adapter):
     session.feed(frames[4:])
     assert session.stats()["dropped_frames"] == 0
     # chunked prefill wrote the same keys and values (up to float rounding: the matmuls have other shapes)
+    assert _same(_snapshot(session), _snapshot(reference), atol=1e-5)
+    assert session.ask("What?", max_new_tokens=3).text == reference.ask("What?", max_new_tokens=3).text
+
+
+def test_deepstack_blocks_retried_in_pieces_give_the_same_result():
+    """Qwen3-VL adds DeepStack features at its patch tokens inside the language model: each piece gets its own."""
+    adapter = load_model("demo-qwen3")
+    frames = random_frames(4, seed=3, size=(240, 320))
+    reference = StreamSession(adapter, mem_cap="4MB")
+    reference.feed(frames)
+    session = StreamSession(adapter, mem_cap="4MB")
+    session.feed(frames[:2])
+    with _fault_in_forward(adapter, torch.OutOfMemoryError, times=2, min_tokens=20):
+        session.feed(frames[2:])
     assert _same(_snapshot(session), _snapshot(reference), atol=1e-5)
     assert session.ask("What?", max_new_tokens=3).text == reference.ask("What?", max_new_tokens=3).text
 
@@ -270,7 +289,7 @@ def test_cli_stops_the_stream_on_persistent_out_of_memory_and_answers_from_what_
                 raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
 
         adapter.vision_block, adapter.text_block = vision, text
-        adapter.model.model.language_model.layers[1].register_forward_pre_hook(hook, with_kwargs=True)
+        _decoder_layers(adapter)[1].register_forward_pre_hook(hook, with_kwargs=True)
         return adapter
 
     monkeypatch.setattr("potwatch.models.registry.load_model", load_failing_from_frame_8)

@@ -19,7 +19,8 @@ from potwatch.kernels.rope_shift import shift_rotary
 
 # Bytes of scratch a compaction moves rows through: small enough to stay in the CPU's cache, whatever
 # the size of the KV cache, so compaction allocates next to nothing.
-COMPACT_SCRATCH_BYTES = 4 << 20
+COMPACT_SCRATCH_BYTES = 1 << 20
+COMPACT_MAX_CHUNKS = 64
 
 
 class CacheOverflowError(RuntimeError):
@@ -165,7 +166,9 @@ def move_rows(rows: torch.Tensor, keep: torch.Tensor) -> None:
     start = int(in_place.long().cumprod(dim=0).sum())
     if start >= m:
         return
-    chunk = max(1, COMPACT_SCRATCH_BYTES // (batch * dim * rows.element_size()))
+    # Scratch-sized chunks, but at most COMPACT_MAX_CHUNKS of them: every op is a chance to wait on a
+    # busy core, so a huge cache moves in fewer, larger chunks.
+    chunk = max(1, COMPACT_SCRATCH_BYTES // (batch * dim * rows.element_size()), -(-(m - start) // COMPACT_MAX_CHUNKS))
     flat = rows.view(batch * capacity, dim)
     first_row = torch.arange(batch, device=keep.device)[:, None] * capacity
     scratch = torch.empty((batch * min(chunk, m - start), dim), dtype=rows.dtype, device=rows.device)

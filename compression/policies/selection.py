@@ -18,8 +18,9 @@ from potwatch.errors import PolicyOptionError
 # new resolution), which is when old content is least likely to be repeated.
 NOVEL_SCORE = 1.0
 
-# Most bytes of mean-key rows TaR looks up at once (one head's worth when a head alone is larger).
-TAR_LOOKUP_BYTES = 8 << 20
+# Most bytes of mean-key rows TaR looks up at once (one head's worth when a head alone is larger): small
+# enough to stay in the CPU's cache between the lookup and the dot products.
+TAR_LOOKUP_BYTES = 1 << 20
 
 
 def check_ratio(name: str, value: float) -> None:
@@ -130,11 +131,13 @@ def tar_scores(tokens: VisualTokens, in_recent: torch.Tensor) -> torch.Tensor:
     slot_of_row = slot_of_row.scatter(1, rows, slot)
     dot = torch.empty(heads, rows_per_head, dtype=keys.dtype, device=keys.device)
     group = max(1, TAR_LOOKUP_BYTES // (rows_per_head * dim * keys.element_size()))
+    scratch = keys.new_empty(min(group, heads) * rows_per_head, dim)  # reused: no page faults per group
     for first in range(0, heads, group):
         last = min(heads, first + group)
-        looked_up = mean.index_select(0, slot_of_row[first:last].reshape(-1))
+        looked_up = scratch[: (last - first) * rows_per_head]
+        torch.index_select(mean, 0, slot_of_row[first:last].reshape(-1), out=looked_up)
         part = keys[first:last].reshape(-1, 1, dim)  # a view when the rows are one block, as the monitor's are
-        dot[first:last] = torch.bmm(part, looked_up.unsqueeze(2)).view(last - first, rows_per_head)
+        torch.bmm(part, looked_up.unsqueeze(2), out=dot[first:last].view(-1, 1, 1))
     norm = torch.linalg.vector_norm(keys, dim=-1).clamp(min=1e-12)
     similarity = (dot / norm).gather(1, rows)
     score = torch.where(counts[slot] > 0, -similarity, NOVEL_SCORE)

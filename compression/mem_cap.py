@@ -29,8 +29,10 @@ def parse_mem_cap(text: str | int | float) -> int:
     """Bytes in a cap such as '2GB' or '64MiB'. Raises MemCapError with a fix for anything else."""
     if isinstance(text, bool):
         raise MemCapError(f"Memory cap {text!r} is not a size; {_EXAMPLES}.")
+    whole = None  # the number when it is a whole one, kept exact: a float rounds sizes past 2**53 bytes
     if isinstance(text, (int, float)):
         value, unit = float(text), ""
+        whole = text if isinstance(text, int) else None
     else:
         if text.strip().startswith("-"):
             raise MemCapError(f"Memory cap '{text}' is negative; give a positive size ({_EXAMPLES}).")
@@ -38,13 +40,14 @@ def parse_mem_cap(text: str | int | float) -> int:
         if not match:
             raise MemCapError(f"Memory cap '{text}' is not a size; {_EXAMPLES}.")
         value, unit = float(match.group(1)), match.group(2).lower()
+        whole = match.group(1) if match.group(1).isdigit() else None
         if unit not in _UNITS:
             raise MemCapError(f"Memory cap '{text}' has an unknown unit '{match.group(2)}'; {_EXAMPLES}.")
     if value != value or value in (float("inf"),):
         raise MemCapError(f"Memory cap {text!r} is not a finite size; {_EXAMPLES}.")
     if value < 0:
         raise MemCapError(f"Memory cap {text!r} is negative; give a positive size ({_EXAMPLES}).")
-    nbytes = int(value * _UNITS[unit])
+    nbytes = int(whole) * _UNITS[unit] if whole is not None else int(value * _UNITS[unit])
     if nbytes <= 0:
         raise MemCapError(f"Memory cap {text!r} is zero; give a positive size ({_EXAMPLES}).")
     return nbytes

@@ -101,6 +101,7 @@ class StreamSession:
         self._warned_positions = False
         self._pending: list[np.ndarray] = []
         self._pending_first = 0
+        self._skip_frames = 0  # frames of a temporal group that a flush already completed by repetition
         self.frames_seen = 0
         self.frames_ingested = 0
         self.dropped_frames = 0
@@ -164,6 +165,11 @@ class StreamSession:
         done = 0
         with self._lock:
             for pixels in frames_in(frames):  # each checked before it touches the session
+                if self._skip_frames:
+                    self._skip_frames -= 1
+                    self.frames_seen += 1
+                    self.note_dropped(1)
+                    continue
                 if self.frame_size is None:
                     self._set_frame_size(pixels.shape[:2])
                 elif pixels.shape[:2] != self.frame_size:
@@ -179,7 +185,25 @@ class StreamSession:
                     done += 1
         return done
 
-    def _ingest_pending(self) -> None:
+    def flush(self) -> int:
+        """Ingest the frames still waiting to fill a block now (the odd last frame of Qwen's two-frame
+        groups, say), so a question sees every frame fed. Returns blocks ingested.
+
+        A short temporal group is completed by repeating its last frame, as Qwen's own video
+        preprocessing does; the frames that would have filled it are then skipped (counted as dropped),
+        so later groups keep their place in time and their position ids."""
+        self._check_open()
+        with self._lock:
+            if not self._pending:
+                return 0
+            real = len(self._pending)
+            padding = -real % self.adapter.frames_per_group
+            self._pending.extend([self._pending[-1]] * padding)
+            self._ingest_pending(real_frames=real)
+            self._skip_frames = padding
+            return 1
+
+    def _ingest_pending(self, real_frames: int | None = None) -> None:
         frames, first = self._pending, self._pending_first
         self._pending = []
         started = time.perf_counter()
@@ -190,7 +214,7 @@ class StreamSession:
         except torch.OutOfMemoryError:
             self._ingest_in_pieces(frames, first)
         elapsed = time.perf_counter() - started
-        self.frames_ingested += len(frames)
+        self.frames_ingested += len(frames) if real_frames is None else real_frames
         self.blocks += 1
         self.ingest_seconds += elapsed
         self._recent_block_seconds.append((elapsed, len(frames)))
@@ -307,6 +331,7 @@ class StreamSession:
         question = clean_question(question)
         with self._lock:
             started = time.perf_counter()
+            self.flush()  # the question sees every frame fed so far
             turn = self.turns
             question_ids, limit, reserve = self._question_budget(question, max_new_tokens)
             if self.monitor.make_room_for_turn(reserve):

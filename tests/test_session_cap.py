@@ -176,3 +176,20 @@ def test_a_reset_that_cannot_work_leaves_the_session_as_it_was(demo_adapter):
     assert after["frames_seen"] == before["frames_seen"] == 4
     assert after["cap_bytes"] == before["cap_bytes"] and after["tokens_in_cache"] == before["tokens_in_cache"]
     assert session.ask("still fine?").frames_seen == 4
+
+
+@pytest.mark.parametrize("fed", [1, 3])
+def test_a_question_sees_the_odd_last_frame_of_a_two_frame_group(demo_adapter, fed):
+    session = StreamSession(demo_adapter, mem_cap="4MB", max_new_tokens=4)
+    assert demo_adapter.frames_per_group == 2
+    session.feed(random_frames(fed, seed=9))
+    assert session.stats()["frames_pending"] == 1
+    answer = session.ask("What is there?")
+    assert session.stats()["frames_pending"] == 0 and session.frames_ingested == fed
+    assert answer.frames_seen == fed
+    assert int(session.cache.frames_held().max()) == fed - 1  # its group, completed by repeating it
+    # The frame that would have completed that group is skipped; the next groups keep their place in time.
+    session.feed(random_frames(3, seed=10))
+    assert session.frames_ingested == fed + 2 and session.stats()["dropped_frames"] == 1
+    assert int(session.cache.frames_held().max()) == fed + 1
+    assert session.ask("And now?").frames_seen == fed + 3

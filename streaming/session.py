@@ -105,6 +105,7 @@ class StreamSession:
         self.frames_seen = 0
         self.frames_ingested = 0
         self.dropped_frames = 0
+        self.frames_skipped = 0  # fed after a flush, inside the temporal group the flush completed
         self.turns = 0
         self.peak_bytes = 0
         self.ingest_seconds = 0.0
@@ -168,7 +169,7 @@ class StreamSession:
                 if self._skip_frames:
                     self._skip_frames -= 1
                     self.frames_seen += 1
-                    self.note_dropped(1)
+                    self.frames_skipped += 1
                     continue
                 if self.frame_size is None:
                     self._set_frame_size(pixels.shape[:2])
@@ -190,8 +191,8 @@ class StreamSession:
         groups, say), so a question sees every frame fed. Returns blocks ingested.
 
         A short temporal group is completed by repeating its last frame, as Qwen's own video
-        preprocessing does; the frames that would have filled it are then skipped (counted as dropped),
-        so later groups keep their place in time and their position ids."""
+        preprocessing does; the frames that would have filled it are then skipped (counted in
+        `frames_skipped`), so later groups keep their place in time and their position ids."""
         self._check_open()
         with self._lock:
             if not self._pending:
@@ -406,6 +407,7 @@ class StreamSession:
                 "frames_seen": self.frames_seen,
                 "frames_ingested": self.frames_ingested,
                 "frames_pending": len(self._pending),
+                "frames_skipped": self.frames_skipped,
                 "frames_covered": self.frames_covered(),
                 "dropped_frames": self.dropped_frames,
                 "tokens_in_cache": self.cache.length,

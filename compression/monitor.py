@@ -1,6 +1,11 @@
 """Decides *when* and *how far* to compress: before each block (and each question + answer) it makes
-room, by asking the policy which visual tokens each layer and head keeps, or by dropping whole old
-dialogue turns when the dialogue outgrows its share. Every compression is recorded as an event."""
+room, by asking the policy which visual tokens each layer and head keeps, and by dropping whole old
+dialogue turns beyond the dialogue's share. Every compression is recorded as an event.
+
+Compaction is left to the stream wherever it can be: a block makes room for itself plus a nominal
+question and answer (`headroom`), and a question that fits in the free room never compacts, even
+when the dialogue has grown past its share for the moment: the turns beyond it go in the next pass,
+which restores the share. So asking does not wait on a compaction in the usual case."""
 
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ class CompressionEvent:
     tokens_after: int
     frames_covered: int  # distinct frames with tokens left after the compression
     ms: float
-    reason: str  # "visual" (policy) or "dialogue" (oldest turn dropped)
+    reason: str  # "visual" (the policy ran; old turns may have gone too) or "dialogue" (old turns only)
+    dialogue_tokens: int = 0  # dialogue tokens left after the compression: within the share
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -48,43 +54,71 @@ class CompressionMonitor:
     def dialogue_capacity(self) -> int:
         return int(self.dialogue_share * self.cache.capacity) if self.cache.capped else 1 << 62
 
-    def make_room(self, incoming: int) -> CompressionEvent | None:
-        """Compress the visual part so that `incoming` more tokens fit; no-op when they already do."""
+    def make_room(self, incoming: int, headroom: int = 0, dialogue: bool = False) -> CompressionEvent | None:
+        """Compress so that `incoming` more tokens fit (a block, or a `dialogue` turn), leaving `headroom`
+        more free where it can; no-op when they fit already. One pass drops the oldest dialogue turns
+        beyond the share (counting the incoming turn) and, unless that alone makes the room, lets the
+        policy thin the visual tokens down to min(target_ratio * cap, cap - incoming - headroom)."""
         cache = self.cache
-        if not cache.capped or cache.length + incoming <= cache.capacity:
+        if not cache.capped or cache.length + incoming + headroom <= cache.capacity:
             return None
-        goal = min(int(self.target_ratio * cache.capacity), cache.capacity - incoming)
-        visual = cache.kind_counts()[TokenKind.VISION]
-        keep_visual = goal - (cache.length - visual)
+        turns, turn_tokens = self._turns_beyond_share(incoming if dialogue else 0)
+        length = cache.length - turn_tokens
+        if length + incoming + headroom <= cache.capacity:
+            return self._compact("dialogue", lambda: self._keep_rows(turns, None))
+        protected = length - cache.kind_counts()[TokenKind.VISION]
+        keep_visual = min(int(self.target_ratio * cache.capacity), cache.capacity - incoming - headroom) - protected
+        if keep_visual < 0:  # the headroom is a wish; the incoming tokens are a must
+            keep_visual = min(int(self.target_ratio * cache.capacity), cache.capacity - incoming) - protected
         if keep_visual < 0:
             raise CacheFullError(
                 f"The cache cap of {cache.capacity} tokens cannot hold {incoming} new tokens beside the protected "
                 "text; raise --mem-cap."
             )
         if not self.policy.evicts:
+            if length + incoming <= cache.capacity:
+                return self._compact("dialogue", lambda: self._keep_rows(turns, None))
             raise CacheFullError(
                 f"The cache is full at {cache.length} of {cache.capacity} tokens and policy 'none' evicts nothing; "
                 "raise --mem-cap or pick a compressing policy such as tar_van."
             )
-        return self._compact("visual", lambda: self._visual_keep(keep_visual))
+        return self._compact("visual", lambda: self._keep_rows(turns, keep_visual))
 
     def make_room_for_turn(self, incoming: int) -> list[CompressionEvent]:
-        """Drop whole oldest dialogue turns until a new turn of `incoming` tokens fits its share, then make room."""
-        events = []
-        while self.cache.kind_counts()[TokenKind.DIALOGUE] + incoming > self.dialogue_capacity:
-            turns = self.cache.layers[0].meta["turn"][0, : self.cache.length]
-            oldest = int(turns[turns >= 0].min())
-            events.append(self._compact("dialogue", lambda: self._drop_turn(oldest)))
-        event = self.make_room(incoming)
-        return events + ([event] if event else [])
+        """Make room for a question and its answer (`incoming` tokens); see `make_room`."""
+        event = self.make_room(incoming, dialogue=True)
+        return [event] if event else []
 
-    def _visual_keep(self, keep_visual: int) -> torch.Tensor:
-        """Rows to keep [layers * heads, m]: the protected text, plus the visual tokens the policy picks
-        out of every (layer, head) row in one call."""
+    def _turns_beyond_share(self, incoming: int) -> tuple[list[int], int]:
+        """The oldest turns to drop so that the dialogue plus `incoming` fits its share, and their tokens."""
+        turn = self.cache.rows("turn")[0, : self.cache.length]  # every row holds the same dialogue
+        numbers, sizes = torch.unique(turn[turn >= 0], return_counts=True)  # ascending: oldest first
+        held = int(sizes.sum())
+        dropped, tokens = [], 0
+        for number, size in zip(numbers.tolist(), sizes.tolist()):
+            if held - tokens + incoming <= self.dialogue_capacity:
+                break
+            dropped.append(number)
+            tokens += size
+        return dropped, tokens
+
+    def _keep_rows(self, dropped_turns: list[int], keep_visual: int | None) -> torch.Tensor:
+        """Rows to keep [layers * heads, m]: all but the dropped turns, and of the visual tokens the
+        `keep_visual` the policy picks out of every (layer, head) row in one call (all when None)."""
         cache, n = self.cache, self.cache.length
-        is_visual = cache.rows("kind")[:, :n] == TokenKind.VISION
-        visual_at = indices_where(is_visual)
-        tokens = VisualTokens(
+        turn = cache.rows("turn")[:, :n]
+        keep = ~torch.isin(turn, torch.tensor(dropped_turns, dtype=turn.dtype, device=turn.device))
+        if keep_visual is not None:
+            is_visual = cache.rows("kind")[:, :n] == TokenKind.VISION
+            visual_at = indices_where(is_visual)
+            chosen = self.policy.select(self._visual_tokens(visual_at), keep_visual)
+            keep &= ~is_visual
+            keep.scatter_(1, torch.gather(visual_at, 1, chosen), True)
+        return indices_where(keep)
+
+    def _visual_tokens(self, visual_at: torch.Tensor) -> VisualTokens:
+        cache, n = self.cache, self.cache.length
+        return VisualTokens(
             keys=cache.rows("keys"),  # the cache's own rows: policies read what they need where it lies
             values=cache.rows("values"),
             frame=torch.gather(cache.rows("frame")[:, :n], 1, visual_at),
@@ -92,12 +126,6 @@ class CompressionMonitor:
             col=torch.gather(cache.rows("col")[:, :n], 1, visual_at),
             at=visual_at,
         )
-        chosen = self.policy.select(tokens, keep_visual)
-        keep = (~is_visual).scatter_(1, torch.gather(visual_at, 1, chosen), True)
-        return indices_where(keep)
-
-    def _drop_turn(self, turn: int) -> torch.Tensor:
-        return indices_where(self.cache.rows("turn")[:, : self.cache.length] != turn)
 
     def _compact(self, reason: str, keep_rows) -> CompressionEvent:
         started = time.perf_counter()
@@ -111,6 +139,7 @@ class CompressionMonitor:
             frames_covered=len(self.cache.frames_held()),
             ms=ms,
             reason=reason,
+            dialogue_tokens=self.cache.kind_counts()[TokenKind.DIALOGUE],
         )
         self.events.append(event)
         self.event_count += 1

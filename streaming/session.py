@@ -208,7 +208,8 @@ class StreamSession:
         frames, first = self._pending, self._pending_first
         self._pending = []
         started = time.perf_counter()
-        if self.monitor.make_room(self.block_tokens):  # first, so the block's ids follow any re-numbering
+        # First, so the block's ids follow any re-numbering; the headroom keeps a question from waiting on one.
+        if self.monitor.make_room(self.block_tokens, headroom=NOMINAL_QUESTION_TOKENS + self.max_new_tokens):
             self._after_compaction()
         try:
             self._ingest_block(frames, first, piece_tokens=None)

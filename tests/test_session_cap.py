@@ -56,12 +56,17 @@ def test_later_questions_see_earlier_turns_and_old_turns_drop_whole(demo_adapter
     assert dialogue > 0  # the first turn stays as protected text for the second question
     turns = set()
     for index in range(12):
+        events = session.monitor.event_count
+        free = session.cache.capacity - session.cache.length
         session.ask(f"question number {index}?")
+        if session.monitor.event_count == events:  # no compaction: the turn used free room
+            assert session.cache.capacity - session.cache.length < free
+        else:  # the pass that made room brought the dialogue, new turn included, within its share
+            assert session.cache.kind_counts()[TokenKind.DIALOGUE] <= session.monitor.dialogue_capacity
         layer = session.cache.layers[0]
         kinds = layer.meta["kind"][:, : layer.length]
         held = layer.meta["turn"][:, : layer.length][kinds == TokenKind.DIALOGUE]
         turns = set(held.tolist())
-        assert session.cache.kind_counts()[TokenKind.DIALOGUE] <= session.monitor.dialogue_capacity
         # whole turns only: every held turn has the same token count in every head
         per_head = [(layer.meta["turn"][h, : layer.length] == min(turns)).sum() for h in range(kinds.shape[0])]
         assert len(set(int(c) for c in per_head)) == 1

@@ -52,12 +52,13 @@ def write_blank_8k(path: Path, count: int = 2) -> Path:
     return path
 
 
-def write_audio_only(path: Path) -> Path:
-    """A quarter second of silence in AAC: a voice memo or a podcast, no video stream."""
+def write_audio(path: Path, codec: str = "aac") -> Path:
+    """A quarter second of silence, no video stream: a voice memo or a podcast."""
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
+        stream = container.add_stream(codec, rate=16000)
+        fmt, dtype = ("s16", np.int16) if codec.startswith("pcm") else ("fltp", np.float32)
         for i in range(4):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype), format=fmt, layout="mono")
             frame.sample_rate, frame.pts = 16000, i * 1024
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -103,7 +104,7 @@ def write_all(folder: Path) -> Path:
     (folder / "empty.mp4").write_bytes(b"")
     (folder / "notes.mp4").write_text("Shopping list: eggs, milk, bread.\n" * 20)
     write_cut_in_half(write_video(folder / "complete.mp4", count=20), folder / "half.mp4")
-    write_audio_only(folder / "sound.m4a")
+    write_audio(folder / "sound.m4a")
     write_unknown_codec(folder / "unknown-codec.mp4")
     write_damaged_data(folder / "damaged.mp4")
     write_video(folder / "tiny.mkv", count=2, size=(1, 1), codec="ffv1", pix_fmt="bgr0")

@@ -15,6 +15,7 @@ import pytest
 from potwatch.errors import SourceError
 from potwatch.streaming import sources
 from potwatch.streaming.sources import ArraySource, FileSource, Frame, WebcamSource, open_source
+from tests.bad_media import write_audio
 
 
 def write_video(path: Path, times_ms: list[int] | None = None, rate: int | None = None, count: int = 0,
@@ -37,20 +38,6 @@ def write_video(path: Path, times_ms: list[int] | None = None, rate: int | None 
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             if times_ms is not None:
                 frame.pts, frame.time_base = times_ms[i], Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def write_audio(path: Path, codec: str) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=16000)
-        fmt, dtype = ("s16", np.int16) if codec.startswith("pcm") else ("fltp", np.float32)
-        for i in range(4):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype), format=fmt, layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from potwatch.app.cli import add_trust_remote_code_argument
 from potwatch.errors import UserError
 
 
@@ -24,6 +25,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames the full cache (no cap) runs before it stops growing (default 600; 240 with --quick; 0: all)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 helps on a busy machine)")
+    add_trust_remote_code_argument(parser)
     parser.add_argument("--cost-only", action="store_true", help="skip the at-scale pass, loyalty and the needle probe")
     accuracy = parser.add_argument_group("accuracy harness (multiple-choice video QA)")
     accuracy.add_argument("--accuracy", metavar="QUESTIONS_JSON", default=None, help="score these questions instead of running the benchmark")
@@ -62,6 +64,8 @@ def run_bench(args) -> int:
         changes["threads"] = args.threads
     if args.device:
         changes["device"] = args.device
+    if args.trust_remote_code:
+        changes["trust_remote_code"] = True
     if args.cost_only:
         changes.update(scale_tokens=None, loyalty_frames=None, needle_seconds=None)
     config = BenchConfig.quick(**changes) if args.quick else BenchConfig.full(**changes)
@@ -96,7 +100,7 @@ def _run_accuracy(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    adapter = load_model(args.model or "demo", device=args.device)
+    adapter = load_model(args.model or "demo", device=args.device, trust_remote_code=args.trust_remote_code)
     summary = run_accuracy(adapter, items, args.videos, mem_cap, args.policy, args.fps, args.max_frames)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ class BenchConfig:
     needle_seconds: float | None = 120.0  # None skips the needle probe
     threads: int | None = None  # torch threads; None leaves torch's default
     device: str | None = None  # None: CUDA when available, else the CPU
+    trust_remote_code: bool = False  # only for a checkpoint whose own code the user trusts
 
     @classmethod
     def full(cls, **changes) -> "BenchConfig":
@@ -90,7 +91,7 @@ def _run(config: BenchConfig, out: Path, command: str, progress: bool) -> dict:
         "config": asdict(config),
     }
     _say(f"loading {config.model}")
-    adapter = load_model(config.model, device=config.device)
+    adapter = load_model(config.model, device=config.device, trust_remote_code=config.trust_remote_code)
     cap_bytes = parse_mem_cap(config.mem_cap)
     settings = _cost_settings(config)
     geometry = adapter.geometry()

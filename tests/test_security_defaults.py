@@ -240,3 +240,16 @@ def test_a_checkpoints_code_runs_with_trust_remote_code(model_with_code, tmp_pat
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert mark.read_text() == "ran"
+
+
+def test_the_accuracy_harness_does_not_run_a_checkpoints_code_by_default(model_with_code, tmp_path):
+    folder, mark = model_with_code
+    questions = tmp_path / "questions.json"
+    questions.write_text(json.dumps([{"video": DEMO_VIDEO.name, "question": "What is shown?",
+                                      "options": ["a kitchen", "a street"], "answer": "A"}]))
+    assert build_parser().parse_args(["bench"]).trust_remote_code is False
+    assert build_parser().parse_args(["bench", "--trust-remote-code"]).trust_remote_code is True
+    code = main(["bench", "--accuracy", str(questions), "--videos", str(DEMO_VIDEO.parent), "--model", str(folder),
+                 "--mem-cap", "1MB", "--max-frames", "2", "--out", str(tmp_path / "out")])
+    assert code == 0 and json.loads((tmp_path / "out" / "accuracy.json").read_text())["questions"] == 1
+    assert not mark.exists(), "the checkpoint's code ran without --trust-remote-code"

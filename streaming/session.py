@@ -6,7 +6,9 @@ the K/V. One lock serialises model work, so `ask` from one thread while another 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import logging
 import threading
 import time
@@ -21,6 +23,7 @@ from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.compression.mem_cap import format_bytes, parse_mem_cap
 from potwatch.compression.monitor import CompressionMonitor
 from potwatch.compression.policies.base import make_policy
+from potwatch.compression.query_capture import QueryCapture
 from potwatch.compression.token_meta import TokenKind
 from potwatch.errors import DeviceMemoryError, MemCapError, QuestionError, UserError
 from potwatch.models.adapter import Block, ModelAdapter
@@ -78,7 +81,7 @@ class StreamSession:
         self.policy_name = policy
         self.policy = make_policy(policy, **(policy_options or {}))
         self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
-        self.geometry: KVGeometry = model.geometry()
+        self.geometry: KVGeometry = model.geometry()  # set again with the policy's needs in _setup_cache
         self._lock = threading.RLock()
         self._drop_lock = threading.Lock()
         self._closed = False
@@ -89,6 +92,7 @@ class StreamSession:
 
     # --- set-up -------------------------------------------------------------------------------
     def _setup_cache(self) -> None:
+        self.geometry = dataclasses.replace(self.adapter.geometry(), token_scores=self.policy.token_scores)
         capacity = None if self.cap_bytes is None else self.geometry.tokens_for(self.cap_bytes)
         if capacity is not None and capacity < 1:
             raise MemCapError(
@@ -208,8 +212,7 @@ class StreamSession:
         frames, first = self._pending, self._pending_first
         self._pending = []
         started = time.perf_counter()
-        # First, so the block's ids follow any re-numbering; the headroom keeps a question from waiting on one.
-        if self.monitor.make_room(self.block_tokens, headroom=NOMINAL_QUESTION_TOKENS + self.max_new_tokens):
+        if self.monitor.make_room(self.block_tokens, headroom=self._question_headroom()):  # first: ids follow
             self._after_compaction()
         try:
             self._ingest_block(frames, first, piece_tokens=None)
@@ -221,6 +224,12 @@ class StreamSession:
         self.ingest_seconds += elapsed
         self._recent_block_seconds.append((elapsed, len(frames)))
 
+    def _question_headroom(self) -> int:
+        """Free room a block leaves for a typical question and answer, so asking need not wait on a
+        compaction; at most an eighth of the cache, so a small cap still holds several blocks per pass."""
+        wish = NOMINAL_QUESTION_TOKENS + self.max_new_tokens
+        return min(wish, self.cache.capacity // 8) if self.cache.capped else 0
+
     def _ingest_block(self, frames: list[np.ndarray], first: int, piece_tokens: int | None) -> None:
         """Vision tower, then the language model in pieces of `piece_tokens` (None: all at once).
         On any failure, Ctrl-C included, the positions and the cache are as they were."""
@@ -228,7 +237,7 @@ class StreamSession:
         try:
             with torch.no_grad():
                 block = self.adapter.vision_block(frames, first, self.positions)
-            self._run(block, logits=False, piece_tokens=piece_tokens)
+            self._run(block, logits=False, piece_tokens=piece_tokens, observe=True)
         except BaseException:
             self.positions = saved_positions
             raise
@@ -253,17 +262,25 @@ class StreamSession:
             "lower --mem-cap or free device memory (other programs using it)."
         )
 
-    def _run(self, block: Block, logits: bool, piece_tokens: int | None = None):
+    def _run(self, block: Block, logits: bool, piece_tokens: int | None = None, observe: bool = False):
         """Language-model forwards over `block` (in pieces of `piece_tokens`, if given); on any failure,
-        Ctrl-C included, the cache is rolled back."""
+        Ctrl-C included, the cache is rolled back. With `observe` (vision blocks), a policy that needs
+        queries gets the block's queries afterwards; other policies install no hook."""
         start = self.cache.length
+        capture = None
+        if observe and self.policy.needs_queries and self.cache.capped:
+            capture = QueryCapture(self.adapter, len(block))
         try:
             pieces = split_block(block, piece_tokens)
-            with torch.no_grad():
+            with torch.no_grad(), capture or contextlib.nullcontext():
                 for index, piece in enumerate(pieces):
                     piece_start = self.cache.length
+                    if capture is not None:
+                        capture.piece(piece_start - start, piece.meta.pos)
                     out = self.adapter.forward(piece, self.cache, logits and index == len(pieces) - 1)
                     self.cache.write_meta(piece_start, piece.meta)
+                if capture is not None and (queries := capture.stats()) is not None:
+                    self.monitor.observe(queries)
         except BaseException:
             self.cache.truncate(start)
             raise

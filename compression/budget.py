@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from potwatch.compression.token_meta import meta_bytes_per_token_head
+from potwatch.compression.token_meta import SCORE_DTYPE, meta_bytes_per_token_head
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class KVGeometry:
     head_dim: int
     dtype: torch.dtype
     pos_rows: int = 3  # 3 for Qwen's M-RoPE, 1 for plain RoPE
+    token_scores: bool = False  # a policy's running score per token, layer and KV head (global_score)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -27,8 +28,11 @@ class KVGeometry:
 
     @property
     def meta_bytes_per_token(self) -> int:
-        """Per-token metadata, stored per layer and KV head."""
-        return self.layers * self.kv_heads * meta_bytes_per_token_head(self.pos_rows)
+        """Per-token metadata, stored per layer and KV head (with the policy's score when it keeps one)."""
+        per_head = meta_bytes_per_token_head(self.pos_rows)
+        if self.token_scores:
+            per_head += torch.empty(0, dtype=SCORE_DTYPE).element_size()
+        return self.layers * self.kv_heads * per_head
 
     @property
     def bytes_per_token(self) -> int:

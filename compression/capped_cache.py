@@ -13,7 +13,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from potwatch.compression.budget import KVGeometry
-from potwatch.compression.token_meta import META_FIELDS, POS_DTYPE, TokenKind, TokenMeta
+from potwatch.compression.token_meta import META_FIELDS, POS_DTYPE, SCORE_DTYPE, TokenKind, TokenMeta
 from potwatch.kernels.rope_shift import shift_rotary
 
 
@@ -29,7 +29,8 @@ class CacheOverflowError(RuntimeError):
 
 def allocate_storage(geometry: KVGeometry, layers: int, capacity: int, device: torch.device | str) -> dict:
     """Zero-filled K, V, metadata and positions for `layers` layers: `keys`/`values` [layers, heads,
-    capacity, head_dim], each metadata field [layers, heads, capacity], `pos` [layers, rows, heads, capacity]."""
+    capacity, head_dim], each metadata field [layers, heads, capacity], `pos` [layers, rows, heads, capacity],
+    and `score` [layers, heads, capacity] when the geometry keeps a policy score per token."""
     heads = geometry.kv_heads
     shape = (layers, heads, capacity, geometry.head_dim)
     storage = {
@@ -39,6 +40,8 @@ def allocate_storage(geometry: KVGeometry, layers: int, capacity: int, device: t
     }
     for name, dtype in META_FIELDS:
         storage[name] = torch.full((layers, heads, capacity), -1, dtype=dtype, device=device)
+    if geometry.token_scores:
+        storage["score"] = torch.zeros((layers, heads, capacity), dtype=SCORE_DTYPE, device=device)
     return storage
 
 
@@ -56,6 +59,7 @@ class CappedLayer(CacheLayerMixin):
         self.value_buffer = storage["values"][index : index + 1]
         self.meta = {name: storage[name][index] for name, _ in META_FIELDS}  # [heads, capacity]
         self.pos = storage["pos"][index]  # [rows, heads, capacity]
+        self.score = storage["score"][index] if "score" in storage else None  # [heads, capacity]
         self.capacity = self.key_buffer.shape[2]
         self.device = self.key_buffer.device
         self.length = 0
@@ -107,6 +111,8 @@ class CappedLayer(CacheLayerMixin):
         for name, _ in META_FIELDS:
             self.meta[name][:, start:end] = getattr(meta, name).to(self.device).unsqueeze(0)
         self.pos[:, :, start:end] = meta.pos.to(self.device).unsqueeze(1)
+        if self.score is not None:
+            self.score[:, start:end] = 0  # a new token has no history yet
 
     def compact(self, keep: torch.Tensor) -> None:
         """Keep, per head, the tokens at `keep` [heads, m] (ascending), moved to the buffer front in place."""
@@ -117,6 +123,8 @@ class CappedLayer(CacheLayerMixin):
             self.meta[name][:, :m] = torch.gather(self.meta[name][:, : self.length], 1, keep)
         pos_index = keep.unsqueeze(0).expand(self.pos.shape[0], heads, m)
         self.pos[:, :, :m] = torch.gather(self.pos[:, :, : self.length], 2, pos_index)
+        if self.score is not None:
+            self.score[:, :m] = torch.gather(self.score[:, : self.length], 1, keep)
         self.length = m
         self._refresh_views()
 
@@ -140,11 +148,15 @@ class CappedLayer(CacheLayerMixin):
         self.value_buffer = bigger(self.value_buffer, 2)
         self.meta = {name: bigger(t, 1, -1) for name, t in self.meta.items()}
         self.pos = bigger(self.pos, 2)
+        if self.score is not None:
+            self.score = bigger(self.score, 1)
         self.capacity = capacity
 
     @property
     def nbytes(self) -> int:
         tensors = [self.key_buffer, self.value_buffer, self.pos, *self.meta.values()]
+        if self.score is not None:
+            tensors.append(self.score)
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -219,16 +231,20 @@ class CappedKVCache(Cache):
 
     def rows(self, name: str) -> torch.Tensor:
         """Every (layer, head) row of one stored field at once, as [layers * heads, capacity, ...]: `keys`,
-        `values` or a metadata name. Capped caches only (their storage is one block)."""
+        `values`, a metadata name or `score`. Capped caches only (their storage is one block)."""
         tensor = self.storage[name]
         return tensor.view(-1, *tensor.shape[2:])
+
+    def score_rows(self) -> torch.Tensor | None:
+        """The policy's running score rows [layers * heads, capacity]; None when the cache keeps none."""
+        return self.rows("score") if self.capped and "score" in self.storage else None
 
     def compact(self, keep: torch.Tensor) -> None:
         """Keep, in every (layer, head) row, the tokens at `keep` [layers * heads, m] (ascending), in one pass."""
         m, n = keep.shape[1], self.length
         move_rows(self.rows("keys"), keep)
         move_rows(self.rows("values"), keep)
-        for name, _ in META_FIELDS:
+        for name in [name for name, _ in META_FIELDS] + (["score"] if "score" in self.storage else []):
             meta = self.rows(name)
             meta[:, :m] = torch.gather(meta[:, :n], 1, keep)
         pos = self.storage["pos"]  # [layers, rows, heads, capacity]

@@ -17,6 +17,7 @@ import torch
 
 from potwatch.compression.capped_cache import CappedKVCache, indices_where
 from potwatch.compression.policies.base import Policy, VisualTokens
+from potwatch.compression.query_stats import QueryStats
 from potwatch.compression.token_meta import TokenKind
 from potwatch.errors import CacheFullError
 
@@ -49,6 +50,13 @@ class CompressionMonitor:
         self.event_count = 0
         self.compression_ms = 0.0
         self._start = time.monotonic()
+        self.queries: QueryStats | None = None  # the latest vision block's, for policies that need queries
+
+    def observe(self, queries: QueryStats) -> None:
+        """A vision block just went into the cache: keep its queries for the policy's next selection
+        and let the policy update its running per-token scores."""
+        self.queries = queries
+        self.policy.observe(queries, self.cache.rows("keys"), self.cache.score_rows(), self.cache.length)
 
     @property
     def dialogue_capacity(self) -> int:
@@ -118,6 +126,7 @@ class CompressionMonitor:
 
     def _visual_tokens(self, visual_at: torch.Tensor) -> VisualTokens:
         cache, n = self.cache, self.cache.length
+        scores = cache.score_rows()
         return VisualTokens(
             keys=cache.rows("keys"),  # the cache's own rows: policies read what they need where it lies
             values=cache.rows("values"),
@@ -125,6 +134,8 @@ class CompressionMonitor:
             row=torch.gather(cache.rows("row")[:, :n], 1, visual_at),
             col=torch.gather(cache.rows("col")[:, :n], 1, visual_at),
             at=visual_at,
+            queries=self.queries,
+            history=None if scores is None else torch.gather(scores[:, :n], 1, visual_at),
         )
 
     def _compact(self, reason: str, keep_rows) -> CompressionEvent:

@@ -26,6 +26,7 @@ META_FIELDS: tuple[tuple[str, torch.dtype], ...] = (
     ("col", torch.int16),  # patch column; -1 for text
 )
 POS_DTYPE = torch.int32
+SCORE_DTYPE = torch.float32  # a policy's running per-token score (only when the policy keeps one)
 
 
 def meta_bytes_per_token_head(pos_rows: int) -> int:

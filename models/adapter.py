@@ -82,5 +82,11 @@ class ModelAdapter(ABC):
     def forward(self, block: Block, cache, logits: bool) -> torch.Tensor | None:
         """Run the language model over `block`, writing its K/V into `cache`; next-token logits [vocab] if asked."""
 
+    def attention_modules(self) -> list[torch.nn.Module]:
+        """The language model's attention modules in layer order (for query capture: see
+        `potwatch.compression.query_capture`)."""
+        language_model = getattr(self, "language_model", None) or self.model.model.language_model
+        return [layer.self_attn for layer in language_model.layers]
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -1,3 +1,12 @@
 """Compression policies, one per file, registered by name."""
 
-from potwatch.compression.policies import none, tar, tar_van, uniform, van, window  # noqa: F401  (registers them)
+from potwatch.compression.policies import (  # noqa: F401  (registers them)
+    expected_attention,
+    global_score,
+    none,
+    tar,
+    tar_van,
+    uniform,
+    van,
+    window,
+)

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import torch
 
+from potwatch.compression.query_stats import QueryStats
 from potwatch.errors import UnknownPolicyError
 
 
@@ -29,6 +30,9 @@ class VisualTokens:
     row: torch.Tensor  # [heads, n] int, patch row inside its frame's grid
     col: torch.Tensor  # [heads, n] int, patch column inside its frame's grid
     at: torch.Tensor | None = None  # [heads, n] rows of keys/values holding the visual tokens; None = all
+    # Only for policies that ask (`needs_queries`, `token_scores`); None otherwise:
+    queries: QueryStats | None = None  # the latest vision block's queries, one row per head as above
+    history: torch.Tensor | None = None  # [heads, n] float32, each visual token's running score
 
     @property
     def heads(self) -> int:
@@ -62,6 +66,13 @@ class Policy:
 
     name: ClassVar[str] = ""
     evicts: ClassVar[bool] = True
+    needs_queries: ClassVar[bool] = False  # the session captures each vision block's queries for it
+    token_scores: ClassVar[bool] = False  # the cache keeps a float32 score per token, layer and head
+
+    def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int) -> None:
+        """Called after each vision block with its queries, the cache's key rows [heads, N, head_dim] and,
+        for `token_scores` policies, the score rows [heads, N] to update in place (the first `length`
+        entries are held, the block's tokens last). Does nothing unless a policy needs it."""
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
         """Indices (into `tokens`) to keep per head: LongTensor [heads, keep], ascending in each row."""

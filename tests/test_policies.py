@@ -14,6 +14,7 @@ from potwatch.compression.policies.selection import (
     tar_scores,
 )
 from potwatch.errors import PolicyOptionError, UnknownPolicyError
+from tests.query_fixtures import with_queries
 
 GRID = 4
 DIM = 16
@@ -411,16 +412,20 @@ def random_cache(seed: int) -> VisualTokens:
     )
 
 
-VARIANTS = [(name, {}) for name in ("tar_van", "tar", "van", "uniform", "window", "none")] + [
+VARIANTS = [(name, {}) for name in ("tar_van", "tar", "van", "uniform", "window", "none", "expected_attention",
+                                     "global_score")] + [
     ("tar_van", {"pool_kernel": 3, "alpha": 0.3, "recent_ratio": 0.25}),
     ("van", {"pool_kernel": 7}),
+    ("expected_attention", {"use_variance": False, "recent_ratio": 0.25}),
+    ("global_score", {"decay": 0.5}),
 ]
 
 
 @pytest.mark.parametrize("name, options", VARIANTS)
 @pytest.mark.parametrize("seed", range(12))
-def test_every_policy_returns_valid_indices(name, options, seed):
-    tokens = random_cache(seed)
+@pytest.mark.parametrize("queries", [False, True])
+def test_every_policy_returns_valid_indices(name, options, seed, queries):
+    tokens = with_queries(random_cache(seed), seed) if queries else random_cache(seed)
     policy = make_policy(name, **options)
     n = tokens.count
     for keep in sorted({0, 1, n // 3, n - 1, n, n + 5}):
@@ -436,7 +441,8 @@ def test_every_policy_returns_valid_indices(name, options, seed):
 
 
 def test_all_policies_are_registered():
-    assert policy_names() == ["none", "tar", "tar_van", "uniform", "van", "window"]
+    assert policy_names() == ["expected_attention", "global_score", "none", "tar", "tar_van", "uniform", "van",
+                              "window"]
 
 
 def test_unknown_policy_names_the_known_ones():

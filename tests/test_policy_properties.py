@@ -13,14 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from potwatch.compression.policies.base import VisualTokens, make_policy
+from tests.query_fixtures import with_queries
 
 EVICTING = [
     ("tar_van", {}), ("tar", {}), ("van", {}), ("uniform", {}), ("window", {}),
     ("tar_van", {"alpha": 0.3, "recent_ratio": 0.25, "pool_kernel": 3}),
     ("tar_van", {"alpha": 1.0, "recent_ratio": 0.0}),
     ("van", {"pool_kernel": 5, "recent_ratio": 0.5}),
+    ("expected_attention", {}), ("expected_attention", {"use_variance": False, "recent_ratio": 0.5}),
+    ("global_score", {}), ("global_score", {"decay": 0.0, "recent_ratio": 0.0}),
 ]
-RECENT_RATIO = {"tar_van": 0.125, "tar": 0.125, "van": 0.125}
+RECENT_RATIO = {"tar_van": 0.125, "tar": 0.125, "van": 0.125, "expected_attention": 0.125, "global_score": 0.125}
 FEW = settings(max_examples=40, deadline=None)
 
 
@@ -40,13 +43,14 @@ def caches(draw):
     g = torch.Generator().manual_seed(seed)
     subset = torch.stack([torch.randperm(full, generator=g)[:n].sort().values for _ in range(heads)])
     patch = subset % (rows * cols)
-    return VisualTokens(
+    tokens = VisualTokens(
         torch.randn(heads, n, dim, generator=g).to(dtype),
         torch.randn(heads, n, dim, generator=g).to(dtype),
         (subset // (rows * cols) + first).to(torch.int32),
         (patch // cols).to(torch.int16),
         (patch % cols).to(torch.int16),
     )
+    return with_queries(tokens, seed) if draw(st.booleans()) else tokens  # what attention policies read
 
 
 def budgets(tokens: VisualTokens):
@@ -162,6 +166,6 @@ def test_rows_of_the_whole_layer_give_the_same_choice(name, options, data):
     values = torch.randn(heads, total, dim, generator=g).to(tokens.values.dtype)
     keys.scatter_(1, at.unsqueeze(-1).expand(heads, n, dim), tokens.keys)
     values.scatter_(1, at.unsqueeze(-1).expand(heads, n, dim), tokens.values)
-    spread = VisualTokens(keys, values, tokens.frame, tokens.row, tokens.col, at=at)
+    spread = dataclasses.replace(tokens, keys=keys, values=values, at=at)
     policy = make_policy(name, **options)
     assert torch.equal(policy.select(spread, keep), policy.select(tokens, keep))

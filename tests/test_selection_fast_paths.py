@@ -15,9 +15,10 @@ from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.compression.policies.base import VisualTokens, make_policy
 from potwatch.compression.policies.selection import frame_ranks, pick_ranked, top_indices
 from potwatch.compression.token_meta import TokenKind, TokenMeta
+from tests.query_fixtures import random_queries
 
 VARIANTS = [("tar_van", {}), ("tar_van", {"pool_kernel": 3}), ("tar", {}), ("van", {}), ("uniform", {}),
-            ("window", {})]
+            ("window", {}), ("expected_attention", {}), ("global_score", {})]
 
 
 def scores_with_ties(seed: int, heads: int = 3, n: int = 200) -> torch.Tensor:
@@ -102,10 +103,12 @@ def test_policies_read_the_layer_in_place_as_they_would_a_copy(name, options, se
     visual = kinds == TokenKind.VISION
     at = visual.nonzero()[:, 1].view(keys.shape[0], -1)
     pick = lambda t: t.gather(1, at)  # noqa: E731
-    in_place = VisualTokens(keys, values, pick(frame), pick(row), pick(col), at=at)
+    queries = random_queries(keys.shape[0], keys.shape[-1], seed)
+    history = torch.rand(at.shape, generator=torch.Generator().manual_seed(seed))
+    in_place = VisualTokens(keys, values, pick(frame), pick(row), pick(col), at=at, queries=queries, history=history)
     copied = VisualTokens(keys.gather(1, at[..., None].expand(-1, -1, keys.shape[-1])),
                           values.gather(1, at[..., None].expand(-1, -1, values.shape[-1])),
-                          pick(frame), pick(row), pick(col))
+                          pick(frame), pick(row), pick(col), queries=queries, history=history)
     policy = make_policy(name, **options)
     for keep in (1, 40, 150, at.shape[1] - 1):
         assert torch.equal(policy.select(in_place, keep), policy.select(copied, keep)), keep

@@ -57,3 +57,5 @@ def copy_cache_into(target: CappedKVCache, source: CappedKVCache) -> None:
         for name, tensor in layer.meta.items():
             into.meta[name][:, :n].copy_(tensor[:, :n])
         into.pos[:, :, :n].copy_(layer.pos[:, :, :n])
+        if into.score is not None and layer.score is not None:  # a policy's running scores, when kept
+            into.score[:, :n].copy_(layer.score[:, :n])

@@ -7,6 +7,8 @@ At ratio 1 nothing is evicted, so the logits must be exactly equal: that checks 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from potwatch.app.bench_logits import cache_logits, copy_cache_into, spare_copy
@@ -22,7 +24,18 @@ LOYALTY_QUESTIONS = (
     "Describe what moved in the video.",
 )
 RATIOS = (1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16)
-POLICIES = ("tar_van", "tar", "van", "uniform", "window")
+POLICIES = ("tar_van", "tar", "van", "uniform", "window", "expected_attention", "global_score")
+
+
+def observed_cache(adapter, frames: list, fps: float, policy: str, tokens: int):
+    """The same frames through a capped session with room for all of them, so nothing is evicted (its
+    cache equals the full one) while a policy that needs queries sees every block's: returns its cache
+    and the last block's query statistics."""
+    geometry = dataclasses.replace(adapter.geometry(), token_scores=make_policy(policy).token_scores)
+    session = StreamSession(adapter, mem_cap=geometry.bytes_for(2 * tokens + 256), policy=policy, fps=fps)
+    session.feed(frames)
+    assert session.monitor.event_count == 0, "the observing session compressed"
+    return session.cache, session.monitor.queries
 
 
 def kl_divergence(full: torch.Tensor, compressed: torch.Tensor) -> float:
@@ -41,17 +54,21 @@ def measure_loyalty(adapter, frames: list, fps: float = 2.0, policies=POLICIES, 
     positions = session.positions
     reference = [cache_logits(adapter, full, positions, q) for q in questions]
     longest = max(len(adapter.question_ids(q)) for q in questions)
-    work = spare_copy(full, longest + 1)
     visual = full.kind_counts()[TokenKind.VISION]
     protected = full.length - visual
     results: dict[str, list[dict]] = {}
     for name in policies:
+        source, queries = full, None
+        if make_policy(name).needs_queries:
+            source, queries = observed_cache(adapter, frames, fps, name, full.length + longest + 1)
+        work = spare_copy(source, longest + 1)
         rows = []
         for share in ratios:
-            copy_cache_into(work, full)
+            copy_cache_into(work, source)
             keep = min(visual, max(1, round(share * visual)))
             if keep < visual:
                 monitor = CompressionMonitor(work, make_policy(name), target_ratio=1.0)
+                monitor.queries = queries
                 monitor.make_room(work.capacity - (protected + keep))
             logits = [cache_logits(adapter, work, positions, q) for q in questions]
             kls = [kl_divergence(r, c) for r, c in zip(reference, logits)]

@@ -6,6 +6,13 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
+import torch  # noqa: E402  (imports no triton)
+
+if not torch.cuda.is_available():
+    # Triton kernels are tested interpreted on CPU tensors (tests/test_kernels_triton.py). triton reads
+    # this once, when first imported, and torch imports it early (torch._dynamo), so set it here.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import numpy as np
 import pytest
 

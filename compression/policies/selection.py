@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from potwatch.compression.policies.base import VisualTokens
 from potwatch.errors import PolicyOptionError
+from potwatch.kernels.triton_dispatch import triton_ready
 
 # Score given to older tokens whose (row, col) has no token in the recent frames: the largest TaR score
 # possible (cosine -1), so they count as novel. With no recent patch to compare with there is no
@@ -114,32 +115,40 @@ def tar_scores(tokens: VisualTokens, in_recent: torch.Tensor) -> torch.Tensor:
     [coordinates, D] table per head and one dot product per token instead of a frames x frames
     comparison. The dot products run over the rows where the keys lie (no copy of the keys), a group
     of heads at a time so the looked-up table rows stay small; rows that are not visual tokens look up
-    an all-zero table row and are never read back."""
+    an all-zero table row and are never read back. On CUDA with triton one fused kernel
+    (kernels/tar_similarity_triton.py) does the dot products and norms instead."""
     heads, n = tokens.frame.shape
-    keys = tokens.keys.float()  # [heads, N, D]; a no-op for float32 caches
+    fused = triton_ready(tokens.keys)  # CUDA with triton: the kernel reads 16-bit keys as they are
+    keys = tokens.keys if fused else tokens.keys.float()  # [heads, N, D]; a no-op for float32 caches
     rows_per_head, dim = keys.shape[1], keys.shape[2]
     coordinate, coordinates = patch_coordinates(tokens.row, tokens.col)
     table = coordinates + 1  # the last row of each head's table stays zero
     rows = tokens.rows()
     slot = coordinate + torch.arange(heads, device=tokens.device)[:, None] * table  # [heads, n]
     recent_slot = slot[in_recent]
-    recent_keys = keys[torch.nonzero(in_recent, as_tuple=True)[0], rows[in_recent]]
-    sums = keys.new_zeros(heads * table, dim).index_add_(0, recent_slot, F.normalize(recent_keys, dim=-1))
+    recent_keys = keys[torch.nonzero(in_recent, as_tuple=True)[0], rows[in_recent]].float()
+    sums = recent_keys.new_zeros(heads * table, dim).index_add_(0, recent_slot, F.normalize(recent_keys, dim=-1))
     counts = torch.bincount(recent_slot, minlength=heads * table)
     mean = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
     slot_of_row = (torch.arange(heads, device=tokens.device)[:, None] * table + coordinates).expand(heads, rows_per_head)
     slot_of_row = slot_of_row.scatter(1, rows, slot)
-    dot = torch.empty(heads, rows_per_head, dtype=keys.dtype, device=keys.device)
-    group = max(1, TAR_LOOKUP_BYTES // (rows_per_head * dim * keys.element_size()))
-    scratch = keys.new_empty(min(group, heads) * rows_per_head, dim)  # reused: no page faults per group
-    for first in range(0, heads, group):
-        last = min(heads, first + group)
-        looked_up = scratch[: (last - first) * rows_per_head]
-        torch.index_select(mean, 0, slot_of_row[first:last].reshape(-1), out=looked_up)
-        part = keys[first:last].reshape(-1, 1, dim)  # a view when the rows are one block, as the monitor's are
-        torch.bmm(part, looked_up.unsqueeze(2), out=dot[first:last].view(-1, 1, 1))
-    norm = torch.linalg.vector_norm(keys, dim=-1).clamp(min=1e-12)
-    similarity = (dot / norm).gather(1, rows)
+    if fused:
+        from potwatch.kernels.tar_similarity_triton import tar_similarity
+
+        per_row = tar_similarity(keys, mean, slot_of_row)[0]
+    else:
+        dot = torch.empty(heads, rows_per_head, dtype=keys.dtype, device=keys.device)
+        group = max(1, TAR_LOOKUP_BYTES // (rows_per_head * dim * keys.element_size()))
+        scratch = keys.new_empty(min(group, heads) * rows_per_head, dim)  # reused: no page faults per group
+        for first in range(0, heads, group):
+            last = min(heads, first + group)
+            looked_up = scratch[: (last - first) * rows_per_head]
+            torch.index_select(mean, 0, slot_of_row[first:last].reshape(-1), out=looked_up)
+            part = keys[first:last].reshape(-1, 1, dim)  # a view when the rows are one block, as the monitor's are
+            torch.bmm(part, looked_up.unsqueeze(2), out=dot[first:last].view(-1, 1, 1))
+        norm = torch.linalg.vector_norm(keys, dim=-1).clamp(min=1e-12)
+        per_row = dot / norm
+    similarity = per_row.gather(1, rows)
     score = torch.where(counts[slot] > 0, -similarity, NOVEL_SCORE)
     return score.masked_fill(in_recent, float("inf"))
 

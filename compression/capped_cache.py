@@ -15,6 +15,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.token_meta import META_FIELDS, POS_DTYPE, SCORE_DTYPE, TokenKind, TokenMeta
 from potwatch.kernels.rope_shift import shift_rotary
+from potwatch.kernels.triton_dispatch import triton_ready
 
 
 # Bytes of scratch a compaction moves rows through: small enough to stay in the CPU's cache, whatever
@@ -172,6 +173,10 @@ def move_rows(rows: torch.Tensor, keep: torch.Tensor) -> None:
     never overwrites a row a later chunk still has to read. Each chunk is read into a small scratch
     with one index_select over all rows, then written into place; a leading run that already sits
     where it belongs in every row is skipped (dropping one old turn leaves everything before it)."""
+    if triton_ready(rows):  # CUDA with triton: one kernel, no scratch beyond a chunk of registers
+        from potwatch.kernels.move_rows_triton import move_rows as move_rows_triton
+
+        return move_rows_triton(rows, keep)
     batch, capacity, dim = rows.shape
     m = keep.shape[1]
     in_place = (keep == torch.arange(m, device=keep.device)).all(dim=0)

@@ -17,6 +17,7 @@ from potwatch.compression.budget import KVGeometry
 from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.compression.monitor import CompressionMonitor
 from potwatch.compression.policies.base import make_policy
+from potwatch.compression.query_stats import QueryStats, sample_offsets
 from potwatch.compression.token_meta import TokenKind, TokenMeta
 
 
@@ -83,6 +84,15 @@ def fill_synthetic(cache: CappedKVCache, tokens_per_group: int, grid: tuple[int,
     cache.write_meta(system_tokens, TokenMeta.vision(2 * group, row, col, pos))
 
 
+def synthetic_queries(geometry: KVGeometry, block_tokens: int, device: str) -> QueryStats:
+    """Random query statistics in the monitor's row layout, for policies that read them. (A policy's
+    running per-token scores are not synthesised: the pass then ranks by value norm, which costs the same.)"""
+    rows, dim = geometry.layers * geometry.kv_heads, geometry.head_dim
+    offsets = sample_offsets(block_tokens)
+    return QueryStats(torch.randn(rows, dim, device=device), torch.rand(rows, dim, device=device),
+                      torch.randn(rows, len(offsets), dim, device=device), offsets, block_tokens)
+
+
 def compression_at_scale(geometry: KVGeometry, tokens: int, policies: list[str], tokens_per_group: int,
                          grid: tuple[int, int], system_tokens: int, device: str = "cpu", repeats: int = 3) -> dict:
     """One compression pass (to 0.75 of the cache, as the monitor does) per policy on a cache of `tokens`
@@ -100,7 +110,10 @@ def compression_at_scale(geometry: KVGeometry, tokens: int, policies: list[str],
     for index, name in enumerate(policies):
         if index:
             fill_synthetic(cache, tokens_per_group, grid, system_tokens)
-        monitor = CompressionMonitor(cache, make_policy(name))
+        policy = make_policy(name)
+        monitor = CompressionMonitor(cache, policy)
+        if policy.needs_queries:  # what a session would hold: the latest block's query statistics
+            monitor.queries = synthetic_queries(geometry, tokens_per_group, device)
         event = monitor.make_room(cache.capacity - held + tokens_per_group)
         result["policies"][name] = {
             "ms": event.ms,

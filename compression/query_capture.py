@@ -46,7 +46,8 @@ class QueryCapture:
     def __enter__(self) -> "QueryCapture":
         self._thread = threading.get_ident()
         for layer, attention in enumerate(self.modules):
-            target = getattr(attention, "q_norm", None) or attention.q_proj
+            norm = getattr(attention, "q_norm", None)
+            target = attention.q_proj if norm is None else norm
             self._handles.append(target.register_forward_hook(self._hook(layer)))
         return self
 

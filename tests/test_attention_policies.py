@@ -251,3 +251,19 @@ def test_cli_watches_with_the_attention_policies(policy):
     summary = json.loads(run.stdout)
     assert summary["compressions"] > 0 and summary["peak_cache_bytes"] <= 400_000
     assert summary["allocated_cache_bytes"] <= 400_000
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_expected_attention_scores_in_chunks_without_touching_the_keys(monkeypatch, dtype):
+    from potwatch.compression.policies import expected_attention
+
+    g = torch.Generator().manual_seed(5)
+    tokens = frames_tokens(6, 4, torch.randn(24, DIM, generator=g).to(dtype))
+    tokens = VisualTokens(tokens.keys.expand(3, -1, -1).clone(), tokens.values.expand(3, -1, -1).clone(),
+                          tokens.frame.expand(3, -1), tokens.row.expand(3, -1), tokens.col.expand(3, -1),
+                          queries=stats(torch.randn(3, DIM, generator=g), torch.rand(3, DIM, generator=g)))
+    keys = tokens.keys.clone()
+    whole = make_policy("expected_attention").score(tokens)
+    monkeypatch.setattr(expected_attention, "SCORE_CHUNK_BYTES", 1)  # one head at a time
+    assert torch.allclose(make_policy("expected_attention").score(tokens), whole)
+    assert torch.equal(tokens.keys, keys)

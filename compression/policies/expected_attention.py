@@ -15,6 +15,7 @@ from potwatch.compression.policies.selection import check_ratio, top_indices, tr
 from potwatch.compression.query_stats import QueryStats
 
 VALUE_NORM_FLOOR = 1e-6  # keeps log(|v|) finite for an all-zero value
+SCORE_CHUNK_BYTES = 16 << 20  # float32 keys scored at once: a few heads, never a copy of the whole cache
 
 
 @register
@@ -46,13 +47,18 @@ class ExpectedAttentionPolicy(Policy):
         log_value = tokens.value_norms().clamp(min=VALUE_NORM_FLOOR).log()
         if tokens.queries is None:
             return log_value
-        keys = tokens.keys.float()  # [heads, N, d]
-        dim = keys.shape[-1]
-        mean = tokens.queries.mean.to(keys.device, torch.float32)
-        logit = torch.bmm(keys, mean.unsqueeze(2)).squeeze(2) / math.sqrt(dim)  # [heads, N]
-        if self.use_variance:
-            var = tokens.queries.var.to(keys.device, torch.float32)
-            logit = logit + torch.bmm(keys.square(), var.unsqueeze(2)).squeeze(2) / (2 * dim)
+        keys = tokens.keys  # [heads, N, d], the cache's own rows
+        heads, rows, dim = keys.shape
+        mean = tokens.queries.mean.to(keys.device, torch.float32).unsqueeze(2) / math.sqrt(dim)
+        var = tokens.queries.var.to(keys.device, torch.float32).unsqueeze(2) / (2 * dim)
+        logit = torch.empty(heads, rows, dtype=torch.float32, device=keys.device)
+        group = max(1, SCORE_CHUNK_BYTES // (rows * dim * 4))  # float32 copies of a few heads at a time
+        for first in range(0, heads, group):
+            part = keys[first : first + group].float()
+            out = torch.bmm(part, mean[first : first + group])
+            if self.use_variance:
+                out += torch.bmm(part.square(), var[first : first + group])  # not in place: part may be the cache
+            logit[first : first + group] = out.squeeze(2)
         return tokens.pick(logit) + log_value
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:

@@ -131,8 +131,8 @@ def _cost(results: dict) -> list[str]:
         "rss_ratio ≤ 1.02. `compression_overhead` is compression ms ÷ ingest ms; the InfiniPot-V paper reports about "
         "0.5% on a GPU with a real model (see below why the demo model over-states it).",
         "",
-        "TTFT includes making room for the question: once the dialogue share of the cap is full, each new turn "
-        "first drops the oldest, which compacts the cache. " + "; ".join(
+        "TTFT includes making room for the question when its turn does not fit in the free room (blocks leave "
+        "room for a typical turn, so this is rare); that ask compacts the cache first. " + "; ".join(
             f"{name}: {_pct(f.get('ttft_compacting_share'))} of asks compacted first, TTFT ratio without them "
             f"{_num(f.get('ttft_ratio_without_compaction'))}"
             for name, f in results["cost"].items()

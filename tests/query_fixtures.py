@@ -7,6 +7,7 @@ import dataclasses
 import torch
 
 from potwatch.compression.policies.base import VisualTokens
+from potwatch.compression.query_capture import QueryCapture
 from potwatch.compression.query_stats import QueryStats, sample_offsets
 
 
@@ -27,3 +28,26 @@ def with_queries(tokens: VisualTokens, seed: int) -> VisualTokens:
     g = torch.Generator().manual_seed(seed + 1)
     history = torch.rand(tokens.heads, tokens.count, generator=g)
     return dataclasses.replace(tokens, queries=random_queries(tokens.heads, tokens.keys.shape[-1], seed), history=history)
+
+
+def capture_beside_the_model(adapter, rope_module, session, block, monkeypatch):
+    """Run `block` through the model with a QueryCapture, spying on the family's own RoPE step.
+
+    Returns (the capture's stats, the model's post-RoPE queries with each KV group's query heads
+    averaged, as rows [layers * kv_heads, n, d], and how many RoPE calls were seen)."""
+    seen = []
+    real = rope_module.apply_rotary_pos_emb
+
+    def spy(q, k, *args, **kwargs):
+        q_embed, k_embed = real(q, k, *args, **kwargs)
+        seen.append(q_embed.detach().clone())
+        return q_embed, k_embed
+
+    monkeypatch.setattr(rope_module, "apply_rotary_pos_emb", spy)
+    g = session.geometry
+    with torch.no_grad(), QueryCapture(adapter, len(block)) as capture:
+        capture.piece(0, block.meta.pos)
+        adapter.forward(block, session.cache, logits=False)
+    queries = torch.stack([q[0] for q in seen])  # [layers, heads, n, d]
+    rows = queries.view(len(seen), g.kv_heads, -1, len(block), g.head_dim).mean(2).flatten(0, 1)
+    return capture.stats(), rows, len(seen)

@@ -17,6 +17,7 @@ from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession
 from tests.cache_invariants import assert_cache_invariants
 from tests.conftest import random_frames
+from tests.query_fixtures import capture_beside_the_model
 from tests.test_cli import DEMO_VIDEO, potwatch
 
 DIM = 8
@@ -148,27 +149,11 @@ def test_captured_queries_are_the_models_own_after_rope(demo_adapter, monkeypatc
     the real RoPE step), with the query heads of each KV group averaged."""
     from transformers.models.qwen2_vl import modeling_qwen2_vl
 
-    seen = []
-    real = modeling_qwen2_vl.apply_rotary_pos_emb
-
-    def spy(q, k, cos, sin, *args, **kwargs):
-        q_embed, k_embed = real(q, k, cos, sin, *args, **kwargs)
-        seen.append(q_embed.detach().clone())
-        return q_embed, k_embed
-
     session = StreamSession(demo_adapter, mem_cap="400kB", policy="expected_attention")
     session.feed(random_frames(4, seed=1))
     block = demo_adapter.vision_block(random_frames(2, seed=2), 4, session.positions)
-    monkeypatch.setattr(modeling_qwen2_vl, "apply_rotary_pos_emb", spy)
-    geometry = session.geometry
-    with torch.no_grad(), QueryCapture(demo_adapter, len(block)) as capture:
-        capture.piece(0, block.meta.pos)
-        demo_adapter.forward(block, session.cache, logits=False)
-    got = capture.stats()
-    assert len(seen) == geometry.layers
-    model_queries = torch.stack([q[0] for q in seen])  # [layers, heads, n, d]
-    grouped = model_queries.view(geometry.layers, geometry.kv_heads, -1, len(block), geometry.head_dim).mean(2)
-    rows = grouped.flatten(0, 1)  # [layers * kv_heads, n, d]
+    got, rows, calls = capture_beside_the_model(demo_adapter, modeling_qwen2_vl, session, block, monkeypatch)
+    assert calls == session.geometry.layers
     assert torch.allclose(got.mean, rows.mean(1), atol=1e-5)
     assert torch.allclose(got.var, rows.var(1, unbiased=False), atol=1e-4)
     assert torch.allclose(got.samples, rows[:, got.offsets], atol=1e-5)

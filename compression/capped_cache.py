@@ -115,20 +115,6 @@ class CappedLayer(CacheLayerMixin):
         if self.score is not None:
             self.score[:, start:end] = 0  # a new token has no history yet
 
-    def compact(self, keep: torch.Tensor) -> None:
-        """Keep, per head, the tokens at `keep` [heads, m] (ascending), moved to the buffer front in place."""
-        heads, m = keep.shape
-        move_rows(self.key_buffer[0], keep)
-        move_rows(self.value_buffer[0], keep)
-        for name in self.meta:
-            self.meta[name][:, :m] = torch.gather(self.meta[name][:, : self.length], 1, keep)
-        pos_index = keep.unsqueeze(0).expand(self.pos.shape[0], heads, m)
-        self.pos[:, :, :m] = torch.gather(self.pos[:, :, : self.length], 2, pos_index)
-        if self.score is not None:
-            self.score[:, :m] = torch.gather(self.score[:, : self.length], 1, keep)
-        self.length = m
-        self._refresh_views()
-
     def move_positions(self, new_pos: torch.Tensor, inv_freq: torch.Tensor, section: torch.Tensor) -> None:
         """Give the held tokens new position ids [rows, heads, length], rotating their keys to match."""
         n = self.length

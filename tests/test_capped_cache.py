@@ -45,8 +45,7 @@ def test_storage_is_allocated_once_and_bounded():
     with pytest.raises(CacheOverflowError):
         write(cache, *tagged_tokens(10, 3))
     cache.truncate(40)
-    for layer in cache.layers:
-        layer.compact(torch.arange(0, 40, 2).expand(GEOMETRY.kv_heads, -1))
+    cache.compact(torch.arange(0, 40, 2).expand(GEOMETRY.layers * GEOMETRY.kv_heads, -1))
     assert cache.length == 20
     assert pointers == [(layer.key_buffer.data_ptr(), layer.value_buffer.data_ptr()) for layer in cache.layers]
 
@@ -70,14 +69,15 @@ def test_per_head_compaction_keeps_keys_values_and_metadata_in_step():
     for _ in range(12):  # many rounds of append + random per-head eviction
         write(cache, *tagged_tokens(next_frame, 5))
         next_frame += 5
+        keeps = []
         for layer in cache.layers:
             kinds = layer.meta["kind"][:, : layer.length]
             visual = indices_where(kinds == TokenKind.VISION)
             protected = indices_where(kinds != TokenKind.VISION)
             keep_n = visual.shape[1] // 2
             choice = torch.stack([torch.randperm(visual.shape[1])[:keep_n].sort().values for _ in range(3)])
-            keep = torch.cat([protected, torch.gather(visual, 1, choice)], 1).sort(1).values
-            layer.compact(keep)
+            keeps.append(torch.cat([protected, torch.gather(visual, 1, choice)], 1).sort(1).values)
+        cache.compact(torch.cat(keeps))  # every (layer, head) row at once
     for layer in cache.layers:
         n = layer.length
         kinds = layer.meta["kind"][:, :n]

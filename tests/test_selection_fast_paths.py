@@ -138,19 +138,14 @@ def keep_sets(seed: int, rows: int, n: int, m: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("scratch_bytes", [1, 3 * 5 * 4 * 3, 4 << 20])  # one row per chunk, 3, everything
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("whole_cache", [False, True])
-def test_chunked_in_place_compaction_matches_a_gather(monkeypatch, scratch_bytes, seed, whole_cache):
+def test_chunked_in_place_compaction_matches_a_gather(monkeypatch, scratch_bytes, seed):
     monkeypatch.setattr(capped_cache, "COMPACT_SCRATCH_BYTES", scratch_bytes)
     n, m = 90, 60
     cache = filled_cache(seed, n)
     before = [(layer.keys.clone(), layer.values.clone(), layer.meta["frame"][:, :n].clone(), layer.pos[:, :, :n].clone())
               for layer in cache.layers]
     keep = keep_sets(seed, rows=2 * 3, n=n, m=m)
-    if whole_cache:
-        cache.compact(keep)
-    else:
-        for layer, layer_keep in zip(cache.layers, keep.view(2, 3, m)):
-            layer.compact(layer_keep)
+    cache.compact(keep)
     for layer, layer_keep, (keys, values, frames, pos) in zip(cache.layers, keep.view(2, 3, m), before):
         at = layer_keep[None, :, :, None].expand(1, 3, m, 5)
         assert layer.length == m

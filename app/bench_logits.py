@@ -53,7 +53,7 @@ def copy_cache_into(target: CappedKVCache, source: CappedKVCache) -> None:
     for into, layer in zip(target.layers, source.layers):
         n = layer.length
         into.truncate(0)
-        into.update(layer.keys, layer.values)
+        into.update(*layer.dequantized())  # a quantised target quantises them on the way in
         for name, tensor in layer.meta.items():
             into.meta[name][:, :n].copy_(tensor[:, :n])
         into.pos[:, :, :n].copy_(layer.pos[:, :, :n])

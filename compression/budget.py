@@ -19,12 +19,44 @@ class KVGeometry:
     dtype: torch.dtype
     pos_rows: int = 3  # 3 for Qwen's M-RoPE, 1 for plain RoPE
     token_scores: bool = False  # a policy's running score per token, layer and KV head (global_score)
+    kv_bits: int = 16  # 16: K/V as the model computes them; 8 or 4: quantised (compression/quantized_kv.py)
+
+    @property
+    def quantized(self) -> bool:
+        return self.kv_bits != 16
+
+    @property
+    def element_size(self) -> int:
+        return torch.empty(0, dtype=self.dtype).element_size()
+
+    @property
+    def side_dtype(self) -> torch.dtype:
+        """dtype of a quantised cache's scales and key means: the model's when it is 16-bit, else float16."""
+        return self.dtype if self.element_size == 2 else torch.float16
+
+    @property
+    def quant_group(self) -> int:
+        """Channels that share one scale: 32, or the largest power of two below it that divides the head."""
+        group = 32
+        while group > 2 and self.head_dim % group:
+            group //= 2
+        return group
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """Keys + values of every layer at the cache dtype."""
-        element = torch.empty(0, dtype=self.dtype).element_size()
-        return 2 * self.layers * self.kv_heads * self.head_dim * element
+        """Keys + values of every layer: at the cache dtype, or as codes + scales + the key's head mean."""
+        if not self.quantized:
+            return 2 * self.layers * self.kv_heads * self.head_dim * self.element_size
+        side = torch.empty(0, dtype=self.side_dtype).element_size()
+        codes = 2 * self.kv_heads * self.head_dim * self.kv_bits // 8
+        scales = 2 * self.kv_heads * (self.head_dim // self.quant_group) * side
+        return self.layers * (codes + scales + self.head_dim * side)
+
+    @property
+    def workspace_bytes_per_token(self) -> int:
+        """A quantised cache dequantises one layer at a time for attention into a buffer it keeps: one
+        layer's K and V at the model dtype, counted in the cap like the rest."""
+        return 2 * self.kv_heads * self.head_dim * self.element_size if self.quantized else 0
 
     @property
     def meta_bytes_per_token(self) -> int:
@@ -36,7 +68,7 @@ class KVGeometry:
 
     @property
     def bytes_per_token(self) -> int:
-        return self.kv_bytes_per_token + self.meta_bytes_per_token
+        return self.kv_bytes_per_token + self.meta_bytes_per_token + self.workspace_bytes_per_token
 
     def tokens_for(self, cap_bytes: int) -> int:
         """The most tokens whose K, V and metadata fit in `cap_bytes`."""

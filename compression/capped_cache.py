@@ -13,6 +13,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from potwatch.compression.budget import KVGeometry
+from potwatch.compression.quantized_kv import QUANTIZED_FIELDS, QuantizedRows, allocate_quantized
 from potwatch.compression.token_meta import META_FIELDS, POS_DTYPE, SCORE_DTYPE, TokenKind, TokenMeta
 from potwatch.kernels.rope_shift import shift_rotary
 from potwatch.kernels.triton_dispatch import triton_ready
@@ -34,11 +35,14 @@ def allocate_storage(geometry: KVGeometry, layers: int, capacity: int, device: t
     and `score` [layers, heads, capacity] when the geometry keeps a policy score per token."""
     heads = geometry.kv_heads
     shape = (layers, heads, capacity, geometry.head_dim)
-    storage = {
-        "keys": torch.zeros(shape, dtype=geometry.dtype, device=device),
-        "values": torch.zeros(shape, dtype=geometry.dtype, device=device),
-        "pos": torch.zeros((layers, geometry.pos_rows, heads, capacity), dtype=POS_DTYPE, device=device),
-    }
+    if geometry.quantized:  # codes, scales and key means instead (compression/quantized_kv.py)
+        storage = allocate_quantized(geometry, layers, capacity, device)
+    else:
+        storage = {
+            "keys": torch.zeros(shape, dtype=geometry.dtype, device=device),
+            "values": torch.zeros(shape, dtype=geometry.dtype, device=device),
+        }
+    storage["pos"] = torch.zeros((layers, geometry.pos_rows, heads, capacity), dtype=POS_DTYPE, device=device)
     for name, dtype in META_FIELDS:
         storage[name] = torch.full((layers, heads, capacity), -1, dtype=dtype, device=device)
     if geometry.token_scores:
@@ -53,11 +57,17 @@ class CappedLayer(CacheLayerMixin):
     is_croppable = False
     supports_early_init = False
 
-    def __init__(self, storage: dict, index: int, growable: bool = False):
+    def __init__(self, storage: dict, index: int, growable: bool = False, geometry: KVGeometry | None = None):
         super().__init__()
         self.growable = growable
-        self.key_buffer = storage["keys"][index : index + 1]  # [1, heads, capacity, head_dim]
-        self.value_buffer = storage["values"][index : index + 1]
+        # Either plain K/V buffers [1, heads, capacity, head_dim], or quantised rows (`--kv-bits 8|4`).
+        self.quantized = None
+        if "key_codes" in storage:
+            self.quantized = QuantizedRows(storage, index, geometry.kv_bits, geometry.quant_group)
+            self.key_buffer, self.value_buffer = self.quantized.work_keys, self.quantized.work_values
+        else:
+            self.key_buffer = storage["keys"][index : index + 1]
+            self.value_buffer = storage["values"][index : index + 1]
         self.meta = {name: storage[name][index] for name, _ in META_FIELDS}  # [heads, capacity]
         self.pos = storage["pos"][index]  # [rows, heads, capacity]
         self.score = storage["score"][index] if "score" in storage else None  # [heads, capacity]
@@ -68,8 +78,16 @@ class CappedLayer(CacheLayerMixin):
         self._refresh_views()
 
     def _refresh_views(self) -> None:
+        """`keys`/`values`: the held prefix (for a quantised layer, the shared workspace: see `dequantized`)."""
         self.keys = self.key_buffer[:, :, : self.length]
         self.values = self.value_buffer[:, :, : self.length]
+
+    def dequantized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of the held tokens at the model's dtype, [1, heads, length, head_dim]. For a quantised
+        layer they are decoded into the workspace the layers share: use them before the next layer reads."""
+        if self.quantized is None:
+            return self.keys, self.values
+        return self.quantized.read(self.length)
 
     # --- the transformers layer interface -------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -82,6 +100,11 @@ class CappedLayer(CacheLayerMixin):
             if not self.growable:
                 raise CacheOverflowError(f"writing {n} tokens into a cache holding {self.length}/{self.capacity}")
             self._grow(max(end, 2 * self.capacity))
+        if self.quantized is not None:
+            self.quantized.write(self.length, key_states, value_states)
+            self.length = end
+            self.keys, self.values = self.quantized.read(end)
+            return self.keys, self.values
         self.key_buffer[:, :, self.length : end].copy_(key_states)
         self.value_buffer[:, :, self.length : end].copy_(value_states)
         self.length = end
@@ -119,7 +142,12 @@ class CappedLayer(CacheLayerMixin):
         """Give the held tokens new position ids [rows, heads, length], rotating their keys to match."""
         n = self.length
         delta = new_pos - self.pos[:, :, :n].long()
-        self.key_buffer[0, :, :n] = shift_rotary(self.key_buffer[0, :, :n], delta, inv_freq, section)
+        keys = self.dequantized()[0][0]
+        rotated = shift_rotary(keys, delta, inv_freq, section)
+        if self.quantized is not None:  # quantised keys are decoded, rotated and quantised again
+            self.quantized.write_keys(0, rotated.unsqueeze(0))
+        else:
+            self.key_buffer[0, :, :n] = rotated
         self.pos[:, :, :n] = new_pos.to(self.pos.dtype)
 
     def _grow(self, capacity: int) -> None:
@@ -189,12 +217,14 @@ class CappedKVCache(Cache):
 
     def __init__(self, geometry: KVGeometry, capacity: int | None, device: torch.device | str = "cpu"):
         if capacity is None:  # each layer grows on its own
+            if geometry.quantized:
+                raise ValueError("a quantised cache needs a capacity: it cannot grow")
             layers = [CappedLayer(allocate_storage(geometry, 1, 1024, device), 0, growable=True)
                       for _ in range(geometry.layers)]
             self.storage = None
         else:
             self.storage = allocate_storage(geometry, geometry.layers, capacity, device)
-            layers = [CappedLayer(self.storage, index) for index in range(geometry.layers)]
+            layers = [CappedLayer(self.storage, index, geometry=geometry) for index in range(geometry.layers)]
         super().__init__(layers=layers)
         self.geometry = geometry
         self.capped = capacity is not None
@@ -210,7 +240,13 @@ class CappedKVCache(Cache):
     @property
     def nbytes(self) -> int:
         """Bytes allocated for K, V and metadata of every layer (constant for a capped cache)."""
+        if self.storage is not None:
+            return sum(t.numel() * t.element_size() for t in self.storage.values())
         return sum(layer.nbytes for layer in self.layers)
+
+    @property
+    def quantized(self) -> bool:
+        return self.geometry.quantized
 
     @property
     def used_bytes(self) -> int:
@@ -233,8 +269,16 @@ class CappedKVCache(Cache):
     def compact(self, keep: torch.Tensor) -> None:
         """Keep, in every (layer, head) row, the tokens at `keep` [layers * heads, m] (ascending), in one pass."""
         m, n = keep.shape[1], self.length
-        move_rows(self.rows("keys"), keep)
-        move_rows(self.rows("values"), keep)
+        if self.quantized:  # every head of a layer keeps the same tokens, so each slot's key mean moves whole
+            by_layer = keep.view(self.geometry.layers, self.geometry.kv_heads, m)
+            if not bool((by_layer == by_layer[:, :1]).all()):
+                raise ValueError("a quantised cache keeps the same tokens in every head of a layer")
+            for name in QUANTIZED_FIELDS:
+                move_rows(self.rows(name), keep)
+            move_rows(self.storage["key_mean"], by_layer[:, 0].contiguous())
+        else:
+            move_rows(self.rows("keys"), keep)
+            move_rows(self.rows("values"), keep)
         for name in [name for name, _ in META_FIELDS] + (["score"] if "score" in self.storage else []):
             meta = self.rows(name)
             meta[:, :m] = torch.gather(meta[:, :n], 1, keep)

@@ -56,7 +56,13 @@ class CompressionMonitor:
         """A vision block just went into the cache: keep its queries for the policy's next selection
         and let the policy update its running per-token scores."""
         self.queries = queries
-        self.policy.observe(queries, self.cache.rows("keys"), self.cache.score_rows(), self.cache.length)
+        cache, scores = self.cache, self.cache.score_rows()
+        if not cache.quantized:
+            self.policy.observe(queries, cache.rows("keys"), scores, cache.length)
+            return
+        for rows, layer in self._layer_rows():  # a quantised cache is decoded one layer at a time
+            keys = layer.dequantized()[0][0]
+            self.policy.observe(queries.rows(rows), keys, None if scores is None else scores[rows], cache.length)
 
     @property
     def dialogue_capacity(self) -> int:
@@ -119,24 +125,51 @@ class CompressionMonitor:
         if keep_visual is not None:
             is_visual = cache.rows("kind")[:, :n] == TokenKind.VISION
             visual_at = indices_where(is_visual)
-            chosen = self.policy.select(self._visual_tokens(visual_at), keep_visual)
+            if cache.quantized:
+                chosen = self._select_by_layer_vote(visual_at, keep_visual)
+            else:
+                chosen = self.policy.select(self._visual_tokens(visual_at), keep_visual)
             keep &= ~is_visual
             keep.scatter_(1, torch.gather(visual_at, 1, chosen), True)
         return indices_where(keep)
 
-    def _visual_tokens(self, visual_at: torch.Tensor) -> VisualTokens:
+    def _visual_tokens(self, visual_at: torch.Tensor, rows: slice = slice(None), keys=None, values=None) -> VisualTokens:
+        """The visual tokens of `rows` (all by default). The cache's own K/V rows unless `keys`/`values`
+        are given: policies read what they need where it lies."""
         cache, n = self.cache, self.cache.length
         scores = cache.score_rows()
         return VisualTokens(
-            keys=cache.rows("keys"),  # the cache's own rows: policies read what they need where it lies
-            values=cache.rows("values"),
-            frame=torch.gather(cache.rows("frame")[:, :n], 1, visual_at),
-            row=torch.gather(cache.rows("row")[:, :n], 1, visual_at),
-            col=torch.gather(cache.rows("col")[:, :n], 1, visual_at),
+            keys=cache.rows("keys") if keys is None else keys,
+            values=cache.rows("values") if values is None else values,
+            frame=torch.gather(cache.rows("frame")[rows, :n], 1, visual_at),
+            row=torch.gather(cache.rows("row")[rows, :n], 1, visual_at),
+            col=torch.gather(cache.rows("col")[rows, :n], 1, visual_at),
             at=visual_at,
-            queries=self.queries,
-            history=None if scores is None else torch.gather(scores[:, :n], 1, visual_at),
+            queries=None if self.queries is None else self.queries.rows(rows),
+            history=None if scores is None else torch.gather(scores[rows, :n], 1, visual_at),
         )
+
+    def _layer_rows(self):
+        """(rows of the monitor's layout, layer) for each layer: its heads are rows [l * heads, (l + 1) * heads)."""
+        heads = self.cache.geometry.kv_heads
+        for index, layer in enumerate(self.cache.layers):
+            yield slice(index * heads, (index + 1) * heads), layer
+
+    def _select_by_layer_vote(self, visual_at: torch.Tensor, keep: int) -> torch.Tensor:
+        """For a quantised cache (every head of a layer holds the same tokens): the policy chooses per head
+        from that layer's decoded K/V, and the `keep` tokens most heads chose stay in all of them (the
+        newer one on a tie). Returns indices into the visual tokens [layers * heads, keep], ascending."""
+        chosen = torch.empty((visual_at.shape[0], keep), dtype=torch.long, device=visual_at.device)
+        for rows, layer in self._layer_rows():
+            keys, values = (t[0] for t in layer.dequantized())
+            picks = self.policy.select(self._visual_tokens(visual_at[rows], rows, keys, values), keep)
+            count = visual_at.shape[1]
+            votes = torch.zeros(count, dtype=torch.long, device=picks.device)
+            votes.index_add_(0, picks.reshape(-1), torch.ones(picks.numel(), dtype=torch.long, device=picks.device))
+            rank = votes * count + torch.arange(count, device=votes.device)  # unique; ties go to the newer token
+            shared = torch.topk(rank, keep, sorted=False).indices.sort().values
+            chosen[rows] = shared
+        return chosen
 
     def _compact(self, reason: str, keep_rows) -> CompressionEvent:
         started = time.perf_counter()

@@ -23,6 +23,10 @@ class QueryStats:
     offsets: torch.Tensor  # [S] long, the sampled queries' offsets inside the block (ascending)
     block_tokens: int  # tokens in the block the queries came from
 
+    def rows(self, which: slice) -> "QueryStats":
+        """The same statistics for a slice of the rows (one layer's heads, say)."""
+        return QueryStats(self.mean[which], self.var[which], self.samples[which], self.offsets, self.block_tokens)
+
 
 def sample_offsets(block_tokens: int, count: int = SAMPLED_QUERIES) -> torch.Tensor:
     """`count` evenly spaced offsets in [0, block_tokens), the last token always among them; fewer

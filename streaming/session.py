@@ -20,6 +20,7 @@ import torch
 
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.capped_cache import CappedKVCache
+from potwatch.compression.quantized_kv import check_kv_bits
 from potwatch.compression.mem_cap import format_bytes, parse_mem_cap
 from potwatch.compression.monitor import CompressionMonitor
 from potwatch.compression.policies.base import make_policy
@@ -48,7 +49,9 @@ class StreamSession:
     sampled at (timestamps and Qwen2.5-VL's temporal positions follow it). positions: "keep" gives every
     token its original position for good; "compact" re-numbers the held tokens without gaps after each
     compaction (rotating their keys to match), so positions stay bounded on endless streams at the cost
-    of the time that evicted stretches took (default: what the model family needs)."""
+    of the time that evicted stretches took (default: what the model family needs). kv_bits: 16 keeps
+    K/V as the model computes them; 8 or 4 quantises them so the same cap holds more tokens (every head
+    of a layer then keeps the same tokens; see compression/quantized_kv.py)."""
 
     def __init__(
         self,
@@ -63,6 +66,7 @@ class StreamSession:
         frame_size: tuple[int, int] | None = None,
         policy_options: dict | None = None,
         positions: str | None = None,
+        kv_bits: int = 16,
     ):
         if isinstance(model, str):
             from potwatch.models.registry import load_model
@@ -81,6 +85,7 @@ class StreamSession:
         self.policy_name = policy
         self.policy = make_policy(policy, **(policy_options or {}))
         self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
+        self.kv_bits = check_kv_bits(kv_bits, self.cap_bytes is not None)
         self.geometry: KVGeometry = model.geometry()  # set again with the policy's needs in _setup_cache
         self._lock = threading.RLock()
         self._drop_lock = threading.Lock()
@@ -92,7 +97,8 @@ class StreamSession:
 
     # --- set-up -------------------------------------------------------------------------------
     def _setup_cache(self) -> None:
-        self.geometry = dataclasses.replace(self.adapter.geometry(), token_scores=self.policy.token_scores)
+        self.geometry = dataclasses.replace(self.adapter.geometry(), token_scores=self.policy.token_scores,
+                                            kv_bits=self.kv_bits)
         capacity = None if self.cap_bytes is None else self.geometry.tokens_for(self.cap_bytes)
         if capacity is not None and capacity < 1:
             raise MemCapError(
@@ -154,9 +160,14 @@ class StreamSession:
         per_token = self.geometry.bytes_per_token
         if not self.cache.capped:
             return f"no cap: the cache grows with the stream ({per_token:,} bytes a token)"
+        geometry = self.geometry
+        kv = f"{geometry.kv_bytes_per_token:,} B/token K+V"
+        if geometry.quantized:
+            kv = (f"{geometry.kv_bytes_per_token:,} B/token K+V in {geometry.kv_bits} bits + "
+                  f"{geometry.workspace_bytes_per_token:,} B decoding workspace")
         text = (
             f"{format_bytes(self.cap_bytes)} holds about {self.cache.capacity:,} tokens "
-            f"({self.geometry.kv_bytes_per_token:,} B/token K+V + {self.geometry.meta_bytes_per_token:,} B metadata)"
+            f"({kv} + {geometry.meta_bytes_per_token:,} B metadata)"
         )
         per_frame = tokens_per_frame or getattr(self, "tokens_per_group", None)
         if per_frame:
@@ -436,6 +447,7 @@ class StreamSession:
                 "peak_bytes": self.peak_bytes,
                 "cap_bytes": self.cap_bytes,
                 "bytes_per_token": self.geometry.bytes_per_token,
+                "kv_bits": self.kv_bits,
                 "compressions": self.monitor.event_count,
                 "compression_ms": self.monitor.compression_ms,
                 "recent_events": [event.as_dict() for event in events[-20:]],
@@ -458,8 +470,9 @@ class StreamSession:
                 return {}
             return self.cache.retention(self.tokens_per_group)
 
-    def reset(self, mem_cap: str | int | None | object = ..., policy: str | None = None, fps: float | None = None) -> None:
-        """Forget the stream and the dialogue; optionally change cap, policy or fps.
+    def reset(self, mem_cap: str | int | None | object = ..., policy: str | None = None, fps: float | None = None,
+              kv_bits: int | None = None) -> None:
+        """Forget the stream and the dialogue; optionally change cap, policy, fps or K/V bits.
 
         Settings that cannot work (a cap too small, an unknown policy) raise a UserError and leave the
         session as it was."""
@@ -474,6 +487,7 @@ class StreamSession:
                     self.fps = check_rate(fps)
                 if mem_cap is not ...:
                     self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
+                self.kv_bits = check_kv_bits(self.kv_bits if kv_bits is None else kv_bits, self.cap_bytes is not None)
                 frame_size = self.frame_size
                 self._setup_cache()
                 self.frame_size = None

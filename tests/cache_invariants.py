@@ -62,8 +62,11 @@ def cache_problems(session) -> list[str]:
                 patch = torch.stack([frames, meta["row"][head][vision].long(), meta["col"][head][vision].long()])
                 if torch.unique(patch, dim=1).shape[1] != patch.shape[1]:
                     problems.append(f"{where} head {head}: a visual token is held twice")
-            if not (bool(torch.isfinite(layer.keys).all()) and bool(torch.isfinite(layer.values).all())):
+            keys, values = layer.dequantized()
+            if not (bool(torch.isfinite(keys).all()) and bool(torch.isfinite(values).all())):
                 problems.append(f"{where}: non-finite keys or values")
+            if cache.quantized and not all(bool((meta[name] == meta[name][:1]).all()) for name in ("frame", "row", "col")):
+                problems.append(f"{where}: the heads of a quantised layer hold different tokens")
         if cache.capped and session.monitor.events:
             # the dialogue may use free room past its share between compactions; each pass restores the share
             last = session.monitor.events[-1]

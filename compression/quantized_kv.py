@@ -1,0 +1,115 @@
+"""K and V kept in 8 or 4 bits inside the capped cache (`--kv-bits 8|4`), so the same byte cap holds
+more tokens.
+
+As in TaDA, each new token's key is split into its mean across the layer's KV heads, kept in 16-bit
+(it carries the outlier channels all heads share), and per-head deviations, quantised with one
+symmetric scale per group of channels; values are quantised as they are (kernels/kv_quant.py).
+A slot's key mean only means something while every head of the layer holds the same token there, so
+a quantised cache keeps the same tokens in all heads of a layer (the monitor turns the policy's
+per-head choices into one choice per layer by vote). Attention needs K and V at the model's dtype:
+each layer dequantises into one workspace that all layers share, and the cap counts it."""
+
+from __future__ import annotations
+
+import torch
+
+from potwatch.kernels import kv_quant
+from potwatch.kernels.triton_dispatch import triton_ready
+
+KV_BITS = (16, 8, 4)
+QUANTIZED_FIELDS = ("key_codes", "key_scales", "value_codes", "value_scales")  # [layers, heads, capacity, ...]
+DEQUANT_CHUNK_TOKENS = 4096  # bounds the float32 temporaries of one dequantisation step
+
+
+def check_kv_bits(bits, capped: bool) -> int:
+    """`bits` as 16, 8 or 4, or a UserError saying what to pass."""
+    from potwatch.errors import UserError
+
+    try:
+        value = int(bits)
+    except (TypeError, ValueError):
+        value = None
+    if value not in KV_BITS or str(bits).strip() not in {str(b) for b in KV_BITS}:
+        raise UserError(f"--kv-bits {bits!r} is not supported; use 16 (no quantisation), 8 or 4.")
+    if value != 16 and not capped:
+        raise UserError(f"--kv-bits {value} needs a memory cap (a quantised cache never grows); give --mem-cap or use --kv-bits 16.")
+    return value
+
+
+def allocate_quantized(geometry, layers: int, capacity: int, device: torch.device | str) -> dict:
+    """Zero-filled codes, scales, key means and the shared workspace of a quantised cache."""
+    heads, dim, bits = geometry.kv_heads, geometry.head_dim, geometry.kv_bits
+    code_dtype = torch.int8 if bits == 8 else torch.uint8  # 4 bits: two channels a byte
+    codes = (layers, heads, capacity, dim * bits // 8)
+    scales = (layers, heads, capacity, dim // geometry.quant_group)
+    work = (1, heads, capacity, dim)
+    side = geometry.side_dtype
+    return {
+        "key_codes": torch.zeros(codes, dtype=code_dtype, device=device),
+        "key_scales": torch.zeros(scales, dtype=side, device=device),
+        "key_mean": torch.zeros((layers, capacity, dim), dtype=side, device=device),
+        "value_codes": torch.zeros(codes, dtype=code_dtype, device=device),
+        "value_scales": torch.zeros(scales, dtype=side, device=device),
+        "work_keys": torch.zeros(work, dtype=geometry.dtype, device=device),
+        "work_values": torch.zeros(work, dtype=geometry.dtype, device=device),
+    }
+
+
+def quantize(x: torch.Tensor, bits: int, group: int, center: bool) -> kv_quant.QuantizedKV:
+    if triton_ready(x):
+        from potwatch.kernels import kv_quant_triton
+
+        return kv_quant_triton.quantize(x.contiguous(), bits, group, center)
+    return kv_quant.quantize_reference(x, bits, group, center)
+
+
+def dequantize(q: kv_quant.QuantizedKV) -> torch.Tensor:
+    if triton_ready(q.data):
+        from potwatch.kernels import kv_quant_triton
+
+        parts = (t.contiguous() if t is not None else None for t in (q.data, q.scale, q.mean))
+        return kv_quant_triton.dequantize(kv_quant.QuantizedKV(*parts, q.bits, q.group))
+    return kv_quant.dequantize_reference(q)
+
+
+class QuantizedRows:
+    """One layer's quantised K and V: views of its slice of the shared storage, and the workspace."""
+
+    def __init__(self, storage: dict, index: int, bits: int, group: int):
+        self.bits, self.group = bits, group
+        self.key_codes = storage["key_codes"][index : index + 1]  # [1, heads, capacity, width]
+        self.key_scales = storage["key_scales"][index : index + 1]
+        self.key_mean = storage["key_mean"][index : index + 1]  # [1, capacity, head_dim]
+        self.value_codes = storage["value_codes"][index : index + 1]
+        self.value_scales = storage["value_scales"][index : index + 1]
+        self.work_keys, self.work_values = storage["work_keys"], storage["work_values"]
+        self.side_dtype = self.key_scales.dtype
+
+    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Quantise new tokens' keys and values [1, heads, n, head_dim] into slots [start, start + n)."""
+        self.write_keys(start, keys)
+        end = start + values.shape[2]
+        q = quantize(values.to(self.side_dtype), self.bits, self.group, center=False)
+        self.value_codes[:, :, start:end] = q.data
+        self.value_scales[:, :, start:end] = q.scale
+
+    def write_keys(self, start: int, keys: torch.Tensor) -> None:
+        """(Re)quantise keys [1, heads, n, head_dim] into slots [start, start + n), centred on their head mean."""
+        end = start + keys.shape[2]
+        q = quantize(keys.to(self.side_dtype), self.bits, self.group, center=True)
+        self.key_codes[:, :, start:end] = q.data
+        self.key_scales[:, :, start:end] = q.scale
+        self.key_mean[:, start:end] = q.mean
+
+    def read(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of slots [0, length) at the model's dtype: views of the workspace, valid until another
+        layer reads (layers run one after another, so attention always sees its own)."""
+        for start in range(0, length, DEQUANT_CHUNK_TOKENS):
+            end = min(length, start + DEQUANT_CHUNK_TOKENS)
+            keys = kv_quant.QuantizedKV(self.key_codes[:, :, start:end], self.key_scales[:, :, start:end],
+                                        self.key_mean[:, start:end], self.bits, self.group)
+            values = kv_quant.QuantizedKV(self.value_codes[:, :, start:end], self.value_scales[:, :, start:end],
+                                          None, self.bits, self.group)
+            self.work_keys[:, :, start:end] = dequantize(keys)
+            self.work_values[:, :, start:end] = dequantize(values)
+        return self.work_keys[:, :, :length], self.work_values[:, :, :length]

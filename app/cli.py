@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--mem-cap", default="1GB", help="cap on the KV cache: 2GB, 1.5GiB, 512MB, 64MiB, 300kB, bytes, or 'none' (default 1GB)")
     watch.add_argument("--model", default="demo", help=f"a demo model ({', '.join(demo_names())}), a hub id or a local folder (default demo)")
     watch.add_argument("--policy", default="tar_van", help=f"compression policy: {', '.join(policy_names())} (default tar_van)")
+    watch.add_argument("--kv-bits", default="16", metavar="16|8|4", help="bits a cached key or value is stored in: 16 (as the model computes it), 8 or 4 (quantised: the same cap holds more tokens) (default 16)")
     watch.add_argument("--fps", type=float, default=2.0, help="frames sampled per second of video (default 2)")
     watch.add_argument("--ask", action="append", default=[], metavar="QUESTION", help="ask at the end of the video (repeatable)")
     watch.add_argument("--ask-at", action="append", nargs=2, default=[], metavar=("TIME", "QUESTION"), help="ask when the video reaches TIME, e.g. 30s (repeatable)")

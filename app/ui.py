@@ -75,6 +75,9 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
                                              info="e.g. 400kB (the demo model then compresses often), 1GB, none")
                         policy = gr.Dropdown(policy_names(), value=settings.policy, label="Compression policy",
                                              elem_id="policy")
+                        kv_bits = gr.Dropdown([16, 8, 4], value=settings.kv_bits, label="Bits per key/value",
+                                              info="8 or 4: quantised, the same cap holds more tokens",
+                                              elem_id="kv-bits")
                         fps = gr.Number(value=settings.fps, label="Frames per second", minimum=0.1, maximum=30,
                                         elem_id="fps")
                     apply = gr.Button("Apply and reset", elem_id="apply")
@@ -107,6 +110,7 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
         for trigger in (question.submit, ask.click):
             trigger(handlers.ask, inputs=[question], outputs=[chat, question], concurrency_limit=None,
                     api_visibility="private")
-        apply.click(handlers.apply_settings, inputs=[mem_cap, policy, fps], outputs=[*refresh, chat, cap_words, mem_cap, policy, fps],
+        apply.click(handlers.apply_settings, inputs=[mem_cap, policy, fps, kv_bits],
+                    outputs=[*refresh, chat, cap_words, mem_cap, policy, fps, kv_bits],
                     **quiet)
     return app

@@ -211,18 +211,20 @@ class Handlers:
 
     # --- settings ------------------------------------------------------------------------------
     def apply_settings(self, mem_cap: str | None, policy: str | None, fps: float | None,
-                       request: gr.Request) -> tuple:
+                       kv_bits: int | str | None, request: gr.Request) -> tuple:
         """Reset the tab's session with new settings. Returns the refresh outputs, then chat, the cap's
         description and the settings as applied; bad settings leave the session as it was and say what
         to fix."""
         try:
             tab = self._tab(request)
         except PoolFullError as error:
-            return (*self._refused(error), *[SKIP()] * 5)
+            return (*self._refused(error), *[SKIP()] * 6)
         try:
-            tab.apply(TabSettings(mem_cap=mem_cap or "", policy=policy or "", fps=fps))
+            tab.apply(TabSettings(mem_cap=mem_cap or "", policy=policy or "", fps=fps,
+                                  kv_bits=tab.settings.kv_bits if kv_bits is None else kv_bits))
         except UserError as error:
             tab.notice = str(error)
-            return (*self._full_outputs(tab), *[SKIP()] * 5)
+            return (*self._full_outputs(tab), *[SKIP()] * 6)
         settings = tab.settings
-        return (*self._full_outputs(tab), [], self.cap_description(tab), settings.mem_cap, settings.policy, settings.fps)
+        return (*self._full_outputs(tab), [], self.cap_description(tab), settings.mem_cap, settings.policy, settings.fps,
+                settings.kv_bits)

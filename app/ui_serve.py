@@ -24,6 +24,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="demo", help=f"a demo model ({', '.join(demo_names())}), a hub id or a local folder; one for the whole server (default demo)")
     parser.add_argument("--mem-cap", default="1GB", help="each session's default cap on the KV cache, e.g. 1GB or 400kB; users can change it per tab (default 1GB)")
     parser.add_argument("--policy", default="tar_van", help=f"each session's default compression policy: {', '.join(policy_names())} (default tar_van)")
+    parser.add_argument("--kv-bits", default="16", metavar="16|8|4", help="each session's default bits per cached key or value: 16, 8 or 4 (quantised: the same cap holds more tokens); users can change it per tab (default 16)")
     parser.add_argument("--fps", type=float, default=2.0, help="each session's default frames sampled per second (default 2)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
@@ -87,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError(f"--port {args.port} is not a port number; give one between 1 and 65535, e.g. 7860.")
     from potwatch.app.ui_sessions import SessionPool, TabSettings
 
-    settings = TabSettings(mem_cap=args.mem_cap, policy=args.policy, fps=args.fps).checked()
+    settings = TabSettings(mem_cap=args.mem_cap, policy=args.policy, fps=args.fps, kv_bits=args.kv_bits).checked()
     if args.max_sessions < 1:
         raise UserError(f"--max-sessions {args.max_sessions} allows no session; give 1 or more.")
     if args.max_new_tokens < 1:

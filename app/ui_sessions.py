@@ -20,6 +20,7 @@ import numpy as np
 
 from potwatch.compression.mem_cap import parse_optional_mem_cap
 from potwatch.compression.policies.base import make_policy
+from potwatch.compression.quantized_kv import check_kv_bits
 from potwatch.errors import UserError
 from potwatch.streaming.answer import Answer
 from potwatch.streaming.session import StreamSession
@@ -63,6 +64,7 @@ class TabSettings:
     mem_cap: str = "1GB"
     policy: str = "tar_van"
     fps: float = 2.0
+    kv_bits: int = 16
 
     def checked(self) -> "TabSettings":
         """The same settings, or a UserError that says what to fix."""
@@ -77,7 +79,7 @@ class TabSettings:
             fps = float("nan")
         if not (0 < fps <= 30):
             raise UserError(f"The frame rate {self.fps!r} is not between 0 and 30 frames a second; try 2.")
-        return replace(self, mem_cap=mem_cap, fps=fps)
+        return replace(self, mem_cap=mem_cap, fps=fps, kv_bits=check_kv_bits(self.kv_bits, cap_value(mem_cap) is not None))
 
 
 @dataclass(frozen=True)
@@ -260,7 +262,8 @@ class TabSession:
         settings = settings.checked()
         with self._control:
             self._stop_runner()
-            self.session.reset(mem_cap=cap_value(settings.mem_cap), policy=settings.policy, fps=settings.fps)
+            self.session.reset(mem_cap=cap_value(settings.mem_cap), policy=settings.policy, fps=settings.fps,
+                               kv_bits=settings.kv_bits)
             self.settings = settings
             self.history.clear()
             self.current_frame = None
@@ -295,7 +298,7 @@ class SessionPool:
 
     def new_session(self, settings: TabSettings) -> StreamSession:
         return StreamSession(self.adapter, mem_cap=cap_value(settings.mem_cap), policy=settings.policy,
-                             fps=settings.fps, max_new_tokens=self.max_new_tokens)
+                             fps=settings.fps, max_new_tokens=self.max_new_tokens, kv_bits=settings.kv_bits)
 
     def check(self) -> None:
         """Build and free one session with the server's settings, so a cap too small fails at start-up."""

@@ -26,12 +26,14 @@ class WatchRun:
     def __init__(self, args):
         from potwatch.compression.mem_cap import parse_optional_mem_cap
         from potwatch.compression.policies.base import make_policy
+        from potwatch.compression.quantized_kv import check_kv_bits
         from potwatch.streaming.sources import open_source
 
         self.args = args
         self.json = args.json
         mem_cap = parse_optional_mem_cap(args.mem_cap)  # fail on a bad cap before loading anything
         make_policy(args.policy)
+        self.kv_bits = check_kv_bits(args.kv_bits, mem_cap is not None)
         self.timed = sorted(((parse_time(t), clean_question(q)) for t, q in args.ask_at), key=lambda item: item[0])
         self.questions = [clean_question(question) for question in args.ask]
         self.source = open_source(args.video, fps=args.fps, realtime=args.realtime or args.video.startswith("webcam:"),
@@ -45,7 +47,7 @@ class WatchRun:
         size = (getattr(self.source, "height", None), getattr(self.source, "width", None))
         self.session = StreamSession(
             adapter, mem_cap=mem_cap, policy=args.policy, fps=args.fps, max_new_tokens=args.max_new_tokens,
-            positions=args.positions,
+            positions=args.positions, kv_bits=self.kv_bits,
             frame_size=size if all(size) else None,
         )
         for question in self.questions + [question for _, question in self.timed]:
@@ -180,6 +182,7 @@ class WatchRun:
             "fps": stats["fps"],
             "mem_cap_bytes": cap,
             "capacity_tokens": stats["capacity_tokens"],
+            "kv_bits": stats["kv_bits"],
             "frames": stats["frames_seen"],
             "video_seconds": self.last_time_s,
             "wall_seconds": wall,

@@ -30,7 +30,8 @@ def check_kv_bits(bits, capped: bool) -> int:
     except (TypeError, ValueError):
         value = None
     if value not in KV_BITS or str(bits).strip() not in {str(b) for b in KV_BITS}:
-        raise UserError(f"--kv-bits {bits!r} is not supported; use 16 (no quantisation), 8 or 4.")
+        shown = str(bits).strip() or repr(bits)
+        raise UserError(f"--kv-bits {shown} is not supported; use 16 (no quantisation), 8 or 4.")
     if value != 16 and not capped:
         raise UserError(f"--kv-bits {value} needs a memory cap (a quantised cache never grows); give --mem-cap or use --kv-bits 16.")
     return value

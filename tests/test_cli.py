@@ -87,3 +87,15 @@ def test_uncapped_run_reports_no_cap():
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     assert summary["mem_cap_bytes"] is None and summary["compressions"] == 0 and summary["frames_covered"] == 8
+
+
+def test_watch_with_quantised_kv_holds_more_frames_under_the_same_cap():
+    runs = {}
+    for bits in ("16", "4"):
+        run = potwatch("watch", str(DEMO_VIDEO), "--model", "demo", "--mem-cap", "400kB", "--kv-bits", bits,
+                       "--max-frames", "40", "--ask", "what happened?", "--json")
+        assert run.returncode == 0, run.stderr
+        runs[bits] = json.loads(run.stdout)
+        assert runs[bits]["kv_bits"] == int(bits) and runs[bits]["peak_under_cap"]
+    assert runs["4"]["capacity_tokens"] > runs["16"]["capacity_tokens"]
+    assert runs["4"]["compressions"] < runs["16"]["compressions"]

@@ -167,9 +167,13 @@ def test_webcam_stream_chat_and_memory_plot(browser, demo_adapter):
         assert "of 2.00 MB" in status(page)
 
         # a small cap, typed into the settings, makes the tiny demo model compress within seconds
+        # and 8-bit keys and values, picked in the dropdown, fit more tokens into it
         page.locator("#mem-cap textarea").fill("400kB")
+        page.locator("#kv-bits input").click()
+        page.get_by_role("option", name="8", exact=True).click()
         page.locator("#apply").click()
         wait_text(page, "#status", "of 400.00 kB")
+        wait_text(page, "#cap-words", "in 8 bits")
 
         page.get_by_role("button", name="Click to Access Webcam").click(force=True)
         page.get_by_role("button", name="capture photo").click(timeout=30_000)
@@ -191,7 +195,7 @@ def test_webcam_stream_chat_and_memory_plot(browser, demo_adapter):
         numbers = page.locator("#numbers").inner_text()
         assert "of 400.00 kB" in numbers and "under the cap" in numbers
         history = list(tab.history)
-        assert len(history) >= 24 and all(s.cap_bytes == 400_000 for s in history)
+        assert len(history) >= 24 and all(s.cap_bytes == 400_000 for s in history) and tab.session.kv_bits == 8
         assert all(s.cache_bytes <= s.cap_bytes for s in history)
         assert history[-1].compressions >= 2 and tab.stats["peak_bytes"] <= 400_000
 

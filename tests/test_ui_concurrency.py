@@ -54,7 +54,7 @@ def test_tabs_stream_and_answer_at_once_each_under_its_own_cap(pool):
     handlers = Handlers(pool)
     for name, (cap, _) in CAPS.items():
         handlers.load(request(name))
-        outputs = handlers.apply_settings(cap, "tar_van", 20, request(name))  # 20 fps: many frames quickly
+        outputs = handlers.apply_settings(cap, "tar_van", 20, 16, request(name))  # 20 fps: many frames quickly
         assert "⚠" not in outputs[0], outputs[0]
     refused = handlers.load(request("tab-d"))[0]
     assert refused.startswith("⚠") and "--max-sessions 3" in refused

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import socket
 import time
 from pathlib import Path
@@ -231,16 +233,22 @@ def test_settings_apply_on_reset_and_bad_ones_change_nothing(handlers, pool):
     request = tab_request()
     handlers.load(request)
     list(handlers.ask("Hello?", request))
-    outputs = handlers.apply_settings("10kB", "tar_van", 2, request)
+    outputs = handlers.apply_settings("10kB", "tar_van", 2, 16, request)
     assert "⚠" in outputs[0] and "at least 75.89 kB" in outputs[0]
     tab = pool.get(request.session_hash)
     assert tab.session.cap_bytes == 400_000 and tab.chat  # unchanged
-    assert "frame rate" in handlers.apply_settings("1MB", "window", -1, request)[0]
-    outputs = handlers.apply_settings("1MB", "window", 1, request)
-    status, chat, cap_words, mem_cap, policy, fps = outputs[0], *outputs[5:]
+    assert "frame rate" in handlers.apply_settings("1MB", "window", -1, 16, request)[0]
+    outputs = handlers.apply_settings("1MB", "window", 1, 16, request)
+    status, chat, cap_words, mem_cap, policy, fps, kv_bits = outputs[0], *outputs[5:]
     assert "of 1.00 MB" in status and "⚠" not in status
-    assert chat == [] and "1.00 MB holds about" in cap_words and (mem_cap, policy, fps) == ("1MB", "window", 1.0)
+    assert chat == [] and "1.00 MB holds about" in cap_words and (mem_cap, policy, fps, kv_bits) == ("1MB", "window", 1.0, 16)
     assert tab.session.policy_name == "window" and tab.session.fps == 1.0 and tab.stats["turns"] == 0
+    # quantised K/V: the same cap holds more tokens, and the words say so
+    outputs = handlers.apply_settings("1MB", "window", 1, "8", request)
+    assert outputs[-1] == 8 and "in 8 bits" in outputs[6] and tab.session.cache.quantized
+    assert tab.session.cache.capacity > replace(tab.session.geometry, kv_bits=16).tokens_for(1_000_000)
+    assert "kv-bits" in handlers.apply_settings("1MB", "window", 1, 5, request)[0]
+    assert tab.session.kv_bits == 8  # a bad width changes nothing
 
 
 # --- plots ---------------------------------------------------------------------------------------

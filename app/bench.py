@@ -26,6 +26,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 helps on a busy machine)")
     add_trust_remote_code_argument(parser)
+    parser.add_argument("--kv-bits", default=None, metavar="WIDTHS",
+                        help="K/V widths to run the first policy at beside 16 bits, e.g. 8,4 (default 8,4; 16 for none)")
     parser.add_argument("--cost-only", action="store_true", help="skip the at-scale pass, loyalty and the needle probe")
     accuracy = parser.add_argument_group("accuracy harness (multiple-choice video QA)")
     accuracy.add_argument("--accuracy", metavar="QUESTIONS_JSON", default=None, help="score these questions instead of running the benchmark")
@@ -66,12 +68,22 @@ def run_bench(args) -> int:
         changes["device"] = args.device
     if args.trust_remote_code:
         changes["trust_remote_code"] = True
+    if args.kv_bits is not None:
+        changes["kv_bits"] = _widths(args.kv_bits)
     if args.cost_only:
         changes.update(scale_tokens=None, loyalty_frames=None, needle_seconds=None)
     config = BenchConfig.quick(**changes) if args.quick else BenchConfig.full(**changes)
     results = run_benchmark(config, args.out, command_line())
     print((Path(args.out) / "bench.md").read_text())
     return 0 if _invariants_hold(results) else 1
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """'8,4' -> (8, 4); 16 alone means no quantised configuration."""
+    from potwatch.compression.quantized_kv import check_kv_bits
+
+    widths = [check_kv_bits(part, capped=True) for part in text.split(",")]
+    return tuple(bits for bits in widths if bits != 16)
 
 
 def _invariants_hold(results: dict) -> bool:

@@ -10,21 +10,32 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
+from potwatch.app.bench_configurations import configuration
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.compression.monitor import CompressionMonitor
 from potwatch.compression.policies.base import make_policy
+from potwatch.compression.quantized_kv import QUANTIZED_FIELDS
 from potwatch.compression.query_stats import QueryStats, sample_offsets
 from potwatch.compression.token_meta import TokenKind, TokenMeta
+
+
+def stored_kv(cache: CappedKVCache, tokens: int) -> list[torch.Tensor]:
+    """The K/V of the first `tokens` tokens of every layer as stored: the buffers, or for a quantised
+    cache its codes, scales and key means."""
+    if cache.quantized:
+        return [cache.storage[name][:, :, :tokens] for name in QUANTIZED_FIELDS] + [cache.storage["key_mean"][:, :tokens]]
+    return [b[:, :, :tokens] for layer in cache.layers for b in (layer.key_buffer, layer.value_buffer)]
 
 
 def copy_floor_ms(cache: CappedKVCache, tokens: int, repeats: int = 5) -> float:
     """Median ms to copy_ the K and V of the first `tokens` tokens of every layer into preallocated buffers."""
     tokens = min(int(tokens), cache.capacity)
-    sources = [b[:, :, :tokens] for layer in cache.layers for b in (layer.key_buffer, layer.value_buffer)]
+    sources = stored_kv(cache, tokens)
     targets = [torch.empty(s.shape, dtype=s.dtype, device=s.device) for s in sources]
     for target, source in zip(targets, sources):  # first touch, not timed
         target.copy_(source)
@@ -44,7 +55,7 @@ def clone_ms(cache: CappedKVCache, tokens: int) -> float:
     reuses memory freed earlier), for scale."""
     _sync(cache)
     started = time.perf_counter()
-    clones = [b[:, :, :tokens].clone() for layer in cache.layers for b in (layer.key_buffer, layer.value_buffer)]
+    clones = [t.clone() for t in stored_kv(cache, tokens)]
     _sync(cache)
     elapsed = 1000 * (time.perf_counter() - started)
     del clones
@@ -95,32 +106,41 @@ def synthetic_queries(geometry: KVGeometry, block_tokens: int, device: str) -> Q
 
 def compression_at_scale(geometry: KVGeometry, tokens: int, policies: list[str], tokens_per_group: int,
                          grid: tuple[int, int], system_tokens: int, device: str = "cpu", repeats: int = 3) -> dict:
-    """One compression pass (to 0.75 of the cache, as the monitor does) per policy on a cache of `tokens`
-    tokens, against copy_ and clone of the same K/V bytes."""
-    cache = synthetic_cache(geometry, tokens, tokens_per_group, grid, system_tokens, device)
-    held = cache.length
-    allocating = clone_ms(cache, held)  # before copy_floor_ms frees buffers of this size for the allocator to reuse
-    result = {
-        "tokens": held,
-        "kv_bytes": held * geometry.kv_bytes_per_token,
-        "copy_ms": copy_floor_ms(cache, held, repeats),
-        "clone_ms": allocating,
-        "policies": {},
-    }
-    for index, name in enumerate(policies):
-        if index:
-            fill_synthetic(cache, tokens_per_group, grid, system_tokens)
-        policy = make_policy(name)
-        monitor = CompressionMonitor(cache, policy)
-        if policy.needs_queries:  # what a session would hold: the latest block's query statistics
-            monitor.queries = synthetic_queries(geometry, tokens_per_group, device)
-        event = monitor.make_room(cache.capacity - held + tokens_per_group)
-        result["policies"][name] = {
-            "ms": event.ms,
-            "tokens_after": event.tokens_after,
-            "vs_copy": event.ms / result["copy_ms"] if result["copy_ms"] else None,
-        }
-    del cache
+    """One compression pass (to 0.75 of the cache, as the monitor does) per configuration on a cache of
+    `tokens` tokens, against copy_ and clone of the same K/V bytes; a quantised configuration
+    (`tar_van@8bit`) is also held against the copy of its own, smaller, stored bytes."""
+    by_width: dict[int, list[str]] = {}
+    for name in policies:
+        by_width.setdefault(configuration(name)[1], []).append(name)
+    result = None
+    for bits, names in by_width.items():
+        cache = synthetic_cache(replace(geometry, kv_bits=bits), tokens, tokens_per_group, grid, system_tokens, device)
+        held = cache.length
+        if result is None:
+            allocating = clone_ms(cache, held)  # before copy_floor_ms frees buffers of this size for reuse
+            result = {
+                "tokens": held,
+                "kv_bytes": held * cache.geometry.kv_bytes_per_token,
+                "copy_ms": copy_floor_ms(cache, held, repeats),
+                "clone_ms": allocating,
+                "policies": {},
+            }
+        own_copy_ms = copy_floor_ms(cache, held, repeats)
+        for index, name in enumerate(names):
+            if index:
+                fill_synthetic(cache, tokens_per_group, grid, system_tokens)
+            policy = make_policy(configuration(name)[0])
+            monitor = CompressionMonitor(cache, policy)
+            if policy.needs_queries:  # what a session would hold: the latest block's query statistics
+                monitor.queries = synthetic_queries(geometry, tokens_per_group, device)
+            event = monitor.make_room(cache.capacity - held + tokens_per_group)
+            result["policies"][name] = {
+                "ms": event.ms,
+                "tokens_after": event.tokens_after,
+                "vs_copy": event.ms / result["copy_ms"] if result["copy_ms"] else None,
+                "vs_own_copy": event.ms / own_copy_ms if own_copy_ms else None,
+            }
+        del cache
     return result
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from potwatch.app.bench_configurations import configuration
 from potwatch.app.bench_machine import rss_bytes
 from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession
@@ -48,7 +49,8 @@ def stream_configuration(adapter, policy: str, cap_bytes: int | None, settings: 
                          frames: int | None = None, progress=None) -> tuple[dict, StreamSession]:
     """Stream `frames` (default all) through a new session; returns the per-block record and the session."""
     gc.collect()
-    session = StreamSession(adapter, mem_cap=cap_bytes, policy=policy, fps=settings.fps)
+    policy, kv_bits = configuration(policy)
+    session = StreamSession(adapter, mem_cap=cap_bytes, policy=policy, fps=settings.fps, kv_bits=kv_bits)
     group = adapter.frames_per_group * session.groups_per_block
     total = settings.frames if frames is None else frames
     points = sorted({p for p in settings.ttft_points if p <= total} | {total - total % group})

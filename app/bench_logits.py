@@ -7,6 +7,7 @@ compressed by each policy to each ratio), so asking must not add a turn that the
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 
@@ -43,9 +44,11 @@ def session_logits(session, question: str) -> torch.Tensor:
         return cache_logits(adapter, session.cache, session.positions, question)
 
 
-def spare_copy(cache: CappedKVCache, extra_tokens: int) -> CappedKVCache:
-    """A capped cache with room for everything `cache` holds plus `extra_tokens` (e.g. a question)."""
-    return CappedKVCache(cache.geometry, cache.length + extra_tokens, cache.layers[0].device)
+def spare_copy(cache: CappedKVCache, extra_tokens: int, kv_bits: int | None = None) -> CappedKVCache:
+    """A capped cache with room for everything `cache` holds plus `extra_tokens` (e.g. a question),
+    storing K/V in `kv_bits` (default: as `cache` does)."""
+    geometry = cache.geometry if kv_bits is None else dataclasses.replace(cache.geometry, kv_bits=kv_bits)
+    return CappedKVCache(geometry, cache.length + extra_tokens, cache.layers[0].device)
 
 
 def copy_cache_into(target: CappedKVCache, source: CappedKVCache) -> None:

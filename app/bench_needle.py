@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from potwatch.app.bench_configurations import configuration
 from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession
 from potwatch.streaming.synthetic_scene import event_window, render_frame
@@ -107,7 +108,8 @@ def needle_probe(adapter, seconds: float, fps: float = 2.0, size: tuple[int, int
     totals["visual"] = visual_total * heads
     results = {}
     for name in policies:
-        session = StreamSession(adapter, mem_cap=cap_bytes, policy=name, fps=fps, max_new_tokens=1)
+        policy, kv_bits = configuration(name)  # the same byte cap: fewer bits hold more tokens
+        session = StreamSession(adapter, mem_cap=cap_bytes, policy=policy, fps=fps, max_new_tokens=1, kv_bits=kv_bits)
         session.feed(frames)
         kept = kept_counts(session.cache, table, event_groups, step)
         results[name] = {f"{key}_kept": kept[key] / totals[key] if totals[key] else None for key in totals}

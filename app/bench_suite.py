@@ -13,13 +13,14 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from potwatch.app.bench_configurations import quantised_variants
 from potwatch.app.bench_copy_floor import compression_at_scale, copy_floor_ms
 from potwatch.app.bench_cost import CostSettings, cost_figures, median_between, ratio, stream_configuration, synthetic_stream, value_at
 from potwatch.app.bench_machine import describe_machine
@@ -36,6 +37,7 @@ class BenchConfig:
     frames: int = 2000
     mem_cap: str = "80MB"
     policies: tuple[str, ...] = ("tar_van", "uniform", "window", "expected_attention", "global_score")
+    kv_bits: tuple[int, ...] = (8, 4)  # widths the first policy also runs at (`tar_van@8bit`), beside 16
     full_cache_frames: int | None = 600  # None: the full cache runs the whole stream
     fps: float = 2.0
     frame_size: tuple[int, int] = (320, 240)
@@ -52,6 +54,18 @@ class BenchConfig:
     device: str | None = None  # None: CUDA when available, else the CPU
     trust_remote_code: bool = False  # only for a checkpoint whose own code the user trusts
 
+    @property
+    def configurations(self) -> list[str]:
+        """The capped configurations of the cost runs and the at-scale pass: every policy at 16 bits,
+        then the first one at each quantised width."""
+        return list(self.policies) + quantised_variants(self.policies[0], self.kv_bits) if self.policies else []
+
+    @property
+    def fidelity_configurations(self) -> list[str]:
+        """Loyalty's and the needle probe's: every loyalty policy, then the first at each quantised width."""
+        policies = self.loyalty_policies
+        return list(policies) + quantised_variants(policies[0], self.kv_bits) if policies else []
+
     @classmethod
     def full(cls, **changes) -> "BenchConfig":
         return cls(**changes)
@@ -62,6 +76,22 @@ class BenchConfig:
                         needle_seconds=40.0)
         settings.update(changes)
         return cls(**settings)
+
+
+def capacity_by_bits(geometry, cap_bytes: int, widths) -> list[dict]:
+    """Tokens the cap holds at each K/V width, for this run's geometry and for the same model in
+    bfloat16 (as on a GPU), where 16 bits is the baseline the quantised widths are meant to beat."""
+    rows = []
+    for bits in widths:
+        row = {"kv_bits": bits}
+        for label, dtype in (("run", geometry.dtype), ("bf16", torch.bfloat16)):
+            base = replace(geometry, dtype=dtype, kv_bits=16)
+            shaped = replace(base, kv_bits=bits)
+            row[f"{label}_bytes_per_token"] = shaped.bytes_per_token
+            row[f"{label}_tokens"] = shaped.tokens_for(cap_bytes)
+            row[f"{label}_gain"] = shaped.tokens_for(cap_bytes) / base.tokens_for(cap_bytes)
+        rows.append(row)
+    return rows
 
 
 def _say(text: str) -> None:
@@ -110,6 +140,7 @@ def _run(config: BenchConfig, out: Path, command: str, progress: bool) -> dict:
         "cap_tokens": geometry.tokens_for(cap_bytes),
         "bytes_per_token": geometry.bytes_per_token,
         "kv_bytes_per_token": geometry.kv_bytes_per_token,
+        "capacity_by_bits": capacity_by_bits(geometry, cap_bytes, (16, *config.kv_bits)),
         "full_cache_frames": full_frames,
         "early_window": list(config.early_window),
         "reference_frame": config.reference_frame,
@@ -133,7 +164,7 @@ def _cost_runs(adapter, config: BenchConfig, settings: CostSettings, cap_bytes: 
                progress: bool, timings: dict) -> tuple[dict, dict]:
     """Each capped policy over the whole stream, then the full cache; (records, figures) by configuration."""
     records, cost = {}, {}
-    runs = [(name, cap_bytes, None) for name in config.policies] + [("none", None, full_frames)]
+    runs = [(name, cap_bytes, None) for name in config.configurations] + [("none", None, full_frames)]
     for index, (name, cap, frames) in enumerate(runs, 1):
         _say(f"[{index}/{len(runs)}] {name}: {frames or config.frames:,} frames" + (" under the cap" if cap else ", no cap"))
         tick = time.perf_counter()
@@ -158,24 +189,24 @@ def _fidelity_runs(adapter, config: BenchConfig, per_group: int, timings: dict) 
         _say(f"one compression pass over {config.scale_tokens:,} tokens against copy_")
         tick = time.perf_counter()
         results["compression_at_scale"] = compression_at_scale(
-            adapter.geometry(), config.scale_tokens, list(config.policies), per_group,
+            adapter.geometry(), config.scale_tokens, config.configurations, per_group,
             token_grid(adapter, config.frame_size), _system_tokens(adapter, config.fps), str(adapter.device),
         )
         timings["compression_at_scale"] = time.perf_counter() - tick
     if config.loyalty_frames:
         from potwatch.app.bench_loyalty import measure_loyalty
 
-        _say(f"loyalty: {config.loyalty_frames} frames, {len(config.loyalty_policies)} policies, 5 ratios")
+        _say(f"loyalty: {config.loyalty_frames} frames, {len(config.fidelity_configurations)} configurations, 5 ratios")
         tick = time.perf_counter()
         loyalty_settings = CostSettings(frames=config.loyalty_frames, fps=config.fps, frame_size=config.frame_size)
         frames = list(synthetic_stream(loyalty_settings))
-        results["loyalty"] = measure_loyalty(adapter, frames, config.fps, config.loyalty_policies)
+        results["loyalty"] = measure_loyalty(adapter, frames, config.fps, config.fidelity_configurations)
         timings["loyalty"] = time.perf_counter() - tick
     if config.needle_seconds:
         _say(f"needle probe: {config.needle_seconds:g} s of video, cap 1/8 of its visual tokens")
         tick = time.perf_counter()
         results["needle"] = needle_probe(adapter, config.needle_seconds, config.fps, config.frame_size,
-                                         policies=config.loyalty_policies)
+                                         policies=config.fidelity_configurations)
         timings["needle"] = time.perf_counter() - tick
     return results
 

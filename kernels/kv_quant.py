@@ -1,8 +1,8 @@
 """Int8 / int4 K/V with per-group scales, the plain-torch reference (CPU path and test oracle) for
-kernels/kv_quant_triton.py. Not used by the cache yet: `--kv-bits` (issue 7, item 1) will store K/V
-this way so the same byte cap holds 2-4x more tokens.
+kernels/kv_quant_triton.py. The quantised cache (`--kv-bits 8|4`, compression/quantized_kv.py) stores
+K/V this way so the same byte cap holds more tokens.
 
-As in TaDA, keys are quantised after subtracting the per-token mean across heads (kept in the cache's
+As in TaDA, keys are quantised after subtracting the per-token mean across heads (kept in the input's
 16-bit dtype): that mean carries the outlier channels all heads share, so the deviations left are
 small and need no separate outlier handling. Values are quantised as they are. Each group of `group`
 channels of one (head, token) gets a symmetric scale absmax / qmax, stored in the input dtype; codes

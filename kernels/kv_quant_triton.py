@@ -2,7 +2,7 @@
 reference under the interpreter. One program per block of tokens of one batch row: it sums the
 heads for the key mean, then quantises head by head, so each element is read twice at most and no
 float32 copy of the rows exists. Channels are handled as (even, odd) pairs, which is how int4 packs
-two codes per byte. Not used by the cache yet (see kv_quant.py)."""
+two codes per byte. The quantised cache uses it on CUDA (compression/quantized_kv.py)."""
 
 from __future__ import annotations
 

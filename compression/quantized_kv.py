@@ -64,13 +64,34 @@ def quantize(x: torch.Tensor, bits: int, group: int, center: bool) -> kv_quant.Q
     return kv_quant.quantize_reference(x, bits, group, center)
 
 
-def dequantize(q: kv_quant.QuantizedKV) -> torch.Tensor:
+def dequantize_into(out: torch.Tensor, q: kv_quant.QuantizedKV) -> None:
+    """out = codes * scale (+ key mean) for rows [1, heads, n, head_dim]: the Triton kernel on CUDA; else
+    plain torch in two passes over a float32 copy of the codes (the reference in kernels/kv_quant.py
+    spells every step out instead, and is what this is tested against)."""
     if triton_ready(q.data):
         from potwatch.kernels import kv_quant_triton
 
         parts = (t.contiguous() if t is not None else None for t in (q.data, q.scale, q.mean))
-        return kv_quant_triton.dequantize(kv_quant.QuantizedKV(*parts, q.bits, q.group))
-    return kv_quant.dequantize_reference(q)
+        out.copy_(kv_quant_triton.dequantize(kv_quant.QuantizedKV(*parts, q.bits, q.group)))
+        return
+    batch, heads, n, dim = out.shape
+    if q.bits == 8:
+        codes = q.data.to(torch.float32)
+    else:  # two signed nibbles a byte: shifting the int8 byte sign-extends each
+        signed = q.data.view(torch.int8)
+        codes = torch.empty((batch, heads, n, dim), dtype=torch.float32, device=out.device)
+        codes[..., 0::2] = torch.bitwise_right_shift(torch.bitwise_left_shift(signed, 4), 4)
+        codes[..., 1::2] = torch.bitwise_right_shift(signed, 4)
+    shape = (batch, heads, n, dim // q.group, q.group)
+    scale = q.scale.to(torch.float32).unsqueeze(-1)
+    target = out.view(shape) if out.dtype == torch.float32 else codes.view(shape)
+    if q.mean is None:
+        torch.mul(codes.view(shape), scale, out=target)
+    else:
+        mean = q.mean.to(torch.float32).view(batch, 1, n, dim // q.group, q.group)
+        torch.addcmul(mean, codes.view(shape), scale, out=target)
+    if out.dtype != torch.float32:
+        out.copy_(codes)
 
 
 class QuantizedRows:
@@ -111,6 +132,6 @@ class QuantizedRows:
                                         self.key_mean[:, start:end], self.bits, self.group)
             values = kv_quant.QuantizedKV(self.value_codes[:, :, start:end], self.value_scales[:, :, start:end],
                                           None, self.bits, self.group)
-            self.work_keys[:, :, start:end] = dequantize(keys)
-            self.work_values[:, :, start:end] = dequantize(values)
+            dequantize_into(self.work_keys[:, :, start:end], keys)
+            dequantize_into(self.work_values[:, :, start:end], values)
         return self.work_keys[:, :, :length], self.work_values[:, :, :length]

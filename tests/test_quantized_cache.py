@@ -192,3 +192,22 @@ def test_a_saved_spare_copy_keeps_the_bits():
     copied, original = spare.layers[1].dequantized()[0].clone(), cache.layers[1].dequantized()[0]
     assert torch.allclose(copied, original, atol=0.05 * float(original.abs().max()) / qmax(8))
     assert spare.kind_counts()[TokenKind.VISION] == 8
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("center", [True, False])
+def test_the_cache_decoder_matches_the_reference(bits, dtype, center):
+    """The cache decodes with a two-pass torch path; the spelled-out reference is the oracle. (The
+    reference rounds to the 16-bit side dtype once at the end; the cache's path writes float32
+    straight into a float32 workspace, so they differ by that one rounding.)"""
+    from potwatch.compression.quantized_kv import dequantize_into
+    from potwatch.kernels.kv_quant import dequantize_reference, quantize_reference
+
+    x = keys_with_shared_outliers(50, seed=11).to(dtype)
+    q = quantize_reference(x.to(torch.float16 if dtype == torch.float32 else dtype), bits, 32, center)
+    want = dequantize_reference(q).to(dtype)
+    out = torch.full((1, 2, 60, 64), float("nan"), dtype=dtype)
+    dequantize_into(out[:, :, 5:55], q)  # a strided slice of a bigger buffer, as the workspace is
+    assert torch.allclose(out[:, :, 5:55], want, rtol=8e-3 if dtype == torch.bfloat16 else 1e-3, atol=1e-6)
+    assert bool(out[:, :, :5].isnan().all()) and bool(out[:, :, 55:].isnan().all())

@@ -8,6 +8,7 @@ where a real stream's cache would be."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
@@ -96,7 +97,10 @@ def synthetic_queries(geometry: KVGeometry, block_tokens: int, device: str) -> Q
 def compression_at_scale(geometry: KVGeometry, tokens: int, policies: list[str], tokens_per_group: int,
                          grid: tuple[int, int], system_tokens: int, device: str = "cpu", repeats: int = 3) -> dict:
     """One compression pass (to 0.75 of the cache, as the monitor does) per policy on a cache of `tokens`
-    tokens, against copy_ and clone of the same K/V bytes."""
+    tokens, against copy_ and clone of the same K/V bytes. The cache keeps slot counts when a policy
+    needs them (a merging policy's pass includes its merge); policies that do not ignore them."""
+    counts = any(make_policy(name).slot_counts for name in policies)
+    geometry = dataclasses.replace(geometry, slot_counts=geometry.slot_counts or counts)
     cache = synthetic_cache(geometry, tokens, tokens_per_group, grid, system_tokens, device)
     held = cache.length
     allocating = clone_ms(cache, held)  # before copy_floor_ms frees buffers of this size for the allocator to reuse

@@ -24,14 +24,16 @@ LOYALTY_QUESTIONS = (
     "Describe what moved in the video.",
 )
 RATIOS = (1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16)
-POLICIES = ("tar_van", "tar", "van", "uniform", "window", "expected_attention", "global_score")
+POLICIES = ("tar_van", "tar", "van", "uniform", "window", "expected_attention", "global_score", "keep_merge")
 
 
 def observed_cache(adapter, frames: list, fps: float, policy: str, tokens: int):
     """The same frames through a capped session with room for all of them, so nothing is evicted (its
-    cache equals the full one) while a policy that needs queries sees every block's: returns its cache
-    and the last block's query statistics."""
-    geometry = dataclasses.replace(adapter.geometry(), token_scores=make_policy(policy).token_scores)
+    cache equals the full one) while a policy that needs queries sees every block's, and a policy that
+    keeps slot counts has them (and the attention that reads them): returns its cache and the last
+    block's query statistics."""
+    needs = make_policy(policy)
+    geometry = dataclasses.replace(adapter.geometry(), token_scores=needs.token_scores, slot_counts=needs.slot_counts)
     session = StreamSession(adapter, mem_cap=geometry.bytes_for(2 * tokens + 256), policy=policy, fps=fps)
     session.feed(frames)
     assert session.monitor.event_count == 0, "the observing session compressed"
@@ -59,7 +61,7 @@ def measure_loyalty(adapter, frames: list, fps: float = 2.0, policies=POLICIES, 
     results: dict[str, list[dict]] = {}
     for name in policies:
         source, queries = full, None
-        if make_policy(name).needs_queries:
+        if make_policy(name).needs_queries or make_policy(name).slot_counts:
             source, queries = observed_cache(adapter, frames, fps, name, full.length + longest + 1)
         work = spare_copy(source, longest + 1)
         rows = []

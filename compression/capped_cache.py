@@ -13,7 +13,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from potwatch.compression.budget import KVGeometry
-from potwatch.compression.token_meta import META_FIELDS, POS_DTYPE, SCORE_DTYPE, TokenKind, TokenMeta
+from potwatch.compression.token_meta import COUNT_DTYPE, META_FIELDS, POS_DTYPE, SCORE_DTYPE, TokenKind, TokenMeta
 from potwatch.kernels.rope_shift import shift_rotary
 from potwatch.kernels.triton_dispatch import triton_ready
 
@@ -31,7 +31,8 @@ class CacheOverflowError(RuntimeError):
 def allocate_storage(geometry: KVGeometry, layers: int, capacity: int, device: torch.device | str) -> dict:
     """Zero-filled K, V, metadata and positions for `layers` layers: `keys`/`values` [layers, heads,
     capacity, head_dim], each metadata field [layers, heads, capacity], `pos` [layers, rows, heads, capacity],
-    and `score` [layers, heads, capacity] when the geometry keeps a policy score per token."""
+    `score` [layers, heads, capacity] when the geometry keeps a policy score per token, and `count` (the
+    tokens each slot stands for) alike when it keeps slot counts."""
     heads = geometry.kv_heads
     shape = (layers, heads, capacity, geometry.head_dim)
     storage = {
@@ -43,6 +44,8 @@ def allocate_storage(geometry: KVGeometry, layers: int, capacity: int, device: t
         storage[name] = torch.full((layers, heads, capacity), -1, dtype=dtype, device=device)
     if geometry.token_scores:
         storage["score"] = torch.zeros((layers, heads, capacity), dtype=SCORE_DTYPE, device=device)
+    if geometry.slot_counts:
+        storage["count"] = torch.ones((layers, heads, capacity), dtype=COUNT_DTYPE, device=device)
     return storage
 
 
@@ -61,6 +64,7 @@ class CappedLayer(CacheLayerMixin):
         self.meta = {name: storage[name][index] for name, _ in META_FIELDS}  # [heads, capacity]
         self.pos = storage["pos"][index]  # [rows, heads, capacity]
         self.score = storage["score"][index] if "score" in storage else None  # [heads, capacity]
+        self.count = storage["count"][index] if "count" in storage else None  # [heads, capacity]
         self.capacity = self.key_buffer.shape[2]
         self.device = self.key_buffer.device
         self.length = 0
@@ -76,6 +80,10 @@ class CappedLayer(CacheLayerMixin):
         """Nothing to do: the buffers exist from the start."""
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Write the new K/V in place; return views of everything held. With slot counts, the new slots
+        count 1 and the counts of all held slots go to the attention function: transformers' decoder
+        attention passes its own kwargs dict here (`kwargs=kwargs`) and then unpacks that same dict
+        into the attention call, so an entry added here reaches it (see `count_attention`)."""
         n = key_states.shape[-2]
         end = self.length + n
         if end > self.capacity:
@@ -84,6 +92,11 @@ class CappedLayer(CacheLayerMixin):
             self._grow(max(end, 2 * self.capacity))
         self.key_buffer[:, :, self.length : end].copy_(key_states)
         self.value_buffer[:, :, self.length : end].copy_(value_states)
+        if self.count is not None:
+            self.count[:, self.length : end] = 1
+            attention_kwargs = kwargs.get("kwargs")
+            if isinstance(attention_kwargs, dict):
+                attention_kwargs["slot_counts"] = self.count[:, :end]
         self.length = end
         self._refresh_views()
         return self.keys, self.values
@@ -137,13 +150,14 @@ class CappedLayer(CacheLayerMixin):
         self.pos = bigger(self.pos, 2)
         if self.score is not None:
             self.score = bigger(self.score, 1)
+        if self.count is not None:
+            self.count = bigger(self.count, 1, 1)
         self.capacity = capacity
 
     @property
     def nbytes(self) -> int:
         tensors = [self.key_buffer, self.value_buffer, self.pos, *self.meta.values()]
-        if self.score is not None:
-            tensors.append(self.score)
+        tensors += [t for t in (self.score, self.count) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -230,12 +244,16 @@ class CappedKVCache(Cache):
         """The policy's running score rows [layers * heads, capacity]; None when the cache keeps none."""
         return self.rows("score") if self.capped and "score" in self.storage else None
 
+    def count_rows(self) -> torch.Tensor | None:
+        """How many tokens each slot stands for, [layers * heads, capacity]; None when the cache keeps no counts."""
+        return self.rows("count") if self.capped and "count" in self.storage else None
+
     def compact(self, keep: torch.Tensor) -> None:
         """Keep, in every (layer, head) row, the tokens at `keep` [layers * heads, m] (ascending), in one pass."""
         m, n = keep.shape[1], self.length
         move_rows(self.rows("keys"), keep)
         move_rows(self.rows("values"), keep)
-        for name in [name for name, _ in META_FIELDS] + (["score"] if "score" in self.storage else []):
+        for name in [name for name, _ in META_FIELDS] + [name for name in ("score", "count") if name in self.storage]:
             meta = self.rows(name)
             meta[:, :m] = torch.gather(meta[:, :n], 1, keep)
         pos = self.storage["pos"]  # [layers, rows, heads, capacity]

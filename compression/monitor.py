@@ -119,7 +119,11 @@ class CompressionMonitor:
         if keep_visual is not None:
             is_visual = cache.rows("kind")[:, :n] == TokenKind.VISION
             visual_at = indices_where(is_visual)
-            chosen = self.policy.select(self._visual_tokens(visual_at), keep_visual)
+            tokens = self._visual_tokens(visual_at)
+            chosen = self.policy.select(tokens, keep_visual)
+            counts = cache.count_rows()
+            if counts is not None:  # a merging policy folds what goes into what stays, before it goes
+                self.policy.fold(tokens, chosen, counts)
             keep &= ~is_visual
             keep.scatter_(1, torch.gather(visual_at, 1, chosen), True)
         return indices_where(keep)

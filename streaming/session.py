@@ -28,6 +28,7 @@ from potwatch.compression.token_meta import TokenKind
 from potwatch.errors import DeviceMemoryError, MemCapError, QuestionError, UserError
 from potwatch.models.adapter import Block, ModelAdapter
 from potwatch.models.block_pieces import split_block
+from potwatch.models.count_attention import install_count_attention
 from potwatch.streaming.answer import Answer
 from potwatch.streaming.frame_input import check_frame_size, frames_in
 from potwatch.streaming.oom_retry import piece_sizes, release_device_memory
@@ -92,7 +93,10 @@ class StreamSession:
 
     # --- set-up -------------------------------------------------------------------------------
     def _setup_cache(self) -> None:
-        self.geometry = dataclasses.replace(self.adapter.geometry(), token_scores=self.policy.token_scores)
+        self.geometry = dataclasses.replace(self.adapter.geometry(), token_scores=self.policy.token_scores,
+                                            slot_counts=self.policy.slot_counts)
+        if self.policy.slot_counts:  # attention must read the counts; other sessions on the model are unaffected
+            install_count_attention(self.adapter.attention_modules())
         capacity = None if self.cap_bytes is None else self.geometry.tokens_for(self.cap_bytes)
         if capacity is not None and capacity < 1:
             raise MemCapError(

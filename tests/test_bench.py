@@ -17,7 +17,7 @@ from potwatch.app.bench_suite import BenchConfig, run_benchmark
 from potwatch.app.cli import main
 from potwatch.errors import UserError
 
-CAPPED = ("tar_van", "uniform", "window")
+CAPPED = ("tar_van", "uniform", "window", "keep_merge")
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +87,12 @@ def test_bench_draws_the_plots(bench_run):
 
 def test_bench_command_line(tmp_path, capsys):
     code = main(["bench", "--model", "demo", "--frames", "8", "--mem-cap", "400kB", "--cost-only",
-                 "--threads", "1", "--out", str(tmp_path)])
+                 "--threads", "1", "--out", str(tmp_path), "--policies", "keep_merge, tar_van"])
     assert code == 0
     assert "## Cost against stream length" in capsys.readouterr().out
-    assert json.loads((tmp_path / "bench.json").read_text())["settings"]["frames"] == 8
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert written["settings"]["frames"] == 8
+    assert list(written["cost"]) == ["keep_merge", "tar_van", "none"]  # the policies asked for, then the full cache
 
 
 # --- accuracy harness ---------------------------------------------------------------------------

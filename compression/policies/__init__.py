@@ -3,6 +3,7 @@
 from potwatch.compression.policies import (  # noqa: F401  (registers them)
     expected_attention,
     global_score,
+    keep_merge,
     none,
     tar,
     tar_van,

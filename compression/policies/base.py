@@ -68,6 +68,9 @@ class Policy:
     evicts: ClassVar[bool] = True
     needs_queries: ClassVar[bool] = False  # the session captures each vision block's queries for it
     token_scores: ClassVar[bool] = False  # the cache keeps a float32 score per token, layer and head
+    # The cache keeps a count per slot (the tokens it stands for) and attention adds its log to the
+    # slot's logit (models/count_attention.py): for policies that merge tokens, or leave empty slots.
+    slot_counts: ClassVar[bool] = False
 
     def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int) -> None:
         """Called after each vision block with its queries, the cache's key rows [heads, N, head_dim] and,
@@ -77,6 +80,12 @@ class Policy:
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
         """Indices (into `tokens`) to keep per head: LongTensor [heads, keep], ascending in each row."""
         raise NotImplementedError
+
+    def fold(self, tokens: VisualTokens, chosen: torch.Tensor, counts: torch.Tensor) -> None:
+        """Called between `select` and the compaction for `slot_counts` policies, with the `chosen`
+        indices and the cache's count rows [heads, N]: a merging policy folds the tokens about to be
+        dropped into the chosen ones, writing `tokens.keys`, `tokens.values` (the cache's own rows) and
+        `counts` in place. Does nothing unless a policy merges."""
 
 
 POLICIES: dict[str, type[Policy]] = {}

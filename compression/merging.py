@@ -74,58 +74,81 @@ def _nearest_of_all(keys, kept_at, evicted_at) -> tuple[torch.Tensor, torch.Tens
 
 def _nearest_same_patch(keys, kept_at, evicted_at, kept_coordinate, evicted_coordinate):
     """As `_nearest_of_all`, among the kept tokens with the evicted token's patch coordinate; a token
-    with none gets similarity -inf. The kept tokens of a row are sorted by coordinate, so each evicted
-    token's candidates are one run, found by two binary searches (as in `pool_per_frame`)."""
+    with none gets similarity -inf. Per row, kept and evicted tokens are laid out in dense tables by
+    coordinate ([coordinates, most per coordinate], padded), so one batched product per coordinate
+    compares each evicted token with its candidates, and no key is copied once per candidate pair."""
     rows, m = kept_at.shape
-    e, dim = evicted_at.shape[1], keys.shape[-1]
-    order = torch.sort(kept_coordinate.long() * m + torch.arange(m, device=keys.device), dim=1).indices
-    sorted_coordinate = kept_coordinate.long().gather(1, order).contiguous()
-    lo = torch.searchsorted(sorted_coordinate, evicted_coordinate.long().contiguous(), side="left")
-    hi = torch.searchsorted(sorted_coordinate, evicted_coordinate.long().contiguous(), side="right")
-    width = int((hi - lo).max()) if e else 0
+    e = evicted_at.shape[1]
+    coordinates = int(torch.maximum(kept_coordinate.max(), evicted_coordinate.max())) + 1
+    kept_slot, kept_width = _table_slots(kept_coordinate.long(), coordinates)
+    evicted_slot, evicted_width = _table_slots(evicted_coordinate.long(), coordinates)
     target = torch.zeros_like(evicted_at)
     best = torch.full(evicted_at.shape, float("-inf"), dtype=torch.float32, device=keys.device)
-    if width == 0:
-        return target, best
-    slots = torch.arange(width, device=keys.device)
-    step = max(1, WORK_BYTES // (4 * width * dim))  # (row, evicted) pairs per step
-    flat_lo, flat_hi = lo.view(-1), hi.view(-1)
-    for start in range(0, rows * e, step):
-        pairs = torch.arange(start, min(rows * e, start + step), device=keys.device)
-        row = pairs // e
-        run = (flat_lo[pairs, None] + slots).clamp(max=m - 1)  # [p, width] positions in the sorted list
-        valid = (flat_lo[pairs, None] + slots) < flat_hi[pairs, None]
-        kept_index = order[row[:, None], run]  # [p, width] indices into kept_at
-        candidate = F.normalize(keys[row[:, None], kept_at[row[:, None], kept_index]].float(), dim=-1)
-        mine = F.normalize(keys[row, evicted_at.view(-1)[pairs]].float(), dim=-1)
-        cosine = torch.bmm(candidate, mine.unsqueeze(-1)).squeeze(-1).masked_fill(~valid, float("-inf"))
-        found = cosine.max(dim=1)
-        best.view(-1)[pairs] = found.values
-        target.view(-1)[pairs] = kept_index.gather(1, found.indices[:, None]).squeeze(1)
+    dim = keys.shape[-1]
+    per_row = 4 * coordinates * (kept_width + evicted_width) * (dim + evicted_width)
+    group = max(1, WORK_BYTES // per_row)
+    for first in range(0, rows, group):
+        span = slice(first, min(rows, first + group))
+        g = span.stop - span.start
+        kept = _scatter_table(_unit(keys, span, kept_at[span]), kept_slot[span], coordinates * kept_width)
+        mine = _scatter_table(_unit(keys, span, evicted_at[span]), evicted_slot[span], coordinates * evicted_width)
+        present = torch.zeros(g, coordinates * kept_width, dtype=torch.bool, device=keys.device)
+        present.scatter_(1, kept_slot[span], True)
+        cosine = torch.bmm(mine.view(g * coordinates, evicted_width, dim),
+                           kept.view(g * coordinates, kept_width, dim).transpose(1, 2))
+        cosine = cosine.view(g, coordinates, evicted_width, kept_width)
+        cosine.masked_fill_(~present.view(g, coordinates, 1, kept_width), float("-inf"))
+        found = cosine.max(dim=3)  # [g, coordinates, evicted_width]
+        at_slot = evicted_slot[span]
+        best[span] = found.values.view(g, -1).gather(1, at_slot)
+        column = found.indices.view(g, -1).gather(1, at_slot)  # position in the kept table's coordinate run
+        kept_index = torch.full((g, coordinates * kept_width), 0, dtype=torch.long, device=keys.device)
+        kept_index.scatter_(1, kept_slot[span], torch.arange(m, device=keys.device).expand(g, m))
+        table_slot = (at_slot // evicted_width) * kept_width + column
+        target[span] = kept_index.gather(1, table_slot)
     return target, best
+
+
+def _table_slots(coordinate: torch.Tensor, coordinates: int) -> tuple[torch.Tensor, int]:
+    """Each token's slot in a [coordinates, width] table of its row (coordinate, then order of arrival),
+    and the width: the most tokens any row holds at one coordinate."""
+    rows, n = coordinate.shape
+    order = torch.sort(coordinate * n + torch.arange(n, device=coordinate.device), dim=1).indices
+    sorted_coordinate = coordinate.gather(1, order)
+    first = torch.searchsorted(sorted_coordinate.contiguous(), sorted_coordinate.contiguous(), side="left")
+    rank = torch.arange(n, device=coordinate.device) - first  # place inside its coordinate's run
+    width = int(rank.max()) + 1 if n else 1
+    slot_sorted = sorted_coordinate * width + rank
+    return torch.empty_like(order).scatter_(1, order, slot_sorted), width
+
+
+def _scatter_table(vectors: torch.Tensor, slot: torch.Tensor, size: int) -> torch.Tensor:
+    """vectors [g, k, D] placed at `slot` [g, k] of a zero table [g, size, D]."""
+    table = vectors.new_zeros(vectors.shape[0], size, vectors.shape[2])
+    return table.scatter_(1, slot.unsqueeze(-1).expand_as(vectors), vectors)
 
 
 def _fold(keys, values, counts, kept_at, evicted_at, target, weight) -> None:
     """slot <- (count * slot + sum of weight * merged) / (count + sum of weight), for K and V; counts add.
-    Only slots that received a token are written, so the others keep their bits."""
-    rows, m = kept_at.shape
-    dim = keys.shape[-1]
-    group = max(1, WORK_BYTES // (4 * max(m, evicted_at.shape[1]) * dim * 2))
+    Only the slots that receive a token are read and written, so the pass costs O(merged tokens) and
+    the other slots keep their bits."""
+    rows, length, dim = keys.shape
+    e = evicted_at.shape[1]
+    flat_keys, flat_values, flat_counts = keys.view(-1, dim), values.view(-1, dim), counts.view(-1)
+    group = max(1, WORK_BYTES // (4 * max(e, 1) * dim * 3))
     for first in range(0, rows, group):
         span = slice(first, min(rows, first + group))
-        w, where = weight[span], kept_at[span]
-        total = counts[span].gather(1, where).float()
-        added = torch.zeros_like(total).scatter_add_(1, target[span], w.float())
-        touched = added > 0
-        if not bool(touched.any()):
+        w = weight[span].float()
+        merged = w > 0
+        if not bool(merged.any()):
             continue
-        index = where.unsqueeze(-1).expand(-1, -1, dim)
-        into = target[span].unsqueeze(-1).expand(-1, -1, dim)
-        for rows_of in (keys, values):
-            block = rows_of[span]
-            mine = block.gather(1, index).float()
-            merged = block.gather(1, evicted_at[span].unsqueeze(-1).expand(-1, -1, dim)).float()
-            summed = (mine * total.unsqueeze(-1)).scatter_add_(1, into, merged * w.float().unsqueeze(-1))
-            mean = summed / (total + added).unsqueeze(-1)
-            block.scatter_(1, index, torch.where(touched.unsqueeze(-1), mean, mine).to(block.dtype))
-        counts[span] = counts[span].scatter(1, where, (total + added).to(counts.dtype))
+        base = torch.arange(span.start, span.stop, device=keys.device)[:, None] * length
+        source = (base + evicted_at[span])[merged]
+        slots, into = torch.unique((base + kept_at[span].gather(1, target[span]))[merged], return_inverse=True)
+        w = w[merged]
+        total = flat_counts[slots].float()
+        added = torch.zeros_like(total).index_add_(0, into, w)
+        for flat in (flat_keys, flat_values):
+            summed = (flat[slots].float() * total[:, None]).index_add_(0, into, flat[source].float() * w[:, None])
+            flat[slots] = (summed / (total + added)[:, None]).to(flat.dtype)
+        flat_counts[slots] = (total + added).to(flat_counts.dtype)

@@ -245,3 +245,26 @@ def test_cli_watches_with_keep_merge():
     summary = json.loads(run.stdout)
     assert summary["policy"] == "keep_merge" and summary["compressions"] > 0
     assert summary["peak_cache_bytes"] <= 400_000 and summary["allocated_cache_bytes"] <= 400_000
+
+
+def test_patch_search_finds_what_a_loop_over_candidates_finds():
+    from potwatch.compression.merging import _nearest_same_patch
+
+    g = torch.Generator().manual_seed(3)
+    rows, n, dim = 4, 30, 6
+    keys = torch.randn(rows, n, dim, generator=g)
+    kept_at = torch.stack([torch.randperm(n, generator=g)[:12] for _ in range(rows)])
+    evicted_at = torch.stack([torch.tensor([i for i in range(n) if i not in set(r.tolist())]) for r in kept_at])
+    kept_coordinate = torch.randint(0, 4, kept_at.shape, generator=g)
+    evicted_coordinate = torch.randint(0, 5, evicted_at.shape, generator=g)  # coordinate 4: no candidate
+    target, best = _nearest_same_patch(keys, kept_at, evicted_at, kept_coordinate, evicted_coordinate)
+    unit = F.normalize(keys, dim=-1)
+    for r in range(rows):
+        for j in range(evicted_at.shape[1]):
+            same = (kept_coordinate[r] == evicted_coordinate[r, j]).nonzero().view(-1)
+            if same.numel() == 0:
+                assert best[r, j] == float("-inf")
+                continue
+            cosine = unit[r, kept_at[r, same]] @ unit[r, evicted_at[r, j]]
+            assert torch.isclose(best[r, j], cosine.max(), atol=1e-6)
+            assert int(target[r, j]) == int(same[cosine.argmax()])

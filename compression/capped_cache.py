@@ -281,15 +281,33 @@ class CappedKVCache(Cache):
             if n == 0:
                 continue
             meta = layer.meta
+            # Holes take ids like text: in a 1-D layout every head's text then keeps the same ids.
             new = layout(meta["kind"][:, :n], meta["frame"][:, :n], meta["row"][:, :n], meta["col"][:, :n])
             layer.move_positions(new, inv_freq, section)
             largest = max(largest, int(new.max()))
         return largest
 
     def kind_counts(self) -> dict[TokenKind, int]:
-        """How many tokens of each kind every head holds (equal across heads and layers)."""
-        kinds = self.layers[0].meta["kind"][0, : self.length]
-        return {kind: int((kinds == kind).sum()) for kind in TokenKind}
+        """How many tokens of each kind a head holds: system and dialogue are the same in every head;
+        visual tokens and holes too, except under per-head budgets, where this is their mean over all
+        (layer, head) rows, rounded down."""
+        kinds = self.rows("kind")[:, : self.length] if self.capped else self.layers[0].meta["kind"][:, : self.length]
+        counts = {kind: int((kinds[0] == kind).sum()) for kind in TokenKind}
+        holes = int((kinds == TokenKind.HOLE).sum())
+        if holes:
+            rows = kinds.shape[0]
+            counts[TokenKind.HOLE] = holes // rows
+            counts[TokenKind.VISION] = int((kinds == TokenKind.VISION).sum()) // rows
+        return counts
+
+    def mark_holes(self, holes: torch.Tensor) -> None:
+        """Make the slots `holes` [layers * heads, length] marks empty: kind HOLE, count 0 (attention then
+        gives them no weight), no frame, patch or turn. Only for caches that keep slot counts."""
+        n = holes.shape[1]
+        for name, value in (("kind", int(TokenKind.HOLE)), ("frame", -1), ("turn", -1), ("row", -1), ("col", -1),
+                            ("count", 0), ("score", 0)):
+            if name in self.storage:
+                self.rows(name)[:, :n].masked_fill_(holes, value)
 
     def frames_held(self) -> torch.Tensor:
         """Distinct frame indices with at least one token left in any layer or head, ascending."""

@@ -80,7 +80,8 @@ class StreamSession:
         self.dialogue_share = dialogue_share
         self.target_ratio = target_ratio
         self.policy_name = policy
-        self.policy = make_policy(policy, **(policy_options or {}))
+        self.policy_options = dict(policy_options or {})
+        self.policy = make_policy(policy, **self.policy_options)
         self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
         self.geometry: KVGeometry = model.geometry()  # set again with the policy's needs in _setup_cache
         self._lock = threading.RLock()
@@ -471,9 +472,11 @@ class StreamSession:
         with self._lock:
             saved = dict(self.__dict__)
             try:
-                if policy is not None:
-                    self.policy = make_policy(policy)
+                if policy is not None and policy != self.policy_name:
+                    self.policy_options = {}  # options belong to the policy they were given for
                     self.policy_name = policy
+                # a fresh policy either way: what it learnt from the old stream (adakv's shares) goes with it
+                self.policy = make_policy(self.policy_name, **self.policy_options)
                 if fps is not None:
                     self.fps = check_rate(fps)
                 if mem_cap is not ...:

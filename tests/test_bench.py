@@ -17,7 +17,7 @@ from potwatch.app.bench_suite import BenchConfig, run_benchmark
 from potwatch.app.cli import main
 from potwatch.errors import UserError
 
-CAPPED = ("tar_van", "uniform", "window", "keep_merge")
+CAPPED = ("tar_van", "uniform", "window", "keep_merge", "adakv")
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,12 @@ def test_loyalty_is_exact_at_ratio_one(bench_run):
         assert first["top1_agreement"] == 1.0, name
         assert [row["ratio"] for row in rows] == [1.0, 0.5, 0.25, 0.125, 0.0625]
         assert rows[-1]["visual_tokens_kept"] < rows[0]["visual_tokens_kept"]
+        assert rows[-1]["cache_slots"] >= rows[-1]["visual_tokens_kept"]  # holes, if any, take slots too
+    streamed = loyalty["streamed"]
+    assert set(streamed["policies"]) == set(loyalty["policies"])
+    for name, row in streamed["policies"].items():
+        assert row["compressions"] > 0 and 0 <= row["top1_agreement"] <= 1 and row["kl_mean"] >= 0, name
+        assert row["cache_slots"] <= streamed["cap_tokens"], name  # the same bytes: never more slots than the plain layout
 
 
 def test_needle_probe_counts_shares(bench_run):

@@ -157,7 +157,7 @@ class CompressionMonitor:
 
     def _visual_tokens(self, visual_at: torch.Tensor, valid: torch.Tensor | None = None) -> VisualTokens:
         cache, n = self.cache, self.cache.length
-        scores = cache.score_rows()
+        scores, counts = cache.score_rows(), cache.count_rows()
         return VisualTokens(
             keys=cache.rows("keys"),  # the cache's own rows: policies read what they need where it lies
             values=cache.rows("values"),
@@ -168,6 +168,7 @@ class CompressionMonitor:
             queries=self.queries,
             history=None if scores is None else torch.gather(scores[:, :n], 1, visual_at),
             valid=valid,
+            counts=None if counts is None else torch.gather(counts[:, :n], 1, visual_at),
         )
 
     def _compact(self, reason: str, keep_rows) -> CompressionEvent:

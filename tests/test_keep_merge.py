@@ -268,3 +268,23 @@ def test_patch_search_finds_what_a_loop_over_candidates_finds():
             cosine = unit[r, kept_at[r, same]] @ unit[r, evicted_at[r, j]]
             assert torch.isclose(best[r, j], cosine.max(), atol=1e-6)
             assert int(target[r, j]) == int(same[cosine.argmax()])
+
+
+def test_van_ranks_a_slot_by_the_tokens_it_stands_for():
+    """Old tokens with unit values, one slot standing for 5 tokens with a value of norm 0.5: plain VaN
+    drops that slot first, count-weighted VaN (the default) keeps it."""
+    from potwatch.compression.policies.base import VisualTokens, make_policy
+
+    frames, per_frame = 8, 4
+    n = frames * per_frame
+    spot = torch.arange(per_frame).repeat(frames)
+    values = torch.ones(1, n, 4)
+    values[0, 5] = 0.25  # norm 0.5 against 2 for the others
+    counts = torch.ones(1, n)
+    counts[0, 5] = 5
+    tokens = VisualTokens(torch.randn(1, n, 4, generator=torch.Generator().manual_seed(0)), values,
+                          torch.arange(frames).repeat_interleave(per_frame)[None], spot[None] // 2, spot[None] % 2,
+                          counts=counts)
+    keep = 12
+    assert 5 in make_policy("keep_merge", alpha=0.0).select(tokens, keep).tolist()[0]
+    assert 5 not in make_policy("keep_merge", alpha=0.0, weigh_counts=False).select(tokens, keep).tolist()[0]

@@ -36,6 +36,7 @@ class VisualTokens:
     # Only under per-head budgets (`head_budgets`): [heads, n] bool, False for the holes padding the
     # rows that keep fewer tokens (frame, row, col -1); they are never kept. None: every entry is a token.
     valid: torch.Tensor | None = None
+    counts: torch.Tensor | None = None  # [heads, n] float32 slot counts, when the cache keeps them
 
     @property
     def heads(self) -> int:

@@ -10,7 +10,7 @@ import torch
 
 from potwatch.compression.merging import CANDIDATES, merge_evicted
 from potwatch.compression.policies.base import VisualTokens, register
-from potwatch.compression.policies.selection import patch_coordinates
+from potwatch.compression.policies.selection import infinipot_score, patch_coordinates
 from potwatch.compression.policies.tar_van import TarVanPolicy
 from potwatch.errors import PolicyOptionError
 
@@ -27,13 +27,19 @@ class KeepMergePolicy(TarVanPolicy):
 
     Weights are the counts alone, not KeepKV's count x attention score: tar_van keeps no attention
     history, and the count weighting is what makes a slot of identical tokens exact. The counts live in
-    the cache (4 bytes per token, layer and KV head, counted in the cap)."""
+    the cache (4 bytes per token, layer and KV head, counted in the cap).
+
+    With `weigh_counts` (default) VaN ranks a slot by count x |v|, its weight in the attention output's
+    numerator: averaging shrinks a merged value's norm, and without the count the slots that stand for
+    the most tokens would be the first to go (on the needle probe that kept 0.1% of the event's frames
+    against tar_van's 1.3%; with it, 3.9%)."""
 
     name: ClassVar[str] = "keep_merge"
     slot_counts: ClassVar[bool] = True
 
     candidates: str = "patch"
     min_similarity: float = 0.0
+    weigh_counts: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,6 +49,10 @@ class KeepMergePolicy(TarVanPolicy):
             raise PolicyOptionError(
                 f"Policy option min_similarity={self.min_similarity} is out of range; pick a cosine between -1 and 1."
             )
+
+    def score(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
+        weight = tokens.counts if self.weigh_counts else None
+        return infinipot_score(tokens, keep, self.alpha, self.recent_ratio, self.pool_kernel, weight)
 
     def fold(self, tokens: VisualTokens, chosen: torch.Tensor, counts: torch.Tensor) -> None:
         coordinate, _ = patch_coordinates(tokens.row, tokens.col)

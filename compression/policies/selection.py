@@ -237,11 +237,13 @@ def evenly_spaced(group: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 
 def infinipot_score(
-    tokens: VisualTokens, keep: int | torch.Tensor, alpha: float, recent_ratio: float, pool_kernel: int
+    tokens: VisualTokens, keep: int | torch.Tensor, alpha: float, recent_ratio: float, pool_kernel: int,
+    van_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The InfiniPot-V ranking (Algorithm 1): recent frames and the TaR picks get +inf, everything else
-    its (pooled) VaN; the top `keep` of this score is the kept set. alpha=1 is TaR alone, alpha=0 VaN
-    with the recent frames. `keep` may differ per head ([H], per-head budgets); holes get -inf."""
+    its (pooled) VaN, times `van_weight` [H, n] when given; the top `keep` of this score is the kept set.
+    alpha=1 is TaR alone, alpha=0 VaN with the recent frames. `keep` may differ per head ([H], per-head
+    budgets); holes get -inf."""
     valid = tokens.valid
     in_recent, recent_kept = recent_tokens(tokens.frame, recent_ratio, keep, valid)
     forced = recent_kept
@@ -255,7 +257,8 @@ def infinipot_score(
         tar = tar_scores(tokens, in_recent)
         forced = forced | pick_ranked(tar, older, n_tar)
     if alpha < 1:
-        van = pool_per_frame(tokens.value_norms(), tokens.frame, tokens.row, tokens.col, pool_kernel)
+        norms = tokens.value_norms() if van_weight is None else tokens.value_norms() * van_weight
+        van = pool_per_frame(norms, tokens.frame, tokens.row, tokens.col, pool_kernel)
     else:
         van = torch.zeros(tokens.frame.shape, device=tokens.device)
     score = van.masked_fill(forced, float("inf"))

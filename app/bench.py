@@ -29,6 +29,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-bits", default=None, metavar="WIDTHS",
                         help="K/V widths to run the first policy at beside 16 bits, e.g. 8,4 (default 8,4; 16 for none)")
     parser.add_argument("--cost-only", action="store_true", help="skip the at-scale pass, loyalty and the needle probe")
+    parser.add_argument("--policies", default=None, metavar="A,B",
+                        help="compressing policies to run in every table, comma-separated (default: all the benchmark's own; "
+                             "the full cache always runs)")
     accuracy = parser.add_argument_group("accuracy harness (multiple-choice video QA)")
     accuracy.add_argument("--accuracy", metavar="QUESTIONS_JSON", default=None, help="score these questions instead of running the benchmark")
     accuracy.add_argument("--videos", metavar="DIR", default=None, help="folder holding the videos the questions name")
@@ -72,6 +75,9 @@ def run_bench(args) -> int:
         changes["kv_bits"] = _widths(args.kv_bits)
     if args.cost_only:
         changes.update(scale_tokens=None, loyalty_frames=None, needle_seconds=None)
+    if args.policies is not None:
+        names = parse_policies(args.policies)
+        changes.update(policies=names, loyalty_policies=names)
     config = BenchConfig.quick(**changes) if args.quick else BenchConfig.full(**changes)
     results = run_benchmark(config, args.out, command_line())
     print((Path(args.out) / "bench.md").read_text())
@@ -84,6 +90,17 @@ def _widths(text: str) -> tuple[int, ...]:
 
     widths = [check_kv_bits(part, capped=True) for part in text.split(",")]
     return tuple(bits for bits in widths if bits != 16)
+def parse_policies(text: str) -> tuple[str, ...]:
+    """'tar_van,keep_merge' -> the names, each a registered compressing policy (UserError otherwise)."""
+    from potwatch.compression.policies.base import make_policy
+
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise UserError("--policies names no policy; give a comma-separated list such as tar_van,keep_merge.")
+    for name in names:
+        if not make_policy(name).evicts:  # an unknown name raises its own UserError here
+            raise UserError(f"--policies takes compressing policies; '{name}' is the full cache, which always runs.")
+    return names
 
 
 def _invariants_hold(results: dict) -> bool:

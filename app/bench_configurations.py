@@ -11,5 +11,10 @@ def configuration(name: str) -> tuple[str, int]:
 
 
 def quantised_variants(policy: str, widths) -> list[str]:
-    """`policy` at each width below 16: ['tar_van@8bit', 'tar_van@4bit']."""
+    """`policy` at each width below 16: ['tar_van@8bit', 'tar_van@4bit']; none for a policy that keeps
+    per-head slots, which a quantised cache cannot hold (compression/quantized_kv.py)."""
+    from potwatch.compression.policies.base import make_policy
+
+    if make_policy(policy).slot_counts:
+        return []
     return [f"{policy}@{bits}bit" for bits in widths if bits != 16]

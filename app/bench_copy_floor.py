@@ -108,13 +108,17 @@ def compression_at_scale(geometry: KVGeometry, tokens: int, policies: list[str],
                          grid: tuple[int, int], system_tokens: int, device: str = "cpu", repeats: int = 3) -> dict:
     """One compression pass (to 0.75 of the cache, as the monitor does) per configuration on a cache of
     `tokens` tokens, against copy_ and clone of the same K/V bytes; a quantised configuration
-    (`tar_van@8bit`) is also held against the copy of its own, smaller, stored bytes."""
+    (`tar_van@8bit`) is also held against the copy of its own, smaller, stored bytes. The cache keeps slot
+    counts when a policy needs them (a merging policy's pass includes its merge); policies that do not
+    ignore them."""
+    counts = any(make_policy(configuration(name)[0]).slot_counts for name in policies)
     by_width: dict[int, list[str]] = {}
     for name in policies:
         by_width.setdefault(configuration(name)[1], []).append(name)
     result = None
     for bits, names in by_width.items():
-        cache = synthetic_cache(replace(geometry, kv_bits=bits), tokens, tokens_per_group, grid, system_tokens, device)
+        shaped = replace(geometry, kv_bits=bits, slot_counts=geometry.slot_counts or (counts and bits == 16))
+        cache = synthetic_cache(shaped, tokens, tokens_per_group, grid, system_tokens, device)
         held = cache.length
         if result is None:
             allocating = clone_ms(cache, held)  # before copy_floor_ms frees buffers of this size for reuse

@@ -62,3 +62,5 @@ def copy_cache_into(target: CappedKVCache, source: CappedKVCache) -> None:
         into.pos[:, :, :n].copy_(layer.pos[:, :, :n])
         if into.score is not None and layer.score is not None:  # a policy's running scores, when kept
             into.score[:, :n].copy_(layer.score[:, :n])
+        if into.count is not None and layer.count is not None:  # the tokens each slot stands for, when kept
+            into.count[:, :n].copy_(layer.count[:, :n])

@@ -85,7 +85,7 @@ def kept_counts(cache, table: torch.Tensor, event_groups: torch.Tensor, frames_p
 
 def needle_probe(adapter, seconds: float, fps: float = 2.0, size: tuple[int, int] = (320, 240),
                  share: float = 1 / 8, policies=("tar_van", "tar", "van", "uniform", "window", "expected_attention",
-                                                     "global_score")) -> dict:
+                                                     "global_score", "keep_merge", "adakv")) -> dict:
     """Share of each kind of token still held at the end of the stream, per policy."""
     frames, quiet, event_frames = needle_video(seconds, fps, size)
     probe = StreamSession(adapter, mem_cap=None, policy="none", fps=fps)

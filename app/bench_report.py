@@ -219,6 +219,36 @@ def _loyalty(loyalty: dict) -> list[str]:
     for name, rows in loyalty["policies"].items():
         cells = [f"{row['kl_mean']:.2e} / {row['top1_agreement']:.2f}" for row in rows]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    slots = {name: [row.get("cache_slots") for row in rows] for name, rows in loyalty["policies"].items()}
+    plain = next(iter(slots.values()))
+    padded = {name: row for name, row in slots.items() if row != plain and None not in row}
+    if padded:
+        lines += [
+            "Per-head budgets keep as many visual tokens per layer, but every row is as long as the longest, "
+            "the rest holes: cache slots per row at each ratio, " + "; ".join(
+                f"{name} {', '.join(f'{s:,}' for s in row)}" for name, row in padded.items())
+            + f" (against {', '.join(f'{s:,}' for s in plain)}).",
+            "",
+        ]
+    if loyalty.get("streamed"):
+        lines += _streamed(loyalty["streamed"])
+    return lines
+
+
+def _streamed(streamed: dict) -> list[str]:
+    lines = [
+        f"Streamed under one cap: the same frames through a session of each policy whose cap holds "
+        f"{streamed['share']:.3g} of the visual tokens beside the prompt and a block ({streamed['cap_tokens']:,} "
+        f"tokens of the plain layout, {_mb(streamed['cap_bytes'])}; a policy that stores more per token or pads "
+        "rows with holes holds fewer), then asked as a session asks.",
+        "",
+        "| policy | KL mean | top-1 | visual tokens per row | slots per row | compressions |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in streamed["policies"].items():
+        lines.append(f"| {name} | {row['kl_mean']:.2e} | {row['top1_agreement']:.2f} | "
+                     f"{row['visual_tokens_held']:,.1f} | {row['cache_slots']:,} | {row['compressions']} |")
     return lines + [""]
 
 

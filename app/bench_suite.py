@@ -36,7 +36,8 @@ class BenchConfig:
     model: str = "demo-2b"
     frames: int = 2000
     mem_cap: str = "80MB"
-    policies: tuple[str, ...] = ("tar_van", "uniform", "window", "expected_attention", "global_score")
+    policies: tuple[str, ...] = ("tar_van", "uniform", "window", "expected_attention", "global_score", "keep_merge",
+                                 "adakv")
     kv_bits: tuple[int, ...] = (8, 4)  # widths the first policy also runs at (`tar_van@8bit`), beside 16
     full_cache_frames: int | None = 600  # None: the full cache runs the whole stream
     fps: float = 2.0
@@ -48,7 +49,7 @@ class BenchConfig:
     scale_tokens: int | None = 19_500  # the at-scale compression check; None skips it
     loyalty_frames: int | None = 64  # None skips loyalty
     loyalty_policies: tuple[str, ...] = ("tar_van", "tar", "van", "uniform", "window", "expected_attention",
-                                         "global_score")
+                                         "global_score", "keep_merge", "adakv")
     needle_seconds: float | None = 120.0  # None skips the needle probe
     threads: int | None = None  # torch threads; None leaves torch's default
     device: str | None = None  # None: CUDA when available, else the CPU

@@ -20,7 +20,7 @@ import numpy as np
 
 from potwatch.compression.mem_cap import parse_optional_mem_cap
 from potwatch.compression.policies.base import make_policy
-from potwatch.compression.quantized_kv import check_kv_bits
+from potwatch.compression.quantized_kv import check_kv_bits, check_policy_width
 from potwatch.errors import UserError
 from potwatch.streaming.answer import Answer
 from potwatch.streaming.session import StreamSession
@@ -79,7 +79,9 @@ class TabSettings:
             fps = float("nan")
         if not (0 < fps <= 30):
             raise UserError(f"The frame rate {self.fps!r} is not between 0 and 30 frames a second; try 2.")
-        return replace(self, mem_cap=mem_cap, fps=fps, kv_bits=check_kv_bits(self.kv_bits, cap_value(mem_cap) is not None))
+        kv_bits = check_kv_bits(self.kv_bits, cap_value(mem_cap) is not None)
+        check_policy_width(make_policy(self.policy), kv_bits)
+        return replace(self, mem_cap=mem_cap, fps=fps, kv_bits=kv_bits)
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,14 @@ class WatchRun:
     def __init__(self, args):
         from potwatch.compression.mem_cap import parse_optional_mem_cap
         from potwatch.compression.policies.base import make_policy
-        from potwatch.compression.quantized_kv import check_kv_bits
+        from potwatch.compression.quantized_kv import check_kv_bits, check_policy_width
         from potwatch.streaming.sources import open_source
 
         self.args = args
         self.json = args.json
         mem_cap = parse_optional_mem_cap(args.mem_cap)  # fail on a bad cap before loading anything
-        make_policy(args.policy)
         self.kv_bits = check_kv_bits(args.kv_bits, mem_cap is not None)
+        check_policy_width(make_policy(args.policy), self.kv_bits)
         self.timed = sorted(((parse_time(t), clean_question(q)) for t, q in args.ask_at), key=lambda item: item[0])
         self.questions = [clean_question(question) for question in args.ask]
         self.source = open_source(args.video, fps=args.fps, realtime=args.realtime or args.video.startswith("webcam:"),

@@ -14,7 +14,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.quantized_kv import QUANTIZED_FIELDS, QuantizedRows, allocate_quantized
-from potwatch.compression.token_meta import META_FIELDS, POS_DTYPE, SCORE_DTYPE, TokenKind, TokenMeta
+from potwatch.compression.token_meta import COUNT_DTYPE, META_FIELDS, POS_DTYPE, SCORE_DTYPE, TokenKind, TokenMeta
 from potwatch.kernels.rope_shift import shift_rotary
 from potwatch.kernels.triton_dispatch import triton_ready
 
@@ -32,7 +32,8 @@ class CacheOverflowError(RuntimeError):
 def allocate_storage(geometry: KVGeometry, layers: int, capacity: int, device: torch.device | str) -> dict:
     """Zero-filled K, V, metadata and positions for `layers` layers: `keys`/`values` [layers, heads,
     capacity, head_dim], each metadata field [layers, heads, capacity], `pos` [layers, rows, heads, capacity],
-    and `score` [layers, heads, capacity] when the geometry keeps a policy score per token."""
+    `score` [layers, heads, capacity] when the geometry keeps a policy score per token, and `count` (the
+    tokens each slot stands for) alike when it keeps slot counts."""
     heads = geometry.kv_heads
     shape = (layers, heads, capacity, geometry.head_dim)
     if geometry.quantized:  # codes, scales and key means instead (compression/quantized_kv.py)
@@ -47,6 +48,8 @@ def allocate_storage(geometry: KVGeometry, layers: int, capacity: int, device: t
         storage[name] = torch.full((layers, heads, capacity), -1, dtype=dtype, device=device)
     if geometry.token_scores:
         storage["score"] = torch.zeros((layers, heads, capacity), dtype=SCORE_DTYPE, device=device)
+    if geometry.slot_counts:
+        storage["count"] = torch.ones((layers, heads, capacity), dtype=COUNT_DTYPE, device=device)
     return storage
 
 
@@ -71,6 +74,7 @@ class CappedLayer(CacheLayerMixin):
         self.meta = {name: storage[name][index] for name, _ in META_FIELDS}  # [heads, capacity]
         self.pos = storage["pos"][index]  # [rows, heads, capacity]
         self.score = storage["score"][index] if "score" in storage else None  # [heads, capacity]
+        self.count = storage["count"][index] if "count" in storage else None  # [heads, capacity]
         self.capacity = self.key_buffer.shape[2]
         self.device = self.key_buffer.device
         self.length = 0
@@ -94,6 +98,10 @@ class CappedLayer(CacheLayerMixin):
         """Nothing to do: the buffers exist from the start."""
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Write the new K/V in place; return views of everything held. With slot counts, the new slots
+        count 1 and the counts of all held slots go to the attention function: transformers' decoder
+        attention passes its own kwargs dict here (`kwargs=kwargs`) and then unpacks that same dict
+        into the attention call, so an entry added here reaches it (see `count_attention`)."""
         n = key_states.shape[-2]
         end = self.length + n
         if end > self.capacity:
@@ -107,6 +115,11 @@ class CappedLayer(CacheLayerMixin):
             return self.keys, self.values
         self.key_buffer[:, :, self.length : end].copy_(key_states)
         self.value_buffer[:, :, self.length : end].copy_(value_states)
+        if self.count is not None:
+            self.count[:, self.length : end] = 1
+            attention_kwargs = kwargs.get("kwargs")
+            if isinstance(attention_kwargs, dict):
+                attention_kwargs["slot_counts"] = self.count[:, :end]
         self.length = end
         self._refresh_views()
         return self.keys, self.values
@@ -165,13 +178,14 @@ class CappedLayer(CacheLayerMixin):
         self.pos = bigger(self.pos, 2)
         if self.score is not None:
             self.score = bigger(self.score, 1)
+        if self.count is not None:
+            self.count = bigger(self.count, 1, 1)
         self.capacity = capacity
 
     @property
     def nbytes(self) -> int:
         tensors = [self.key_buffer, self.value_buffer, self.pos, *self.meta.values()]
-        if self.score is not None:
-            tensors.append(self.score)
+        tensors += [t for t in (self.score, self.count) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -266,6 +280,10 @@ class CappedKVCache(Cache):
         """The policy's running score rows [layers * heads, capacity]; None when the cache keeps none."""
         return self.rows("score") if self.capped and "score" in self.storage else None
 
+    def count_rows(self) -> torch.Tensor | None:
+        """How many tokens each slot stands for, [layers * heads, capacity]; None when the cache keeps no counts."""
+        return self.rows("count") if self.capped and "count" in self.storage else None
+
     def compact(self, keep: torch.Tensor) -> None:
         """Keep, in every (layer, head) row, the tokens at `keep` [layers * heads, m] (ascending), in one pass."""
         m, n = keep.shape[1], self.length
@@ -279,7 +297,7 @@ class CappedKVCache(Cache):
         else:
             move_rows(self.rows("keys"), keep)
             move_rows(self.rows("values"), keep)
-        for name in [name for name, _ in META_FIELDS] + (["score"] if "score" in self.storage else []):
+        for name in [name for name, _ in META_FIELDS] + [name for name in ("score", "count") if name in self.storage]:
             meta = self.rows(name)
             meta[:, :m] = torch.gather(meta[:, :n], 1, keep)
         pos = self.storage["pos"]  # [layers, rows, heads, capacity]
@@ -307,15 +325,33 @@ class CappedKVCache(Cache):
             if n == 0:
                 continue
             meta = layer.meta
+            # Holes take ids like text: in a 1-D layout every head's text then keeps the same ids.
             new = layout(meta["kind"][:, :n], meta["frame"][:, :n], meta["row"][:, :n], meta["col"][:, :n])
             layer.move_positions(new, inv_freq, section)
             largest = max(largest, int(new.max()))
         return largest
 
     def kind_counts(self) -> dict[TokenKind, int]:
-        """How many tokens of each kind every head holds (equal across heads and layers)."""
-        kinds = self.layers[0].meta["kind"][0, : self.length]
-        return {kind: int((kinds == kind).sum()) for kind in TokenKind}
+        """How many tokens of each kind a head holds: system and dialogue are the same in every head;
+        visual tokens and holes too, except under per-head budgets, where this is their mean over all
+        (layer, head) rows, rounded down."""
+        kinds = self.rows("kind")[:, : self.length] if self.capped else self.layers[0].meta["kind"][:, : self.length]
+        counts = {kind: int((kinds[0] == kind).sum()) for kind in TokenKind}
+        holes = int((kinds == TokenKind.HOLE).sum())
+        if holes:
+            rows = kinds.shape[0]
+            counts[TokenKind.HOLE] = holes // rows
+            counts[TokenKind.VISION] = int((kinds == TokenKind.VISION).sum()) // rows
+        return counts
+
+    def mark_holes(self, holes: torch.Tensor) -> None:
+        """Make the slots `holes` [layers * heads, length] marks empty: kind HOLE, count 0 (attention then
+        gives them no weight), no frame, patch or turn. Only for caches that keep slot counts."""
+        n = holes.shape[1]
+        for name, value in (("kind", int(TokenKind.HOLE)), ("frame", -1), ("turn", -1), ("row", -1), ("col", -1),
+                            ("count", 0), ("score", 0)):
+            if name in self.storage:
+                self.rows(name)[:, :n].masked_fill_(holes, value)
 
     def frames_held(self) -> torch.Tensor:
         """Distinct frame indices with at least one token left in any layer or head, ascending."""

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from potwatch.compression.capped_cache import CappedKVCache, indices_where
+from potwatch.compression.head_budgets import pad_with_holes
 from potwatch.compression.policies.base import Policy, VisualTokens
 from potwatch.compression.query_stats import QueryStats
 from potwatch.compression.token_meta import TokenKind
@@ -56,13 +57,15 @@ class CompressionMonitor:
         """A vision block just went into the cache: keep its queries for the policy's next selection
         and let the policy update its running per-token scores."""
         self.queries = queries
-        cache, scores = self.cache, self.cache.score_rows()
+        cache, n = self.cache, self.cache.length
+        visual, scores, counts = cache.rows("kind")[:, :n] == TokenKind.VISION, cache.score_rows(), cache.count_rows()
         if not cache.quantized:
-            self.policy.observe(queries, cache.rows("keys"), scores, cache.length)
+            self.policy.observe(queries, cache.rows("keys"), scores, n, visual=visual, counts=counts)
             return
         for rows, layer in self._layer_rows():  # a quantised cache is decoded one layer at a time
             keys = layer.dequantized()[0][0]
-            self.policy.observe(queries.rows(rows), keys, None if scores is None else scores[rows], cache.length)
+            self.policy.observe(queries.rows(rows), keys, None if scores is None else scores[rows], n,
+                                visual=visual[rows], counts=None if counts is None else counts[rows])
 
     @property
     def dialogue_capacity(self) -> int:
@@ -80,10 +83,13 @@ class CompressionMonitor:
         length = cache.length - turn_tokens
         if length + incoming + headroom <= cache.capacity:
             return self._compact("dialogue", lambda: self._keep_rows(turns, None))
-        protected = length - cache.kind_counts()[TokenKind.VISION]
+        kinds = cache.kind_counts()
+        protected = kinds[TokenKind.SYSTEM] + kinds[TokenKind.DIALOGUE] - turn_tokens
         keep_visual = min(int(self.target_ratio * cache.capacity), cache.capacity - incoming - headroom) - protected
+        longest = cache.capacity - incoming - headroom - protected  # the most a row may keep (head budgets)
         if keep_visual < 0:  # the headroom is a wish; the incoming tokens are a must
             keep_visual = min(int(self.target_ratio * cache.capacity), cache.capacity - incoming) - protected
+            longest = keep_visual
         if keep_visual < 0:
             raise CacheFullError(
                 f"The cache cap of {cache.capacity} tokens cannot hold {incoming} new tokens beside the protected "
@@ -96,7 +102,13 @@ class CompressionMonitor:
                 f"The cache is full at {cache.length} of {cache.capacity} tokens and policy 'none' evicts nothing; "
                 "raise --mem-cap or pick a compressing policy such as tar_van."
             )
-        return self._compact("visual", lambda: self._keep_rows(turns, keep_visual))
+        return self._compact("visual", lambda: self._keep_rows(turns, keep_visual, max(keep_visual, longest)))
+
+    def thin_visual(self, keep_visual: int, longest: int | None = None) -> CompressionEvent:
+        """Compress now to `keep_visual` visual tokens per row (for a `head_budgets` policy: per row on
+        average over each layer, none above `longest`, default `keep_visual`), dropping no turn: the
+        fixed point benchmarks compare policies at."""
+        return self._compact("visual", lambda: self._keep_rows([], keep_visual, longest or keep_visual))
 
     def make_room_for_turn(self, incoming: int) -> list[CompressionEvent]:
         """Make room for a question and its answer (`incoming` tokens); see `make_room`."""
@@ -116,28 +128,49 @@ class CompressionMonitor:
             tokens += size
         return dropped, tokens
 
-    def _keep_rows(self, dropped_turns: list[int], keep_visual: int | None) -> torch.Tensor:
+    def _keep_rows(self, dropped_turns: list[int], keep_visual: int | None,
+                   longest: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Rows to keep [layers * heads, m]: all but the dropped turns, and of the visual tokens the
-        `keep_visual` the policy picks out of every (layer, head) row in one call (all when None)."""
+        `keep_visual` the policy picks out of every (layer, head) row in one call (all when None).
+
+        A `head_budgets` policy keeps a different count per row instead (each layer's rows together
+        keeping heads x keep_visual, none more than `longest`); the shorter rows are then padded with
+        holes up to the longest, whose places in the kept rows come back as the second result."""
         cache, n = self.cache, self.cache.length
         turn = cache.rows("turn")[:, :n]
         keep = ~torch.isin(turn, torch.tensor(dropped_turns, dtype=turn.dtype, device=turn.device))
-        if keep_visual is not None:
-            is_visual = cache.rows("kind")[:, :n] == TokenKind.VISION
-            visual_at = indices_where(is_visual)
-            if cache.quantized:
-                chosen = self._select_by_layer_vote(visual_at, keep_visual)
-            else:
-                chosen = self.policy.select(self._visual_tokens(visual_at), keep_visual)
-            keep &= ~is_visual
+        if keep_visual is None:
+            return indices_where(keep), None
+        kind = cache.rows("kind")[:, :n]
+        is_visual = kind == TokenKind.VISION
+        evictable = is_visual | (kind == TokenKind.HOLE)  # the same count in every row
+        visual_at = indices_where(evictable)
+        holes = bool((kind == TokenKind.HOLE).any())
+        if holes and not self.policy.head_budgets:
+            raise RuntimeError(f"the cache holds holes but policy '{self.policy.name}' keeps no per-head budgets")
+        keep &= ~evictable
+        if cache.quantized:  # every head of a layer keeps the same tokens (no budgets, no merging: see session)
+            chosen = self._select_by_layer_vote(visual_at, keep_visual)
             keep.scatter_(1, torch.gather(visual_at, 1, chosen), True)
-        return indices_where(keep)
+            return indices_where(keep), None
+        tokens = self._visual_tokens(visual_at, valid=is_visual.gather(1, visual_at) if holes else None)
+        if self.policy.head_budgets:
+            chosen = self.policy.select_budgets(tokens, keep_visual, longest, cache.geometry.kv_heads)
+            keep.scatter_(1, visual_at, chosen)
+            return pad_with_holes(keep, evictable)
+        chosen = self.policy.select(tokens, keep_visual)
+        counts = cache.count_rows()
+        if counts is not None:  # a merging policy folds what goes into what stays, before it goes
+            self.policy.fold(tokens, chosen, counts)
+        keep.scatter_(1, torch.gather(visual_at, 1, chosen), True)
+        return indices_where(keep), None
 
-    def _visual_tokens(self, visual_at: torch.Tensor, rows: slice = slice(None), keys=None, values=None) -> VisualTokens:
+    def _visual_tokens(self, visual_at: torch.Tensor, rows: slice = slice(None), keys=None, values=None,
+                       valid: torch.Tensor | None = None) -> VisualTokens:
         """The visual tokens of `rows` (all by default). The cache's own K/V rows unless `keys`/`values`
         are given: policies read what they need where it lies."""
         cache, n = self.cache, self.cache.length
-        scores = cache.score_rows()
+        scores, counts = cache.score_rows(), cache.count_rows()
         return VisualTokens(
             keys=cache.rows("keys") if keys is None else keys,
             values=cache.rows("values") if values is None else values,
@@ -147,6 +180,8 @@ class CompressionMonitor:
             at=visual_at,
             queries=None if self.queries is None else self.queries.rows(rows),
             history=None if scores is None else torch.gather(scores[rows, :n], 1, visual_at),
+            valid=valid,
+            counts=None if counts is None else torch.gather(counts[rows, :n], 1, visual_at),
         )
 
     def _layer_rows(self):
@@ -174,7 +209,10 @@ class CompressionMonitor:
     def _compact(self, reason: str, keep_rows) -> CompressionEvent:
         started = time.perf_counter()
         before = self.cache.length
-        self.cache.compact(keep_rows())
+        keep, holes = keep_rows()
+        self.cache.compact(keep)
+        if holes is not None:
+            self.cache.mark_holes(holes)
         ms = (time.perf_counter() - started) * 1000
         event = CompressionEvent(
             time_s=time.monotonic() - self._start,

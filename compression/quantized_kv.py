@@ -37,6 +37,18 @@ def check_kv_bits(bits, capped: bool) -> int:
     return value
 
 
+def check_policy_width(policy, bits: int) -> None:
+    """A quantised cache keeps the same tokens in every head of a layer; a policy that keeps per-head
+    slots (merging's counts, per-head budgets' holes) cannot work on it."""
+    from potwatch.errors import UserError
+
+    if bits != 16 and policy.slot_counts:
+        raise UserError(
+            f"Policy '{policy.name}' needs --kv-bits 16: a quantised cache keeps the same tokens in every head of a "
+            "layer, which merging and per-head budgets cannot; use --kv-bits 16 or a policy such as tar_van."
+        )
+
+
 def allocate_quantized(geometry, layers: int, capacity: int, device: torch.device | str) -> dict:
     """Zero-filled codes, scales, key means and the shared workspace of a quantised cache."""
     heads, dim, bits = geometry.kv_heads, geometry.head_dim, geometry.kv_bits

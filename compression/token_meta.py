@@ -15,6 +15,10 @@ class TokenKind(IntEnum):
     SYSTEM = 0  # system prompt and chat header before the video: never evicted
     VISION = 1  # visual tokens: the only ones a policy may evict
     DIALOGUE = 2  # question/answer turns: evicted only as whole turns, oldest first
+    # An empty slot under per-head budgets: a row that keeps fewer visual tokens than the longest row
+    # of the cache is padded with holes (count 0, so attention gives them no weight; frame, row, col
+    # and turn -1). Never kept by a later selection; only `head_budgets` policies make them.
+    HOLE = 3
 
 
 # (name, dtype) of each metadata field; `pos` has one row per RoPE section (3 for Qwen's M-RoPE).
@@ -27,6 +31,9 @@ META_FIELDS: tuple[tuple[str, torch.dtype], ...] = (
 )
 POS_DTYPE = torch.int32
 SCORE_DTYPE = torch.float32  # a policy's running per-token score (only when the policy keeps one)
+# How many original tokens a slot stands for (1 for a new token; more after merging): float32 so its
+# log goes straight into the attention bias, exact for counts up to 2**24.
+COUNT_DTYPE = torch.float32
 
 
 def meta_bytes_per_token_head(pos_rows: int) -> int:

@@ -20,7 +20,7 @@ import torch
 
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.capped_cache import CappedKVCache
-from potwatch.compression.quantized_kv import check_kv_bits
+from potwatch.compression.quantized_kv import check_kv_bits, check_policy_width
 from potwatch.compression.mem_cap import format_bytes, parse_mem_cap
 from potwatch.compression.monitor import CompressionMonitor
 from potwatch.compression.policies.base import make_policy
@@ -29,6 +29,7 @@ from potwatch.compression.token_meta import TokenKind
 from potwatch.errors import DeviceMemoryError, MemCapError, QuestionError, UserError
 from potwatch.models.adapter import Block, ModelAdapter
 from potwatch.models.block_pieces import split_block
+from potwatch.models.count_attention import install_count_attention
 from potwatch.streaming.answer import Answer
 from potwatch.streaming.frame_input import check_frame_size, frames_in
 from potwatch.streaming.oom_retry import piece_sizes, release_device_memory
@@ -83,7 +84,8 @@ class StreamSession:
         self.dialogue_share = dialogue_share
         self.target_ratio = target_ratio
         self.policy_name = policy
-        self.policy = make_policy(policy, **(policy_options or {}))
+        self.policy_options = dict(policy_options or {})
+        self.policy = make_policy(policy, **self.policy_options)
         self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
         self.kv_bits = check_kv_bits(kv_bits, self.cap_bytes is not None)
         self.geometry: KVGeometry = model.geometry()  # set again with the policy's needs in _setup_cache
@@ -97,8 +99,11 @@ class StreamSession:
 
     # --- set-up -------------------------------------------------------------------------------
     def _setup_cache(self) -> None:
+        check_policy_width(self.policy, self.kv_bits)
         self.geometry = dataclasses.replace(self.adapter.geometry(), token_scores=self.policy.token_scores,
-                                            kv_bits=self.kv_bits)
+                                            slot_counts=self.policy.slot_counts, kv_bits=self.kv_bits)
+        if self.policy.slot_counts:  # attention must read the counts; other sessions on the model are unaffected
+            install_count_attention(self.adapter.attention_modules())
         capacity = None if self.cap_bytes is None else self.geometry.tokens_for(self.cap_bytes)
         if capacity is not None and capacity < 1:
             raise MemCapError(
@@ -480,9 +485,11 @@ class StreamSession:
         with self._lock:
             saved = dict(self.__dict__)
             try:
-                if policy is not None:
-                    self.policy = make_policy(policy)
+                if policy is not None and policy != self.policy_name:
+                    self.policy_options = {}  # options belong to the policy they were given for
                     self.policy_name = policy
+                # a fresh policy either way: what it learnt from the old stream (adakv's shares) goes with it
+                self.policy = make_policy(self.policy_name, **self.policy_options)
                 if fps is not None:
                     self.fps = check_rate(fps)
                 if mem_cap is not ...:

@@ -39,21 +39,32 @@ def cache_problems(session) -> list[str]:
             kinds = meta["kind"]
             if not bool(torch.isin(kinds, torch.tensor([k.value for k in TokenKind], dtype=kinds.dtype)).all()):
                 problems.append(f"{where}: a held token has no valid kind")
-            counts = torch.stack([(kinds == kind).sum(dim=1) for kind in TokenKind], dim=1)  # [heads, kinds]
+            # [heads, kinds]: system, dialogue, and visual tokens + holes (per-head budgets pad with holes)
+            evictable = (kinds == TokenKind.VISION) | (kinds == TokenKind.HOLE)
+            counts = torch.stack([(kinds == TokenKind.SYSTEM).sum(1), (kinds == TokenKind.DIALOGUE).sum(1),
+                                  evictable.sum(1)], dim=1)
             if not bool((counts == counts[0]).all()):
                 problems.append(f"{where}: heads hold different numbers of system/vision/dialogue tokens")
+            if layer.count is not None:
+                slot_counts = layer.count[:, :length]
+                if not bool((slot_counts[kinds == TokenKind.HOLE] == 0).all()):
+                    problems.append(f"{where}: a hole counts tokens")
+                if not bool((slot_counts[kinds != TokenKind.HOLE] >= 1).all()):
+                    problems.append(f"{where}: a held token counts less than one token")
+            elif bool((kinds == TokenKind.HOLE).any()):
+                problems.append(f"{where}: holes in a cache without slot counts (attention would see them)")
             reference_counts = counts[0] if reference_counts is None else reference_counts
             if not torch.equal(counts[0], reference_counts):
                 problems.append(f"{where}: token kinds differ from layer 0")
             for head in range(kinds.shape[0]):
-                text = kinds[head] != TokenKind.VISION
+                text = (kinds[head] == TokenKind.SYSTEM) | (kinds[head] == TokenKind.DIALOGUE)
                 # protected text: the same tokens, in the same order, in every head and layer
                 signature = (kinds[head][text], meta["turn"][head][text], pos[:, head][:, text])
                 if reference_text is None:
                     reference_text = signature
                 elif not all(torch.equal(a, b) for a, b in zip(signature, reference_text)):
                     problems.append(f"{where} head {head}: protected text differs from layer 0 head 0")
-                vision = ~text
+                vision = kinds[head] == TokenKind.VISION
                 frames = meta["frame"][head][vision].long()
                 if bool((frames < 0).any()):
                     problems.append(f"{where} head {head}: a visual token without a frame")

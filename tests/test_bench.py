@@ -17,7 +17,7 @@ from potwatch.app.bench_suite import BenchConfig, run_benchmark
 from potwatch.app.cli import main
 from potwatch.errors import UserError
 
-CAPPED = ("tar_van", "uniform", "window")
+CAPPED = ("tar_van", "uniform", "window", "keep_merge", "adakv")
 QUANTISED = ("tar_van@8bit", "tar_van@4bit")  # the first policy again, K/V in fewer bits (the default widths)
 
 
@@ -90,6 +90,12 @@ def test_loyalty_is_exact_at_ratio_one(bench_run):
         assert first["top1_agreement"] == 1.0, name
         assert [row["ratio"] for row in rows] == [1.0, 0.5, 0.25, 0.125, 0.0625]
         assert rows[-1]["visual_tokens_kept"] < rows[0]["visual_tokens_kept"]
+        assert rows[-1]["cache_slots"] >= rows[-1]["visual_tokens_kept"]  # holes, if any, take slots too
+    streamed = loyalty["streamed"]
+    assert set(streamed["policies"]) == set(loyalty["policies"])
+    for name, row in streamed["policies"].items():
+        assert row["compressions"] > 0 and 0 <= row["top1_agreement"] <= 1 and row["kl_mean"] >= 0, name
+        assert row["cache_slots"] <= streamed["cap_tokens"], name  # the same bytes: never more slots than the plain layout
 
 
 def test_needle_probe_counts_shares(bench_run):
@@ -113,10 +119,12 @@ def test_bench_draws_the_plots(bench_run):
 
 def test_bench_command_line(tmp_path, capsys):
     code = main(["bench", "--model", "demo", "--frames", "8", "--mem-cap", "400kB", "--cost-only",
-                 "--threads", "1", "--out", str(tmp_path)])
+                 "--threads", "1", "--out", str(tmp_path), "--policies", "keep_merge, tar_van"])
     assert code == 0
     assert "## Cost against stream length" in capsys.readouterr().out
-    assert json.loads((tmp_path / "bench.json").read_text())["settings"]["frames"] == 8
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert written["settings"]["frames"] == 8
+    assert list(written["cost"]) == ["keep_merge", "tar_van", "none"]  # the policies asked for, then the full cache
 
 
 # --- accuracy harness ---------------------------------------------------------------------------

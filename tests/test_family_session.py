@@ -21,7 +21,8 @@ def storage_pointers(session):
 
 
 @pytest.mark.parametrize("name", FAMILY_DEMOS)
-@pytest.mark.parametrize("policy", ["tar_van", "uniform", "expected_attention", "global_score"])
+@pytest.mark.parametrize("policy", ["tar_van", "uniform", "expected_attention", "global_score", "keep_merge",
+                                    "adakv"])
 def test_cap_holds_after_every_block_and_answer(name, policy):
     adapter = family_adapter(name)
     session = StreamSession(adapter, mem_cap=SMALL_CAP[name], policy=policy, max_new_tokens=6)

@@ -418,6 +418,8 @@ VARIANTS = [(name, {}) for name in ("tar_van", "tar", "van", "uniform", "window"
     ("van", {"pool_kernel": 7}),
     ("expected_attention", {"use_variance": False, "recent_ratio": 0.25}),
     ("global_score", {"decay": 0.5}),
+    ("keep_merge", {}), ("keep_merge", {"candidates": "all", "alpha": 0.3}),
+    ("adakv", {}), ("adakv", {"floor": 0.5, "recent_ratio": 0.25}),
 ]
 
 
@@ -441,8 +443,8 @@ def test_every_policy_returns_valid_indices(name, options, seed, queries):
 
 
 def test_all_policies_are_registered():
-    assert policy_names() == ["expected_attention", "global_score", "none", "tar", "tar_van", "uniform", "van",
-                              "window"]
+    assert policy_names() == ["adakv", "expected_attention", "global_score", "keep_merge", "none", "tar", "tar_van",
+                              "uniform", "van", "window"]
 
 
 def test_unknown_policy_names_the_known_ones():

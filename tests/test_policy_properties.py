@@ -22,8 +22,11 @@ EVICTING = [
     ("van", {"pool_kernel": 5, "recent_ratio": 0.5}),
     ("expected_attention", {}), ("expected_attention", {"use_variance": False, "recent_ratio": 0.5}),
     ("global_score", {}), ("global_score", {"decay": 0.0, "recent_ratio": 0.0}),
+    ("keep_merge", {}), ("keep_merge", {"candidates": "all", "min_similarity": -1.0, "recent_ratio": 0.25}),
+    ("adakv", {}), ("adakv", {"floor": 0.0, "smoothing": 0.5, "alpha": 0.3}),
 ]
-RECENT_RATIO = {"tar_van": 0.125, "tar": 0.125, "van": 0.125, "expected_attention": 0.125, "global_score": 0.125}
+RECENT_RATIO = {"tar_van": 0.125, "tar": 0.125, "van": 0.125, "expected_attention": 0.125, "global_score": 0.125,
+                "keep_merge": 0.125, "adakv": 0.125}
 FEW = settings(max_examples=40, deadline=None)
 
 

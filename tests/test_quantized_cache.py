@@ -211,3 +211,13 @@ def test_the_cache_decoder_matches_the_reference(bits, dtype, center):
     dequantize_into(out[:, :, 5:55], q)  # a strided slice of a bigger buffer, as the workspace is
     assert torch.allclose(out[:, :, 5:55], want, rtol=8e-3 if dtype == torch.bfloat16 else 1e-3, atol=1e-6)
     assert bool(out[:, :, :5].isnan().all()) and bool(out[:, :, 55:].isnan().all())
+
+
+@pytest.mark.parametrize("policy", ["keep_merge", "adakv"])
+def test_per_head_slot_policies_need_16_bits_and_say_so(demo_adapter, policy):
+    with pytest.raises(UserError, match=f"Policy '{policy}' needs --kv-bits 16"):
+        StreamSession(demo_adapter, mem_cap="1MB", kv_bits=8, policy=policy)
+    session = StreamSession(demo_adapter, mem_cap="1MB", kv_bits=4)
+    with pytest.raises(UserError, match="needs --kv-bits 16"):
+        session.reset(policy=policy)
+    assert session.policy_name == "tar_van" and session.cache.quantized  # unchanged

@@ -18,7 +18,8 @@ from potwatch.compression.token_meta import TokenKind, TokenMeta
 from tests.query_fixtures import random_queries
 
 VARIANTS = [("tar_van", {}), ("tar_van", {"pool_kernel": 3}), ("tar", {}), ("van", {}), ("uniform", {}),
-            ("window", {}), ("expected_attention", {}), ("global_score", {})]
+            ("window", {}), ("expected_attention", {}), ("global_score", {}), ("keep_merge", {}),
+            ("adakv", {})]
 
 
 def scores_with_ties(seed: int, heads: int = 3, n: int = 200) -> torch.Tensor:

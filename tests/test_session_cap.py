@@ -20,7 +20,8 @@ def storage_pointers(session):
     return [(layer.key_buffer.data_ptr(), layer.value_buffer.data_ptr()) for layer in session.cache.layers]
 
 
-@pytest.mark.parametrize("policy", ["tar_van", "tar", "van", "uniform", "window", "expected_attention", "global_score"])
+@pytest.mark.parametrize("policy", ["tar_van", "tar", "van", "uniform", "window", "expected_attention", "global_score",
+                                    "keep_merge", "adakv"])
 def test_cap_holds_after_every_block_and_answer(demo_adapter, policy):
     session = StreamSession(demo_adapter, mem_cap=SMALL_CAP, policy=policy, max_new_tokens=8)
     cap = session.cap_bytes

@@ -251,6 +251,24 @@ def test_settings_apply_on_reset_and_bad_ones_change_nothing(handlers, pool):
     assert tab.session.kv_bits == 8  # a bad width changes nothing
 
 
+@pytest.mark.parametrize("policy", ["keep_merge", "adakv"])
+def test_the_slot_count_policies_apply_from_the_ui_beside_a_tab_of_another(handlers, pool, policy):
+    """The model is shared: one tab on a policy with slot counts, another on tar_van, both answer."""
+    from potwatch.compression.policies.base import policy_names
+
+    assert policy in policy_names()  # what the policy dropdown lists
+    first, second = tab_request("tab-a"), tab_request("tab-b")
+    handlers.load(first)
+    handlers.load(second)
+    outputs = handlers.apply_settings("1MB", policy, 2, first)
+    assert "⚠" not in outputs[0]
+    for request in (first, second):
+        list(handlers.ask("Hello?", request))
+    assert pool.get(first.session_hash).session.policy_name == policy
+    assert pool.get(second.session_hash).session.policy_name == "tar_van"
+    assert pool.get(first.session_hash).stats["turns"] == 1 and pool.get(second.session_hash).stats["turns"] == 1
+
+
 # --- plots ---------------------------------------------------------------------------------------
 def test_memory_plot_draws_use_cap_and_compressions_as_few_artists():
     """Hundreds of compressions are one collection of ticks, not one artist each, so a full history

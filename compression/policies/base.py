@@ -33,6 +33,10 @@ class VisualTokens:
     # Only for policies that ask (`needs_queries`, `token_scores`); None otherwise:
     queries: QueryStats | None = None  # the latest vision block's queries, one row per head as above
     history: torch.Tensor | None = None  # [heads, n] float32, each visual token's running score
+    # Only under per-head budgets (`head_budgets`): [heads, n] bool, False for the holes padding the
+    # rows that keep fewer tokens (frame, row, col -1); they are never kept. None: every entry is a token.
+    valid: torch.Tensor | None = None
+    counts: torch.Tensor | None = None  # [heads, n] float32 slot counts, when the cache keeps them
 
     @property
     def heads(self) -> int:
@@ -68,15 +72,35 @@ class Policy:
     evicts: ClassVar[bool] = True
     needs_queries: ClassVar[bool] = False  # the session captures each vision block's queries for it
     token_scores: ClassVar[bool] = False  # the cache keeps a float32 score per token, layer and head
+    # The cache keeps a count per slot (the tokens it stands for) and attention adds its log to the
+    # slot's logit (models/count_attention.py): for policies that merge tokens, or leave empty slots.
+    slot_counts: ClassVar[bool] = False
+    # Each (layer, KV head) row keeps its own number of visual tokens (`select_budgets`); rows that keep
+    # fewer than the longest are padded with holes. Needs `slot_counts` (a hole counts 0).
+    head_budgets: ClassVar[bool] = False
 
-    def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int) -> None:
+    def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int,
+                visual: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> None:
         """Called after each vision block with its queries, the cache's key rows [heads, N, head_dim] and,
         for `token_scores` policies, the score rows [heads, N] to update in place (the first `length`
-        entries are held, the block's tokens last). Does nothing unless a policy needs it."""
+        entries are held, the block's tokens last); `visual` [heads, length] marks the visual tokens and
+        `counts` [heads, N] are the slot counts (None without them). Does nothing unless a policy needs it."""
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
         """Indices (into `tokens`) to keep per head: LongTensor [heads, keep], ascending in each row."""
         raise NotImplementedError
+
+    def select_budgets(self, tokens: VisualTokens, keep: int, longest: int, kv_heads: int) -> torch.Tensor:
+        """For `head_budgets` policies: which visual tokens each row keeps, bool [heads, n], rows in
+        (layer, KV head) order; each layer's `kv_heads` rows keep heads x `keep` together (fewer only
+        when they hold fewer), no row more than `longest`, and no hole (`tokens.valid` False)."""
+        raise NotImplementedError
+
+    def fold(self, tokens: VisualTokens, chosen: torch.Tensor, counts: torch.Tensor) -> None:
+        """Called between `select` and the compaction for `slot_counts` policies, with the `chosen`
+        indices and the cache's count rows [heads, N]: a merging policy folds the tokens about to be
+        dropped into the chosen ones, writing `tokens.keys`, `tokens.values` (the cache's own rows) and
+        `counts` in place. Does nothing unless a policy merges."""
 
 
 POLICIES: dict[str, type[Policy]] = {}

@@ -39,7 +39,8 @@ class ExpectedAttentionPolicy(Policy):
     def __post_init__(self) -> None:
         check_ratio("recent_ratio", self.recent_ratio)
 
-    def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int) -> None:
+    def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int,
+                visual: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> None:
         """Nothing to keep: the monitor hands the latest block's statistics to `select`."""
 
     def score(self, tokens: VisualTokens) -> torch.Tensor:

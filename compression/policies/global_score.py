@@ -40,7 +40,8 @@ class GlobalScorePolicy(Policy):
         check_ratio("decay", self.decay)
         check_ratio("recent_ratio", self.recent_ratio)
 
-    def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int) -> None:
+    def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int,
+                visual: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> None:
         if scores is not None:
             update_running_scores(scores, keys, length, queries, self.decay)
 

@@ -91,17 +91,24 @@ def frame_ranks(frame: torch.Tensor, newest_first: bool) -> tuple[torch.Tensor, 
     return rank, order, rank[:, -1] + 1
 
 
-def recent_tokens(frame: torch.Tensor, recent_ratio: float, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+def recent_tokens(frame: torch.Tensor, recent_ratio: float, keep: int | torch.Tensor,
+                  valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The recent window: r = max(1, floor(recent_ratio * frames)) newest frames of each head.
 
-    Returns (in_recent: tokens of those frames, kept: the ones that fit in `keep`, newest frame first and
-    within a frame the later cache positions first). Both are bool [H, n]."""
+    Returns (in_recent: tokens of those frames, kept: the ones that fit in `keep` (an int, or one per
+    head [H]), newest frame first and within a frame the later cache positions first). Both are bool
+    [H, n]. Holes (`valid` False, frame -1) sort after every real frame and count as none."""
     heads, n = frame.shape
     rank, order, frames = frame_ranks(frame, newest_first=True)
+    if valid is not None:
+        frames = frames - (~valid).any(dim=1).long()  # the holes' frame -1 is not a frame
     # The small epsilon keeps floor(0.29 * 100) at 29 despite binary rounding.
     r = torch.floor(frames.double() * recent_ratio + 1e-9).long().clamp(min=1)
     in_recent_sorted = rank < r[:, None]
-    fits_sorted = in_recent_sorted & (torch.arange(n, device=frame.device) < keep)
+    if valid is not None:
+        in_recent_sorted &= valid.gather(1, order)
+    limit = keep[:, None] if isinstance(keep, torch.Tensor) else keep
+    fits_sorted = in_recent_sorted & (torch.arange(n, device=frame.device) < limit)
     in_recent = torch.zeros_like(in_recent_sorted).scatter(1, order, in_recent_sorted)
     kept = torch.zeros_like(fits_sorted).scatter(1, order, fits_sorted)
     return in_recent, kept
@@ -230,22 +237,31 @@ def evenly_spaced(group: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 
 def infinipot_score(
-    tokens: VisualTokens, keep: int, alpha: float, recent_ratio: float, pool_kernel: int
+    tokens: VisualTokens, keep: int | torch.Tensor, alpha: float, recent_ratio: float, pool_kernel: int,
+    van_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The InfiniPot-V ranking (Algorithm 1): recent frames and the TaR picks get +inf, everything else
-    its (pooled) VaN; the top `keep` of this score is the kept set. alpha=1 is TaR alone, alpha=0 VaN
-    with the recent frames."""
-    in_recent, recent_kept = recent_tokens(tokens.frame, recent_ratio, keep)
+    its (pooled) VaN, times `van_weight` [H, n] when given; the top `keep` of this score is the kept set.
+    alpha=1 is TaR alone, alpha=0 VaN with the recent frames. `keep` may differ per head ([H], per-head
+    budgets); holes get -inf."""
+    valid = tokens.valid
+    in_recent, recent_kept = recent_tokens(tokens.frame, recent_ratio, keep, valid)
     forced = recent_kept
-    older = ~in_recent
-    n_tar = (int(alpha * keep + 0.5) - recent_kept.sum(dim=1)).clamp(min=0)  # alpha*keep rounded half up
+    older = ~in_recent if valid is None else valid & ~in_recent
+    if isinstance(keep, torch.Tensor):
+        wanted = torch.floor(alpha * keep.double() + 0.5).long()
+    else:
+        wanted = int(alpha * keep + 0.5)
+    n_tar = (wanted - recent_kept.sum(dim=1)).clamp(min=0)  # alpha*keep rounded half up
     if alpha > 0 and bool((n_tar > 0).any()):
         tar = tar_scores(tokens, in_recent)
         forced = forced | pick_ranked(tar, older, n_tar)
     if alpha < 1:
-        van = pool_per_frame(tokens.value_norms(), tokens.frame, tokens.row, tokens.col, pool_kernel)
+        norms = tokens.value_norms() if van_weight is None else tokens.value_norms() * van_weight
+        van = pool_per_frame(norms, tokens.frame, tokens.row, tokens.col, pool_kernel)
     else:
         van = torch.zeros(tokens.frame.shape, device=tokens.device)
     score = van.masked_fill(forced, float("inf"))
-    # Recent tokens that did not fit must not come back through VaN.
-    return score.masked_fill(in_recent & ~recent_kept, float("-inf"))
+    # Recent tokens that did not fit must not come back through VaN; holes never come back.
+    score = score.masked_fill(in_recent & ~recent_kept, float("-inf"))
+    return score if valid is None else score.masked_fill(~valid, float("-inf"))

@@ -77,7 +77,8 @@ def test_asking_while_feeding_hundreds_of_times_keeps_the_cache_whole(demo_adapt
     stats = session.stats()
     assert stats["frames_seen"] == feeds and stats["turns"] == asks == len(answers)
     assert stats["compressions"] > 10, "the cap never made the threads compress under each other"
-    assert any(event["reason"] == "dialogue" for event in stats["recent_events"]), "old turns never dropped"
+    # the whole history, not the last 20 events: a feeder that outlasts the asker fills those with visual passes
+    assert any(event.reason == "dialogue" for event in session.monitor.events), "old turns never dropped"
     assert [answer.question for answer in answers] == [f"question {step}?" for step in range(asks)]
     assert stats_reads > 0
 

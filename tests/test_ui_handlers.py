@@ -260,7 +260,8 @@ def test_the_slot_count_policies_apply_from_the_ui_beside_a_tab_of_another(handl
     first, second = tab_request("tab-a"), tab_request("tab-b")
     handlers.load(first)
     handlers.load(second)
-    outputs = handlers.apply_settings("1MB", policy, 2, first)
+    assert "needs --kv-bits 16" in handlers.apply_settings("1MB", policy, 2, 8, first)[0]  # per-head slots: 16 bits
+    outputs = handlers.apply_settings("1MB", policy, 2, 16, first)
     assert "⚠" not in outputs[0]
     for request in (first, second):
         list(handlers.ask("Hello?", request))

@@ -99,3 +99,13 @@ def test_watch_with_quantised_kv_holds_more_frames_under_the_same_cap():
         assert runs[bits]["kv_bits"] == int(bits) and runs[bits]["peak_under_cap"]
     assert runs["4"]["capacity_tokens"] > runs["16"]["capacity_tokens"]
     assert runs["4"]["compressions"] < runs["16"]["compressions"]
+
+
+@pytest.mark.parametrize("policy", ["keep_merge", "adakv"])
+def test_watch_with_a_slot_count_policy_stays_under_the_cap(policy):
+    run = potwatch("watch", str(DEMO_VIDEO), "--model", "demo", "--policy", policy, "--mem-cap", "400kB",
+                   "--ask", "What happened?", "--max-new-tokens", "4", "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["policy"] == policy and summary["compressions"] > 0
+    assert summary["peak_cache_bytes"] <= 400_000 and summary["allocated_cache_bytes"] <= 400_000

@@ -234,18 +234,6 @@ def test_counts_move_with_their_tokens_when_the_cache_compacts():
     assert bool((counts[:3, 12:14] == 1).all()), "a slot written again counts one"
 
 
-def test_cli_watches_with_keep_merge():
-    import json
-
-    from tests.test_cli import DEMO_VIDEO, potwatch
-
-    run = potwatch("watch", str(DEMO_VIDEO), "--model", "demo", "--policy", "keep_merge", "--mem-cap", "400kB",
-                   "--ask", "What happened?", "--max-new-tokens", "4", "--json")
-    assert run.returncode == 0, run.stderr
-    summary = json.loads(run.stdout)
-    assert summary["policy"] == "keep_merge" and summary["compressions"] > 0
-    assert summary["peak_cache_bytes"] <= 400_000 and summary["allocated_cache_bytes"] <= 400_000
-
 
 def test_patch_search_finds_what_a_loop_over_candidates_finds():
     from potwatch.compression.merging import _nearest_same_patch

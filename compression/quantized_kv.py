@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from potwatch.errors import UserError
 from potwatch.kernels import kv_quant
 from potwatch.kernels.triton_dispatch import triton_ready
 
@@ -23,8 +24,6 @@ DEQUANT_CHUNK_TOKENS = 4096  # bounds the float32 temporaries of one dequantisat
 
 def check_kv_bits(bits, capped: bool) -> int:
     """`bits` as 16, 8 or 4, or a UserError saying what to pass."""
-    from potwatch.errors import UserError
-
     try:
         value = int(bits)
     except (TypeError, ValueError):
@@ -40,8 +39,6 @@ def check_kv_bits(bits, capped: bool) -> int:
 def check_policy_width(policy, bits: int) -> None:
     """A quantised cache keeps the same tokens in every head of a layer; a policy that keeps per-head
     slots (merging's counts, per-head budgets' holes) cannot work on it."""
-    from potwatch.errors import UserError
-
     if bits != 16 and policy.slot_counts:
         raise UserError(
             f"Policy '{policy.name}' needs --kv-bits 16: a quantised cache keeps the same tokens in every head of a "

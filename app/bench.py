@@ -16,7 +16,7 @@ from potwatch.errors import UserError
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a few hundred frames instead of 2,000 (under 3 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="a few hundred frames instead of 2,000 (under 5 minutes on 2 cores)")
     parser.add_argument("--out", default="benchmarks/results", help="folder for JSON, plots and the table (default benchmarks/results)")
     parser.add_argument("--model", default=None, help="model to stream through (default demo-2b for the benchmark, demo for --accuracy)")
     parser.add_argument("--mem-cap", default=None, help="the cap every capped configuration shares (default 80MB; for --accuracy 1GB)")

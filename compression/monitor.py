@@ -194,16 +194,15 @@ class CompressionMonitor:
         """For a quantised cache (every head of a layer holds the same tokens): the policy chooses per head
         from that layer's decoded K/V, and the `keep` tokens most heads chose stay in all of them (the
         newer one on a tie). Returns indices into the visual tokens [layers * heads, keep], ascending."""
+        count = visual_at.shape[1]
+        order = torch.arange(count, device=visual_at.device)
         chosen = torch.empty((visual_at.shape[0], keep), dtype=torch.long, device=visual_at.device)
         for rows, layer in self._layer_rows():
             keys, values = (t[0] for t in layer.dequantized())
             picks = self.policy.select(self._visual_tokens(visual_at[rows], rows, keys, values), keep)
-            count = visual_at.shape[1]
-            votes = torch.zeros(count, dtype=torch.long, device=picks.device)
-            votes.index_add_(0, picks.reshape(-1), torch.ones(picks.numel(), dtype=torch.long, device=picks.device))
-            rank = votes * count + torch.arange(count, device=votes.device)  # unique; ties go to the newer token
-            shared = torch.topk(rank, keep, sorted=False).indices.sort().values
-            chosen[rows] = shared
+            votes = torch.bincount(picks.reshape(-1), minlength=count)
+            rank = votes * count + order  # unique; ties go to the newer token
+            chosen[rows] = torch.topk(rank, keep, sorted=False).indices.sort().values
         return chosen
 
     def _compact(self, reason: str, keep_rows) -> CompressionEvent:

@@ -101,8 +101,8 @@ def test_watch_with_quantised_kv_holds_more_frames_under_the_same_cap():
     assert runs["4"]["compressions"] < runs["16"]["compressions"]
 
 
-@pytest.mark.parametrize("policy", ["keep_merge", "adakv"])
-def test_watch_with_a_slot_count_policy_stays_under_the_cap(policy):
+@pytest.mark.parametrize("policy", ["expected_attention", "global_score", "keep_merge", "adakv"])
+def test_watch_with_an_attention_or_slot_count_policy_stays_under_the_cap(policy):
     run = potwatch("watch", str(DEMO_VIDEO), "--model", "demo", "--policy", policy, "--mem-cap", "400kB",
                    "--ask", "What happened?", "--max-new-tokens", "4", "--json")
     assert run.returncode == 0, run.stderr

@@ -12,6 +12,7 @@ from potwatch.compression.policies.selection import (
     pool_per_frame,
     recent_tokens,
     tar_scores,
+    top_indices,
 )
 from potwatch.errors import PolicyOptionError, UnknownPolicyError
 from tests.query_fixtures import with_queries
@@ -187,13 +188,13 @@ def test_van_keeps_largest_value_norms_after_recent_frames():
     n = tokens.count
     norms = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(s)).float() + 1 for s in (0, 1)])
     tokens.values = F.normalize(tokens.values, dim=-1) * norms[..., None]
-    keep = 16 + 10
+    keep = 16 + 16  # the window (one frame) fits in its share, half the budget
     index = make_policy("van").select(tokens, keep)
     for h in range(2):
         older = tokens.frame[h] != 7
         expected = set(torch.nonzero(~older).flatten().tolist())
         older_norms = torch.where(older, norms[h], torch.tensor(-1.0))
-        expected |= set(torch.topk(older_norms, 10).indices.tolist())
+        expected |= set(torch.topk(older_norms, 16).indices.tolist())
         assert set(index[h].tolist()) == expected
 
 
@@ -216,13 +217,12 @@ def spike_and_cluster() -> VisualTokens:
 
 def test_van_pooling_prefers_a_cluster_over_a_lone_spike():
     tokens = spike_and_cluster()
-    keep = 25 + 1  # the recent frame and one old token
-    plain = make_policy("van").select(tokens, keep)
-    pooled = make_policy("van", pool_kernel=3).select(tokens, keep)
-    old_plain = [i for i in plain[0].tolist() if i < 25]
-    old_pooled = [i for i in pooled[0].tolist() if i < 25]
-    assert old_plain == [0]  # the spike (0, 0)
-    assert old_pooled == [3 * 5 + 3]  # the block centre (3, 3): mean 3 beats the spike's (10 + 0.3) / 4
+    # One token kept by VaN alone (tar_van with alpha 0 has no recent window; van's window would take
+    # half of any budget this small).
+    plain = make_policy("tar_van", alpha=0.0).select(tokens, 1)
+    pooled = make_policy("tar_van", alpha=0.0, pool_kernel=3).select(tokens, 1)
+    assert plain.tolist() == [[0]]  # the spike (0, 0)
+    assert pooled.tolist() == [[3 * 5 + 3]]  # the block centre (3, 3): mean 3 beats the spike's (10 + 0.3) / 4
 
 
 def test_masked_pooling_ignores_missing_tokens():
@@ -287,12 +287,14 @@ def test_tar_van_keeps_recent_frames_tar_picks_and_exact_count():
             assert f * GRID * GRID + r * GRID + c in chosen
 
 
-def test_tar_van_alpha_zero_is_van_and_alpha_one_is_tar():
+def test_tar_van_alpha_zero_is_van_alone_and_alpha_one_is_tar():
+    """The recent window lives in TaR's share, so alpha 0 leaves it none: VaN alone, no window."""
     tokens = grid_tokens(16, 2, CHANGED, seed=6, noise=0.01)
     for keep in (20, 50, 100, 200):
         for kernel in (1, 3):
+            van = pool_per_frame(tokens.value_norms(), tokens.frame, tokens.row, tokens.col, kernel)
             assert torch.equal(make_policy("tar_van", alpha=0.0, pool_kernel=kernel).select(tokens, keep),
-                               make_policy("van", pool_kernel=kernel).select(tokens, keep))
+                               top_indices(van, keep))
         assert torch.equal(make_policy("tar_van", alpha=1.0).select(tokens, keep),
                            make_policy("tar").select(tokens, keep))
     # And alpha matters once its share exceeds the recent window (round(0.5 * 100) - 32 = 18 TaR picks).
@@ -300,18 +302,21 @@ def test_tar_van_alpha_zero_is_van_and_alpha_one_is_tar():
                            make_policy("tar_van").select(tokens, 100))
 
 
-def test_recent_window_larger_than_budget_keeps_the_newest_that_fit():
+def test_recent_window_larger_than_its_share_keeps_the_newest_that_fit():
     tokens = grid_tokens(16, 2, {})  # recent = frames 14 and 15, 32 tokens
-    for name in ("tar_van", "tar", "van"):
+    index = make_policy("tar").select(tokens, 20)  # TaR's share is the whole budget
+    assert_valid(index, 2, tokens.count, 20)
+    frames = tokens.frame.gather(1, index)
+    assert int((frames == 15).sum(dim=1).min()) == 16  # newest frame whole
+    assert bool((frames >= 14).all())
+    for name in ("tar_van", "van"):  # the window's share is half the budget: the 10 newest tokens
         index = make_policy(name).select(tokens, 20)
         assert_valid(index, 2, tokens.count, 20)
-        frames = tokens.frame.gather(1, index)
-        assert int((frames == 15).sum(dim=1).min()) == 16  # newest frame whole
-        assert bool((frames >= 14).all())
+        assert bool(torch.isin(torch.arange(246, 256), index).all())
 
 
 def test_recent_window_counts_frames_per_head():
-    # Head 0 holds 8 frames, head 1 holds 16 frames (same token count): r is 1 and 2 frames.
+    # Head 0 holds 8 frames, head 1 holds 16 frames (same token count, whole frames): r is 1 and 2 frames.
     frame = torch.stack([torch.arange(8).repeat_interleave(4), torch.arange(16).repeat_interleave(2)])
     in_recent, kept = recent_tokens(frame, 0.125, keep=100)
     assert in_recent[0].sum() == 4 and bool(in_recent[0, -4:].all())
@@ -319,6 +324,16 @@ def test_recent_window_counts_frames_per_head():
     assert torch.equal(in_recent, kept)
     _, kept = recent_tokens(frame, 0.125, keep=3)
     assert torch.equal(kept.sum(dim=1), torch.tensor([3, 3]))
+
+
+def test_recent_window_counts_thinned_frames_as_frame_equivalents():
+    """4 whole frames of 4 tokens after 28 old frames thinned to one token each: 44 tokens are 11
+    frames' worth, so r = floor(0.125 * 11) = 1 frame, not floor(0.125 * 32 frames held) = 4."""
+    frame = torch.cat([torch.arange(28), torch.arange(28, 32).repeat_interleave(4)])[None]
+    in_recent, _ = recent_tokens(frame, 0.125, keep=100)
+    assert torch.equal(in_recent[0], frame[0] == 31)
+    in_recent, _ = recent_tokens(frame, 0.5, keep=100)  # floor(0.5 * 11) = 5 frames
+    assert torch.equal(in_recent[0], frame[0] >= 27)
 
 
 def test_bad_options_are_rejected():

@@ -27,7 +27,7 @@ class ExpectedAttentionPolicy(Policy):
     times |v| it is the expected contribution of the token to the attention output. Ranked in log space
     (softmax's normaliser is the same for every token of a head, so it does not change the order).
 
-    The r = max(1, floor(recent_ratio * frames)) newest frames are kept whole first, as in tar_van.
+    The recent window is kept first, as in tar_van (`recent_tokens`), up to half the budget.
     Before any block's queries were seen (or with use_variance=False and a zero mean) it is VaN."""
 
     name: ClassVar[str] = "expected_attention"

@@ -25,9 +25,9 @@ class GlobalScorePolicy(Policy):
     """Each cached token carries a running score per layer and KV head. After every vision block a few
     of its queries (evenly spaced, query heads of a KV group averaged, after RoPE) attend over the
     cache as the model's causal attention would; a token's new score is its mean attention weight over
-    those queries, and score = decay * old + new. Eviction keeps the r newest frames whole (as tar_van)
-    and then the highest scores. The scores live in the cache beside K and V and move with them on
-    every compaction; their bytes count against the cap."""
+    those queries, and score = decay * old + new. Eviction keeps the r newest frames whole (as tar_van,
+    up to half the budget) and then the highest scores. The scores live in the cache beside K and V and
+    move with them on every compaction; their bytes count against the cap."""
 
     name: ClassVar[str] = "global_score"
     needs_queries: ClassVar[bool] = True

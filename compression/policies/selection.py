@@ -23,6 +23,10 @@ NOVEL_SCORE = 1.0
 # enough to stay in the CPU's cache between the lookup and the dot products.
 TAR_LOOKUP_BYTES = 1 << 20
 
+# Most of a budget the recent window may take in the policies that have no TaR share of their own (van,
+# expected_attention, global_score): its share in tar_van at the paper's alpha.
+RECENT_SHARE = 0.5
+
 
 def check_ratio(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
@@ -91,22 +95,41 @@ def frame_ranks(frame: torch.Tensor, newest_first: bool) -> tuple[torch.Tensor, 
     return rank, order, rank[:, -1] + 1
 
 
+def tar_share(keep: int | torch.Tensor, alpha: float) -> int | torch.Tensor:
+    """TaR's share of a budget `keep` (an int, or one per head [H]), the recent window included, rounded
+    as the paper's code rounds it: VaN gets round((1 - alpha) * keep), half to even (Python's and torch's
+    round), and TaR the rest. That is round(alpha * keep) except at exact halves, where it is whichever
+    of the two neighbours leaves VaN an even count."""
+    if isinstance(keep, torch.Tensor):
+        return keep - torch.round((1 - alpha) * keep.double()).long()
+    return keep - round((1 - alpha) * keep)
+
+
 def recent_tokens(frame: torch.Tensor, recent_ratio: float, keep: int | torch.Tensor,
                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The recent window: r = max(1, floor(recent_ratio * frames)) newest frames of each head.
+    """The recent window: the r newest frames of each head, r = max(1, floor(recent_ratio * held / p)),
+    where held is the head's token count and p the most tokens any one of its frames holds.
+
+    The window is measured in frame-equivalents, as the paper's code does (tokens held / tokens per
+    frame), not in distinct frames: after a few cuts every old frame keeps a token or two, and counting
+    those as frames grew the window until it took TaR's whole share (issue 12). p is the largest frame
+    held because the newest frames arrive whole and the window keeps them whole, so it needs no grid
+    size from outside; with frames of several sizes the largest gives the smaller window. Rounding
+    differs from the paper's code, int(ratio * (held // p)), in two small ways: held need not be whole
+    frames here, so the product is floored once; and floor() gets a 1e-9 nudge so floor(0.29 * 100)
+    stays 29 despite binary rounding. At the code's own ratios (0.125, 0.25) and whole frames both give
+    the code's r; the code has no max(1, ...), which the window needs when fewer than 1/ratio frames are held.
 
     Returns (in_recent: tokens of those frames, kept: the ones that fit in `keep` (an int, or one per
-    head [H]), newest frame first and within a frame the later cache positions first). Both are bool
-    [H, n]. Holes (`valid` False, frame -1) sort after every real frame and count as none."""
+    head [H]): the window's share of the budget, newest frame first and within a frame the later cache
+    positions first). Both are bool [H, n]. Holes (`valid` False, frame -1) are in no frame."""
     heads, n = frame.shape
-    rank, order, frames = frame_ranks(frame, newest_first=True)
-    if valid is not None:
-        frames = frames - (~valid).any(dim=1).long()  # the holes' frame -1 is not a frame
-    # The small epsilon keeps floor(0.29 * 100) at 29 despite binary rounding.
-    r = torch.floor(frames.double() * recent_ratio + 1e-9).long().clamp(min=1)
-    in_recent_sorted = rank < r[:, None]
-    if valid is not None:
-        in_recent_sorted &= valid.gather(1, order)
+    rank, order, _ = frame_ranks(frame, newest_first=True)
+    real = torch.ones_like(rank, dtype=torch.bool) if valid is None else valid.gather(1, order)
+    per_frame = torch.zeros_like(rank).scatter_add_(1, rank, real.long()).amax(dim=1).clamp(min=1)
+    held = real.sum(dim=1)
+    r = torch.floor(held.double() * recent_ratio / per_frame.double() + 1e-9).long().clamp(min=1)
+    in_recent_sorted = (rank < r[:, None]) & real
     limit = keep[:, None] if isinstance(keep, torch.Tensor) else keep
     fits_sorted = in_recent_sorted & (torch.arange(n, device=frame.device) < limit)
     in_recent = torch.zeros_like(in_recent_sorted).scatter(1, order, in_recent_sorted)
@@ -238,21 +261,22 @@ def evenly_spaced(group: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 def infinipot_score(
     tokens: VisualTokens, keep: int | torch.Tensor, alpha: float, recent_ratio: float, pool_kernel: int,
-    van_weight: torch.Tensor | None = None,
+    van_weight: torch.Tensor | None = None, window_share: float | None = None,
 ) -> torch.Tensor:
-    """The InfiniPot-V ranking (Algorithm 1): recent frames and the TaR picks get +inf, everything else
-    its (pooled) VaN, times `van_weight` [H, n] when given; the top `keep` of this score is the kept set.
-    alpha=1 is TaR alone, alpha=0 VaN with the recent frames. `keep` may differ per head ([H], per-head
-    budgets); holes get -inf."""
+    """The InfiniPot-V ranking (Algorithm 1): the recent window and the TaR picks get +inf, everything
+    else its (pooled) VaN, times `van_weight` [H, n] when given; the top `keep` of this score is the kept
+    set. `keep` may differ per head ([H], per-head budgets); holes get -inf.
+
+    The window lives inside TaR's share (`tar_share(keep, alpha)`), as in Algorithm 1, and never takes
+    more than that share (`window_share` instead of alpha, when given): at a tight budget a window larger
+    than its share keeps its newest tokens up to the share, and the rest of the window competes with the
+    older tokens on VaN like any token (alpha=0 is then VaN alone, not "the newest frames are banned").
+    alpha=1 is TaR alone."""
     valid = tokens.valid
-    in_recent, recent_kept = recent_tokens(tokens.frame, recent_ratio, keep, valid)
-    forced = recent_kept
+    share = tar_share(keep, alpha if window_share is None else window_share)
+    in_recent, forced = recent_tokens(tokens.frame, recent_ratio, share, valid)
     older = ~in_recent if valid is None else valid & ~in_recent
-    if isinstance(keep, torch.Tensor):
-        wanted = torch.floor(alpha * keep.double() + 0.5).long()
-    else:
-        wanted = int(alpha * keep + 0.5)
-    n_tar = (wanted - recent_kept.sum(dim=1)).clamp(min=0)  # alpha*keep rounded half up
+    n_tar = (tar_share(keep, alpha) - forced.sum(dim=1)).clamp(min=0)
     if alpha > 0 and bool((n_tar > 0).any()):
         tar = tar_scores(tokens, in_recent)
         forced = forced | pick_ranked(tar, older, n_tar)
@@ -262,6 +286,4 @@ def infinipot_score(
     else:
         van = torch.zeros(tokens.frame.shape, device=tokens.device)
     score = van.masked_fill(forced, float("inf"))
-    # Recent tokens that did not fit must not come back through VaN; holes never come back.
-    score = score.masked_fill(in_recent & ~recent_kept, float("-inf"))
     return score if valid is None else score.masked_fill(~valid, float("-inf"))

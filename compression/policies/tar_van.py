@@ -20,9 +20,11 @@ from potwatch.compression.policies.selection import (
 @register
 @dataclass
 class TarVanPolicy(Policy):
-    """Keep the r = max(1, floor(recent_ratio * frames)) newest frames whole; TaR picks
-    round(alpha * keep) minus those from the older tokens (patch-aligned key novelty against the recent
-    frames); VaN (value norm, pooled per frame grid when pool_kernel > 1) fills the rest.
+    """Keep the r newest frames whole, r = max(1, floor(recent_ratio * frames' worth of tokens held))
+    (`recent_tokens`); TaR picks its share of keep (about alpha * keep, `tar_share`) minus those from
+    the older tokens (patch-aligned key novelty against the recent frames); VaN (value norm, pooled per
+    frame grid when pool_kernel > 1) fills the rest. The window lives in TaR's share and never takes
+    more than that share: at a tight budget it keeps its newest tokens up to the share.
 
     Paper defaults: alpha 0.5, recent_ratio 0.125, no pooling (the paper's per-layer kernels come from
     thresholds it does not publish)."""

@@ -9,6 +9,7 @@ import torch
 
 from potwatch.compression.policies.base import Policy, VisualTokens, register
 from potwatch.compression.policies.selection import (
+    RECENT_SHARE,
     check_kernel,
     check_ratio,
     infinipot_score,
@@ -21,8 +22,9 @@ from potwatch.compression.policies.selection import (
 @dataclass
 class VanPolicy(Policy):
     """Keep the recent frames whole, then the tokens with the largest value norm (optionally pooled per
-    frame grid). The recent frames stay forced in, as in the paper's Algorithm 1 with alpha = 0, so the
-    ablation differs from `tar_van` only in the TaR share; a stream must always see its newest frames."""
+    frame grid). The recent frames stay forced in, up to the share they have in default tar_van
+    (RECENT_SHARE of the budget), so the ablation differs from `tar_van` only in TaR's picks; a stream
+    must always see its newest frames. (tar_van with alpha=0 has no window: VaN alone.)"""
 
     name: ClassVar[str] = "van"
 
@@ -35,7 +37,8 @@ class VanPolicy(Policy):
 
     def score(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
         """Ranking [heads, n] whose top `keep` is the kept set: +inf for recent tokens, else (pooled) VaN."""
-        return infinipot_score(tokens, keep, alpha=0.0, recent_ratio=self.recent_ratio, pool_kernel=self.pool_kernel)
+        return infinipot_score(tokens, keep, alpha=0.0, recent_ratio=self.recent_ratio, pool_kernel=self.pool_kernel,
+                               window_share=RECENT_SHARE)
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
         done = trivial_selection(tokens.heads, tokens.count, keep, tokens.device)

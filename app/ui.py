@@ -47,7 +47,7 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
     adapter = pool.adapter
     settings = pool.settings
     with gr.Blocks(title="potwatch", delete_cache=(600, 1800)) as app:
-        gr.Markdown(header(adapter.name, adapter.is_demo, pool.max_sessions))
+        gr.Markdown(header(adapter.name, adapter.is_demo, pool.max_sessions, adapter.label))
         status = gr.Markdown("starting…", elem_id="status")
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):

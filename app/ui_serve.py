@@ -21,7 +21,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     from potwatch.compression.policies.base import policy_names
     from potwatch.models.registry import demo_names
 
-    parser.add_argument("--model", default="demo", help=f"a demo model ({', '.join(demo_names())}), a hub id or a local folder; one for the whole server (default demo)")
+    parser.add_argument("--model", default="tiny", help=f"tiny (the small trained model potwatch ships), a demo model ({', '.join(demo_names())}), a hub id or a local folder; one for the whole server (default tiny)")
     parser.add_argument("--mem-cap", default="1GB", help="each session's default cap on the KV cache, e.g. 1GB or 400kB; users can change it per tab (default 1GB)")
     parser.add_argument("--policy", default="tar_van", help=f"each session's default compression policy: {', '.join(policy_names())} (default tar_van)")
     parser.add_argument("--kv-bits", default="16", metavar="16|8|4", help="each session's default bits per cached key or value: 16, 8 or 4 (quantised: the same cap holds more tokens); users can change it per tab (default 16)")

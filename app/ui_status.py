@@ -97,8 +97,10 @@ def answer_message(answer: Answer) -> str:
     )
 
 
-def header(model_name: str, is_demo: bool, max_sessions: int) -> str:
+def header(model_name: str, is_demo: bool, max_sessions: int, label: str | None = None) -> str:
     demo = ", a demo model with random weights: **its answers are meaningless**" if is_demo else ""
+    if label and not is_demo:
+        demo = f" ({label})"
     return (
         f"# potwatch\nWatching with **{model_name}**{demo}. Each browser tab has its own session and KV cache "
         f"(at most {max_sessions} at once); old visual tokens are compressed to keep the cache under its cap."

@@ -89,6 +89,8 @@ class WatchRun:
         session = self.session
         if session.adapter.is_demo:
             self._say("potwatch: demo model with random weights: every answer is meaningless")
+        if session.adapter.label:
+            self._say(f"potwatch: model {session.adapter.label}")
         self._say(f"potwatch: mem-cap {session.describe_cap()}")
         if self.args.interactive:
             threading.Thread(target=self._read_stdin, daemon=True).start()

@@ -36,6 +36,7 @@ class ModelAdapter(ABC):
     device: torch.device
     dtype: torch.dtype
     frames_per_group: int  # raw frames the vision tower folds into one temporal group
+    label: str | None = None  # what a potwatch-trained model knows (shown beside it); None for others
 
     @abstractmethod
     def geometry(self) -> KVGeometry: ...

@@ -1,4 +1,4 @@
-"""Model names users can give: demo models by name, or any checkpoint of a supported family (Qwen2-VL,
+"""Model names users can give: `tiny` (the small model potwatch trains and ships), demo models by name, or any checkpoint of a supported family (Qwen2-VL,
 Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, SmolVLM2) by hub id or local folder, loaded with `from_pretrained`
 (offline works from the local cache). The family comes from the config's `model_type`."""
 
@@ -24,6 +24,9 @@ from potwatch.models.llava_onevision import LlavaOnevisionAdapter
 from potwatch.models.qwen3_vl import Qwen3VLAdapter
 from potwatch.models.qwen_vl import QwenVLAdapter
 from potwatch.models.smolvlm import SmolVLMAdapter
+from potwatch.models.tiny_build import TINY_MARK
+
+TINY_NAME = "tiny"  # the trained model shipped as package data (assets/tiny)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,9 @@ def _adapter_for(model, tokenizer, settings: dict, name: str, is_demo: bool,
     if family == "smolvlm":
         return SmolVLMAdapter(model, tokenizer, smolvlm_processor(settings, config), name, is_demo)
     real_default = QWEN3_FRAME_MAX_PIXELS if family == "qwen3_vl" else DEFAULT_FRAME_MAX_PIXELS
-    max_pixels = frame_max_pixels or (DEMO_MAX_PIXELS if is_demo else real_default)
+    # a checkpoint that asks for smaller frames than potwatch's default (the trained `tiny`) gets them
+    own_limit = int(settings.get("max_pixels", real_default))
+    max_pixels = frame_max_pixels or (DEMO_MAX_PIXELS if is_demo else min(real_default, own_limit))
     adapter_class = Qwen3VLAdapter if family == "qwen3_vl" else QwenVLAdapter
     return adapter_class(model, tokenizer, qwen_processor(settings, config, max_pixels), name, is_demo)
 
@@ -114,9 +119,18 @@ def _read_preprocessor_config(source: str) -> dict:
         return json.load(handle)
 
 
-def load_model(name: str = "demo", dtype: str | torch.dtype | None = None, device: str | None = None,
+def tiny_folder() -> Path:
+    """Where the trained `tiny` checkpoint lies: package data, so a checkout and an installed wheel
+    both find it, from any working folder."""
+    from importlib.resources import files
+
+    return Path(str(files("potwatch.assets") / TINY_NAME))
+
+
+def load_model(name: str = TINY_NAME, dtype: str | torch.dtype | None = None, device: str | None = None,
                frame_max_pixels: int | None = None, trust_remote_code: bool = False) -> ModelAdapter:
-    """An adapter for `name`: a demo name (see `demo_names()`), a hub id or a local folder.
+    """An adapter for `name`: `tiny` (the trained model potwatch ships), a demo name (see
+    `demo_names()`), a hub id or a local folder.
 
     `frame_max_pixels` bounds Qwen's per-frame resolution; the other families have a fixed frame size."""
     target = resolve_device(device)
@@ -124,10 +138,18 @@ def load_model(name: str = "demo", dtype: str | torch.dtype | None = None, devic
         model, tokenizer = build_demo(name)
         model = model.to(target, resolve_dtype(dtype, target, None))
         return _adapter_for(model, tokenizer, {}, name, True, frame_max_pixels)
+    if name == TINY_NAME and not Path(name).exists():
+        folder = tiny_folder()
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(
+                f"The trained tiny model is missing from this install ({folder}); reinstall potwatch, or train it "
+                "with training/train_tiny.py."
+            )
+        return _load_pretrained(str(folder), dtype, target, frame_max_pixels, trust_remote_code, label_name=TINY_NAME)
     return _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code)
 
 
-def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code) -> ModelAdapter:
+def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code, label_name: str | None = None) -> ModelAdapter:
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
@@ -166,7 +188,10 @@ def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code) -
     model.eval()
     is_demo = bool(getattr(config, DEMO_MARK, None))
     log.info("loaded %s (%s) on %s as %s", name, config.model_type, target, chosen)
-    return _adapter_for(model, tokenizer, _read_preprocessor_config(name), name, is_demo, frame_max_pixels)
+    adapter = _adapter_for(model, tokenizer, _read_preprocessor_config(name), label_name or name, is_demo,
+                           frame_max_pixels)
+    adapter.label = getattr(config, TINY_MARK, None)  # what a potwatch-trained model knows, said beside it
+    return adapter
 
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",

@@ -1,0 +1,233 @@
+"""Train the `tiny` model on the synthetic world and save it as an ordinary checkpoint folder.
+
+    OMP_NUM_THREADS=1 .venv/bin/python training/train_tiny.py --out assets/tiny --steps 3000 --seed 0
+
+Reproducible from the seed (with the same thread count). Trains with the full cache only, on streams
+of 4-96 s with 0-3 events anywhere in them, one to three questions at the end, mixed free text and
+multiple choice from the first step. Writes to `--out`: the checkpoint (config.json,
+model.safetensors, tokenizer files with the chat template, preprocessor_config.json),
+`training_curve.png` and `training.json` (loss, held-out letter accuracy during training, and the
+held-out accuracy of a full-cache `StreamSession` at the end). Held-out streams come from seed
+`--seed + 10_000`; `potwatch make-qa` sets use their own seeds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from potwatch.models.family_processors import qwen_processor
+from potwatch.models.qwen_vl import DEFAULT_SYSTEM_PROMPT, QwenVLAdapter
+from potwatch.models.tiny_build import TINY_MAX_PIXELS, preprocessor_config, tiny_config, train_tokenizer
+from potwatch.streaming.synthetic_world import random_stream, render_sampled
+from potwatch.streaming.world_questions import questions_for
+from world_samples import IGNORE, build_sample, collate, pick_turns, turn_text
+
+SIZES = ((224, 168), (320, 240), (256, 144))  # render sizes (4:3 twice as often as 16:9)
+
+
+def world_texts(seed: int, streams: int = 3000) -> list[str]:
+    """Everything the model will read or write: the system prompt, questions, answers, choice prompts."""
+    rng = random.Random(seed)
+    texts = [DEFAULT_SYSTEM_PROMPT]
+    for _ in range(streams):
+        for question in questions_for(random_stream(rng), rng):
+            texts += [turn_text(question, False)[0], question.answer, turn_text(question, True)[0]]
+    return texts
+
+
+def new_model(seed: int, out: Path):
+    tokenizer = train_tokenizer(world_texts(seed))
+    config = tiny_config(tokenizer)
+    from transformers import Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    processor = qwen_processor(preprocessor_config(), config, TINY_MAX_PIXELS)
+    return QwenVLAdapter(model, tokenizer, processor, name=str(out), is_demo=False)
+
+
+def plan_batch(tokens_per_group, rng: random.Random, tokens_per_step: int) -> list[tuple[list, list]]:
+    """(frames, turns) of streams of one length (log-uniform 4-96 s), as many as fit `tokens_per_step`."""
+    stream = random_stream(rng)
+    seconds = stream.seconds
+    size = rng.choice(SIZES[:2] * 2 + SIZES[2:])
+    per_stream = int(seconds) * tokens_per_group(size[1], size[0]) + 120
+    count = max(2, min(32, tokens_per_step // per_stream))
+    plans = []
+    for index in range(count):
+        if index:
+            stream = random_stream(rng, seconds=seconds)
+        plans.append((render_sampled(stream, size), pick_turns(questions_for(stream, rng), rng)))
+    return plans
+
+
+class WorldBatches(torch.utils.data.IterableDataset):
+    """Endless training batches, rendered in a worker process beside the training loop. The vision
+    tower and the embeddings are trained, so a batch carries frames and texts, not embeddings."""
+
+    def __init__(self, tokens_per_group, seed: int, tokens_per_step: int):
+        self.tokens_per_group, self.seed, self.tokens_per_step = tokens_per_group, seed, tokens_per_step
+
+    def __iter__(self):
+        torch.set_num_threads(1)
+        rng = random.Random(self.seed)
+        while True:
+            yield plan_batch(self.tokens_per_group, rng, self.tokens_per_step)
+
+
+def loss_of(adapter, embeds, positions, targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    hidden = adapter.model.model.language_model(inputs_embeds=embeds, position_ids=positions, use_cache=False)
+    picked = hidden.last_hidden_state[targets != IGNORE]
+    logits = adapter.model.lm_head(picked)
+    wanted = targets[targets != IGNORE]
+    return torch.nn.functional.cross_entropy(logits, wanted), logits.argmax(-1), wanted
+
+
+def held_out_letters(adapter, seed: int, count: int = 48) -> list:
+    """Fixed held-out samples, one multiple-choice turn each, for the curve's accuracy."""
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(count):
+        stream = random_stream(rng, max_s=60.0)
+        question = rng.choice(questions_for(stream, rng))
+        samples.append(build_sample(adapter, render_sampled(stream, (320, 240)), [turn_text(question, True)]))
+    return samples
+
+
+def letter_accuracy(adapter, samples) -> float:
+    right = 0
+    with torch.no_grad():
+        for start in range(0, len(samples), 8):
+            embeds, positions, targets = collate(samples[start:start + 8])
+            _, predicted, wanted = loss_of(adapter, embeds, positions, targets)
+            # each sample's first answer target is its letter
+            firsts = (targets != IGNORE).float().cumsum(1)
+            first_mask = ((firsts == 1) & (targets != IGNORE))[targets != IGNORE]
+            right += int((predicted[first_mask] == wanted[first_mask]).sum())
+    return right / len(samples)
+
+
+def train(args) -> dict:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter = new_model(args.seed, out)
+    model = adapter.model
+    model.train()
+    params = sum(p.numel() for p in model.parameters())
+    print(f"tiny: {params / 1e6:.2f}M parameters, vocabulary {len(adapter.tokenizer)}, {args.threads} thread(s)", flush=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = min(200, args.steps // 10)
+
+    def rate(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, args.steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    held_out = held_out_letters(adapter, args.seed + 10_000)
+    curve = {"step": [], "loss": [], "tokens_right": [], "eval_step": [], "eval_letters": []}
+    started = time.perf_counter()
+    running = []
+    batches = torch.utils.data.DataLoader(
+        WorldBatches(adapter.processor.tokens_per_group, args.seed, args.tokens_per_step),
+        batch_size=None, num_workers=1, prefetch_factor=4,
+    )
+    for step, plans in zip(range(args.steps), batches):
+        embeds, positions, targets = collate([build_sample(adapter, frames, turns) for frames, turns in plans])
+        loss, predicted, wanted = loss_of(adapter, embeds, positions, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        running.append((loss.item(), (predicted == wanted).float().mean().item()))
+        if (step + 1) % 25 == 0:
+            loss_mean = sum(r[0] for r in running) / len(running)
+            right_mean = sum(r[1] for r in running) / len(running)
+            running.clear()
+            curve["step"].append(step + 1)
+            curve["loss"].append(loss_mean)
+            curve["tokens_right"].append(right_mean)
+            elapsed = time.perf_counter() - started
+            print(f"step {step + 1}: loss {loss_mean:.3f}, answer tokens right {right_mean:.1%}, "
+                  f"{elapsed / (step + 1):.2f} s/step, {elapsed / 60:.1f} min", flush=True)
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            model.eval()
+            accuracy = letter_accuracy(adapter, held_out)
+            model.train()
+            curve["eval_step"].append(step + 1)
+            curve["eval_letters"].append(accuracy)
+            print(f"  held-out letters right: {accuracy:.1%}", flush=True)
+            save(adapter, out)
+        if time.perf_counter() - started > args.minutes * 60:
+            print(f"stopping at step {step + 1}: the {args.minutes}-minute budget is spent", flush=True)
+            break
+    model.eval()
+    save(adapter, out)
+    report = {
+        "seed": args.seed,
+        "threads": args.threads,
+        "steps": curve["step"][-1] if curve["step"] else 0,
+        "minutes": (time.perf_counter() - started) / 60,
+        "parameters": params,
+        "tokens_per_step": args.tokens_per_step,
+        "lr": args.lr,
+        "curve": curve,
+    }
+    (out / "training.json").write_text(json.dumps(report, indent=1))
+    plot_curve(curve, out / "training_curve.png")
+    return report
+
+
+def save(adapter, out: Path) -> None:
+    adapter.model.save_pretrained(out)
+    adapter.tokenizer.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2))
+
+
+def plot_curve(curve: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, loss_axis = plt.subplots(figsize=(7, 4))
+    loss_axis.plot(curve["step"], curve["loss"], color="tab:blue", label="training loss (answer tokens)")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("loss")
+    loss_axis.set_yscale("log")
+    right_axis = loss_axis.twinx()
+    right_axis.plot(curve["eval_step"], curve["eval_letters"], "o-", color="tab:green",
+                    label="held-out multiple choice right")
+    right_axis.set_ylim(0, 1)
+    right_axis.set_ylabel("share right")
+    figure.legend(loc="center right")
+    figure.suptitle("potwatch tiny: training on the synthetic world")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="assets/tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--minutes", type=float, default=60.0, help="stop early when this much time is spent")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--tokens-per-step", type=int, default=4000)
+    parser.add_argument("--eval-every", type=int, default=250)
+    train(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -51,6 +51,9 @@ class ContainerWatch:
 
     root: object
     samples: list[tuple[float, dict[str, tuple[int, int | None]]]] = field(default_factory=list)
+    # containers bounded by something other than a maxlen, e.g. the frames the capped cache holds: a
+    # path here is "growing" only when it passes its bound
+    bounds: dict[str, int] = field(default_factory=dict)
 
     def check(self, progress: float) -> None:
         self.samples.append((progress, container_sizes(self.root)))
@@ -73,6 +76,11 @@ class ContainerWatch:
         found = []
         for path, (_, maxlen) in last.items():
             if maxlen is not None:
+                continue
+            if path in self.bounds:
+                largest = max(self.quarter_max(path))
+                if largest > self.bounds[path]:
+                    found.append(f"{path}: {largest} entries, over its bound of {self.bounds[path]}")
                 continue
             q = self.quarter_max(path)
             if q[1] >= 0 and q[0] < q[1] < q[2] < q[3]:

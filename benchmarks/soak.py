@@ -115,7 +115,10 @@ def _soak(frames, mem_cap, model, policy, ask_every, warmup, max_new_tokens, siz
     tab = TabSession("soak", session, TabSettings(mem_cap=mem_cap, policy=policy))
     scene = list(render_frames(30.0, size=(size[1], size[0]), fps=2))  # 60 frames of the demo scene, cycled
     cap = session.cap_bytes
-    watch = ContainerWatch(tab)
+    # TaR keeps a few tokens of many old frames, so the frames held (one retention entry each) rise
+    # for a long while; every held frame has a token in some layer and head, which bounds them by the cap
+    geometry = session.geometry
+    watch = ContainerWatch(tab, bounds={"TabSession.retention": geometry.layers * geometry.kv_heads * session.cache.capacity})
     every = max(frames // SAMPLES, 1)
     warm_at = max(int(frames * warmup), 1)
     violations, first_violation, answers = 0, None, 0

@@ -36,6 +36,10 @@ def test_the_growth_check_finds_a_leak_and_spares_bounded_containers(demo_adapte
         watch.check(step / 40)
     growing = watch.growing()
     assert len(growing) == 1 and growing[0].startswith("StreamSession.leak:"), growing
+    # a container bounded by the cap (like the frames held) passes while under its bound, not over it
+    assert watch.__class__(session, watch.samples, bounds={"StreamSession.leak": 40}).growing() == []
+    over = watch.__class__(session, watch.samples, bounds={"StreamSession.leak": 20}).growing()
+    assert len(over) == 1 and "over its bound of 20" in over[0], over
 
 
 def test_the_web_chat_keeps_its_latest_turns_only(demo_adapter, monkeypatch):

@@ -1,7 +1,9 @@
 """`potwatch bench`: the benchmarks in `benchmarks/`, reachable from the command line.
 
 Without `--accuracy` it runs the cost and fidelity benchmark (see `bench_suite`); with
-`--accuracy QUESTIONS.json --videos DIR` it scores multiple-choice video QA (see `bench_accuracy`)."""
+`--accuracy QUESTIONS.json --videos DIR` it scores multiple-choice video QA (see `bench_accuracy`), under
+one cap, or with `--ratios` as the fidelity table: every configuration under caps that hold those shares
+of each stream's visual tokens (see `bench_fidelity`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from potwatch.app.cli import add_trust_remote_code_argument
@@ -16,9 +19,10 @@ from potwatch.errors import UserError
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a few hundred frames instead of 2,000 (under 5 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="a few hundred frames instead of 2,000 (under 5 minutes on 2 cores); "
+                        "with --ratios: 2 videos, tar_van, uniform and window, and tar_van at 4 bits")
     parser.add_argument("--out", default="benchmarks/results", help="folder for JSON, plots and the table (default benchmarks/results)")
-    parser.add_argument("--model", default=None, help="model to stream through (default demo-2b for the benchmark, demo for --accuracy)")
+    parser.add_argument("--model", default=None, help="model to stream through (default demo-2b for the benchmark, tiny for --accuracy)")
     parser.add_argument("--mem-cap", default=None, help="the cap every capped configuration shares (default 80MB; for --accuracy 1GB)")
     parser.add_argument("--frames", type=int, default=None, help="sampled frames in the long stream (default 2000; 300 with --quick)")
     parser.add_argument("--full-cache-frames", type=int, default=None,
@@ -38,6 +42,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     accuracy.add_argument("--policy", default="tar_van", help="compression policy for --accuracy (default tar_van)")
     accuracy.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default 2)")
     accuracy.add_argument("--max-frames", type=int, default=None, help="stop each video after this many sampled frames")
+    accuracy.add_argument("--ratios", default=None, metavar="1/2,1/4",
+                          help="make the fidelity table: every policy (or --policies), the first at --kv-bits widths, and "
+                               "the full cache, under caps that hold these shares of each stream's visual tokens "
+                               "(e.g. 1/2,1/4,1/8,1/16)")
+    accuracy.add_argument("--streams", type=int, default=None, help="with --ratios: score only the first N videos")
+    accuracy.add_argument("--workers", type=int, default=1,
+                          help="with --ratios: worker processes, one stream at a time each (default 1; 2 on 2 cores)")
 
 
 def command_line() -> str:
@@ -50,6 +61,12 @@ def command_line() -> str:
 
 
 def run_bench(args) -> int:
+    if args.ratios is not None and not args.accuracy:
+        raise UserError(
+            "--ratios makes the fidelity table of a question set; add --accuracy QUESTIONS.json and --videos DIR."
+        )
+    if args.ratios is not None:
+        return _run_fidelity(args)
     if args.accuracy:
         return _run_accuracy(args)
     from potwatch.app.bench_suite import BenchConfig, run_benchmark
@@ -118,10 +135,7 @@ def _run_accuracy(args) -> int:
     from potwatch.compression.mem_cap import parse_optional_mem_cap
     from potwatch.models.registry import load_model
 
-    if not args.videos:
-        raise UserError("--accuracy needs --videos DIR, the folder that holds the videos the questions name.")
-    if not Path(args.videos).is_dir():
-        raise UserError(f"The videos folder '{args.videos}' does not exist; check the path.")
+    _check_videos(args)
     items = load_questions(args.accuracy)
     text = args.mem_cap or "1GB"
     mem_cap = None if parse_optional_mem_cap(text) is None else text  # validated; the report keeps it as typed
@@ -129,7 +143,7 @@ def _run_accuracy(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    adapter = load_model(args.model or "demo", device=args.device, trust_remote_code=args.trust_remote_code)
+    adapter = load_model(args.model or "tiny", device=args.device, trust_remote_code=args.trust_remote_code)
     summary = run_accuracy(adapter, items, args.videos, mem_cap, args.policy, args.fps, args.max_frames)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,3 +153,78 @@ def _run_accuracy(args) -> int:
     (out / "accuracy.md").write_text(accuracy_markdown(summary, command))
     print(accuracy_markdown(summary, command))
     return 0
+
+
+def _check_videos(args) -> None:
+    if not args.videos:
+        raise UserError("--accuracy needs --videos DIR, the folder that holds the videos the questions name.")
+    if not Path(args.videos).is_dir():
+        raise UserError(f"The videos folder '{args.videos}' does not exist; check the path.")
+
+
+QUICK_POLICIES = ("tar_van", "uniform", "window")
+QUICK_STREAMS = 2
+
+
+def _run_fidelity(args) -> int:
+    """The fidelity table in one command: accuracy.json, accuracy.md and accuracy.png in --out."""
+    import torch
+
+    from potwatch.app.bench_accuracy import load_questions
+    from potwatch.app.bench_fidelity import (ANSWER_TOKENS, DIALOGUE_SHARE, configurations, make_plan, parse_ratios,
+                                             score_streams, stream_jobs)
+    from potwatch.app.bench_fidelity_report import fidelity_markdown, plot_fidelity
+    from potwatch.app.bench_fidelity_summary import summarise
+    from potwatch.models.registry import load_model
+
+    started = time.perf_counter()
+    ratios = parse_ratios(args.ratios)
+    if args.mem_cap:
+        raise UserError("--ratios sets the caps from each stream's length; leave out --mem-cap, or --ratios for one cap.")
+    if args.workers < 1 or (args.streams is not None and args.streams < 1):
+        raise UserError("--workers and --streams take a whole number of at least 1, e.g. --workers 2.")
+    _check_videos(args)
+    items = load_questions(args.accuracy)
+    policies = parse_policies(args.policies) if args.policies else (QUICK_POLICIES if args.quick else None)
+    widths = _widths(args.kv_bits) if args.kv_bits is not None else ((4,) if args.quick else (8, 4))
+    threads = args.threads or 1  # one thread a process: the reference table is timed on a shared 2-core machine
+    torch.set_num_threads(threads)
+    model = args.model or "tiny"
+    adapter = load_model(model, device=args.device, trust_remote_code=args.trust_remote_code)
+    jobs = stream_jobs(items, args.videos, args.streams or (QUICK_STREAMS if args.quick else None))
+    asked = [item for _, questions in jobs for item in questions]
+    plan = make_plan(adapter, asked, configurations(policies, widths), ratios, args.fps, args.max_frames)
+    streams = score_streams(adapter, jobs, plan, args.workers, model, args.device, args.trust_remote_code, threads,
+                            progress=True)
+    summary = {
+        "command": command_line(),
+        "model": adapter.name,
+        "demo_model": adapter.is_demo,
+        "questions_file": str(args.accuracy),
+        "streams": len(streams),
+        "fps": args.fps,
+        "threads": threads,
+        "workers": min(args.workers, len(jobs)),
+        "wall_s": time.perf_counter() - started,
+        "system_tokens": plan.system_tokens,
+        "question_room": plan.question_room,
+        "session": {"target_ratio": plan.target_ratio, "dialogue_share": DIALOGUE_SHARE, "max_new_tokens": ANSWER_TOKENS},
+        **summarise(streams, asked, plan),
+        "stream_details": [{key: s[key] for key in ("video", "frames", "visual_tokens", "decode_s", "caps")}
+                           for s in streams],
+    }
+    if adapter.is_demo:
+        summary["notice"] = "demo model with random weights: the accuracy only checks the harness"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "accuracy.json").write_text(json.dumps(summary, indent=1) + "\n")
+    markdown = fidelity_markdown(summary)
+    (out / "accuracy.md").write_text(markdown)
+    from potwatch.app.bench_plots import plots_available
+
+    if plots_available():
+        plot_fidelity(summary, out)
+    print(markdown)
+    if not summary["peak_within_cap"]:
+        print("potwatch bench: a capped run's peak cache passed its cap; see accuracy.json", file=sys.stderr)
+    return 0 if summary["peak_within_cap"] else 1

@@ -10,7 +10,8 @@ Accepted question fields (one JSON list, or an object with a "questions" list):
 - question: "question"
 - options: "options" (["A. text", ...], ["text", ...] or {"A": "text", ...}) or "candidates" (MLVU)
 - answer: "answer" — a letter ("B", "(B)", "B.") or the text of an option
-- optional: "question_id"/"id", "task_type"/"question_type"/"task", "ask_at" (seconds or "1m30s")"""
+- optional: "question_id"/"id", "task_type"/"question_type"/"task", "ask_at" (seconds or "1m30s"),
+  "early" (true for a question about an event early in the stream: the fidelity table's own column)"""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class QAItem:
     answer: str  # the correct letter
     task: str | None = None
     ask_at: float | None = None
+    early: bool = False
 
     @property
     def letters(self) -> list[str]:
@@ -91,6 +93,7 @@ def _item(entry: dict, index: int) -> QAItem:
         answer=answer,
         task=entry.get("task_type") or entry.get("question_type") or entry.get("task"),
         ask_at=ask_at,
+        early=bool(entry.get("early", False)),
     )
 
 

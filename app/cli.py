@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_arguments(commands.add_parser("serve", help="start the web UI: webcam or file, chat, memory and retention plots"))
 
-    commands.add_parser("models", help="list the demo models and supported families")
+    from potwatch.app.make_qa import add_make_qa_arguments
+
+    add_make_qa_arguments(commands.add_parser("make-qa", help="write a held-out question set: synthetic-world videos and questions.json"))
+
+    commands.add_parser("models", help="list the supported families, the trained tiny model and the demo models")
     commands.add_parser("policies", help="list the compression policies")
 
     save = commands.add_parser("save-demo", help="write a demo model as a checkpoint folder (to try the from_pretrained path)")
@@ -80,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             from potwatch.app.ui_serve import run_serve
 
             return run_serve(args)
+        if args.command == "make-qa":
+            from potwatch.app.make_qa import run_make_qa
+
+            return run_make_qa(args)
         if args.command == "models":
             return _list_models()
         if args.command == "policies":
@@ -102,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _list_models() -> int:
-    """Supported families with the KV cost of their smallest real checkpoint, then the demo models."""
+    """Supported families with the KV cost of their smallest real checkpoint, the trained tiny model,
+    then the demo models."""
     from potwatch.models.checkpoints import SMALLEST_CHECKPOINTS
     from potwatch.models.demo_models import DEMO_SPECS
 
@@ -112,6 +121,10 @@ def _list_models() -> int:
         shape = f"{checkpoint.layers} layers x {checkpoint.kv_heads} KV heads x {checkpoint.head_dim}"
         print(f"  {checkpoint.family:16s} e.g. {checkpoint.hub_id}: {shape} = {geometry.kv_bytes_per_token:,} B/token K+V"
               f" + {geometry.meta_bytes_per_token:,} B metadata")
+    from potwatch.models.tiny_build import TINY_LABEL
+
+    print("trained model (shipped with potwatch, offline):")
+    print(f"  {'tiny':18s} {'qwen2_vl':16s} {TINY_LABEL.split(': ', 1)[1]}")
     print("demo models (random weights, offline; every answer is marked meaningless):")
     for name, spec in DEMO_SPECS.items():
         print(f"  {name:18s} {spec.family:16s} {spec.description}")

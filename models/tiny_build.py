@@ -20,7 +20,7 @@ TINY_MAX_PIXELS = 112 * 84
 TINY_MIN_PIXELS = 56 * 56
 TINY_MARK = "potwatch_tiny"  # config attribute: what the model knows, shown beside its answers
 TINY_LABEL = (
-    "tiny: a 2M-parameter Qwen2-VL trained only on potwatch's synthetic world (coloured boxes, discs and "
+    "tiny: a 1.3M-parameter Qwen2-VL trained only on potwatch's synthetic world (coloured boxes, discs and "
     "triangles that come and go; colours, shapes, order, counts, times); it knows nothing of real scenes"
 )
 

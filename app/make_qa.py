@@ -1,0 +1,129 @@
+"""`potwatch make-qa`: a held-out question set from the synthetic world — N short mp4 videos and one
+`questions.json` that `potwatch bench --accuracy` reads.
+
+Stream i of seed S is drawn from `random.Random("potwatch-qa:S:i")`: training draws its streams from
+integer seeds, so no held-out stream can be one the model trained on. Videos are written at twice the
+sampling rate (4 fps), so sampling at 2 fps lands exactly on written frames, and the facts the questions
+rest on (computed from the sampled frames) are what a session is shown. The same command writes the
+same bytes (see ENCODER_OPTIONS)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+from dataclasses import asdict
+from fractions import Fraction
+from pathlib import Path
+
+from potwatch.errors import UserError
+
+MIN_SECONDS = 4.0
+VIDEO_SIZE = (320, 240)  # width, height
+WRITE_FPS_FACTOR = 2  # frames written per sampled frame
+# One thread, fixed options, and x264's plain C code: its SIMD paths read uninitialised padding during
+# lookahead, which changed the bytes from run to run (measured with PyAV 18 at every preset but ultrafast).
+ENCODER_OPTIONS = {"crf": "28", "preset": "veryfast", "threads": "1", "x264-params": "asm=0"}
+
+
+def add_make_qa_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0,
+                        help="which held-out set (default 0); training never uses these streams")
+    parser.add_argument("--streams", type=int, default=40, help="how many videos (default 40)")
+    parser.add_argument("--seconds", type=float, default=80.0,
+                        help=f"length of every video in seconds (default 80, at least {MIN_SECONDS:g})")
+    parser.add_argument("--out", required=True, help="folder for the videos and questions.json (made if missing)")
+
+
+def run_make_qa(args) -> int:
+    summary = make_qa(args.seed, args.streams, args.seconds, args.out, progress=True)
+    print(f"wrote {summary['streams']} videos ({summary['video_bytes'] / 1e6:.1f} MB) and "
+          f"{summary['questions']} questions ({summary['early']} early) to {Path(args.out) / 'questions.json'}")
+    return 0
+
+
+def qa_stream(seed: int, index: int, seconds: float):
+    """Stream `index` of held-out set `seed` and its questions (a string seed: never a training seed)."""
+    from potwatch.streaming.synthetic_world import random_stream
+    from potwatch.streaming.world_questions import questions_for
+
+    rng = random.Random(f"potwatch-qa:{seed}:{index}")
+    stream = random_stream(rng, seconds=seconds)
+    return stream, questions_for(stream, rng)
+
+
+def make_qa(seed: int, streams: int, seconds: float, out: str | Path, progress: bool = False) -> dict:
+    """Write the videos and questions.json into `out`; returns counts for the report."""
+    from potwatch.streaming.synthetic_world import SAMPLE_FPS, TIME_TOLERANCE_S
+
+    _check(streams, seconds)
+    folder = _writable_folder(Path(out))
+    entries, videos, video_bytes = [], [], 0
+    for index in _progress(range(streams), progress):
+        stream, questions = qa_stream(seed, index, seconds)
+        name = f"stream_{index:03d}.mp4"
+        video_bytes += write_stream_video(stream, folder / name).stat().st_size
+        videos.append({"video": name, "scene": stream.scene, "events": [asdict(e) for e in stream.events]})
+        entries += [q.mc_entry(name, f"{index:03d}-{j:02d}") for j, q in enumerate(questions)]
+    document = {"seed": seed, "streams": streams, "seconds": seconds, "tolerance_s": TIME_TOLERANCE_S,
+                "sample_fps": SAMPLE_FPS, "videos": videos, "questions": entries}
+    (folder / "questions.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    return {"streams": streams, "questions": len(entries), "early": sum(e["early"] for e in entries),
+            "video_bytes": video_bytes}
+
+
+def write_stream_video(stream, path: Path) -> Path:
+    """H.264 at WRITE_FPS_FACTOR x the sampling rate, exactly as many frames as the sampled ones need."""
+    import av
+
+    from potwatch.streaming.synthetic_world import SAMPLE_FPS, render
+
+    rate = WRITE_FPS_FACTOR * SAMPLE_FPS
+    count = WRITE_FPS_FACTOR * len(stream.frame_times)  # the last sampled frame is the last-but-one written
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=Fraction(rate).limit_denominator(1000))
+        video.width, video.height = VIDEO_SIZE
+        video.pix_fmt = "yuv420p"
+        video.options = dict(ENCODER_OPTIONS)
+        for j in range(count):
+            frame = av.VideoFrame.from_ndarray(render(stream, j / rate, VIDEO_SIZE), format="rgb24")
+            frame.pts, frame.time_base = j, Fraction(1, int(rate))  # explicit timestamps, none left to the encoder
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    return path
+
+
+def _check(streams: int, seconds: float) -> None:
+    if streams < 1:
+        raise UserError(f"--streams {streams} makes no video; give 1 or more, e.g. --streams 40.")
+    if not math.isfinite(seconds) or seconds < MIN_SECONDS:
+        raise UserError(f"--seconds {seconds:g} is too short for objects to come and go; "
+                        f"give at least {MIN_SECONDS:g}, e.g. --seconds 80.")
+
+
+def _writable_folder(folder: Path) -> Path:
+    """`folder`, made if missing, or a UserError before any work when it cannot be written."""
+    probe = folder / ".potwatch-write-test"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise UserError(
+            f"Cannot write the question set to '{folder}' ({reason}); give --out a folder you can write to."
+        ) from None
+    return folder
+
+
+def _progress(items, show: bool):
+    if not show:
+        return items
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(items, desc="make-qa", unit="video", file=sys.stderr, disable=None, leave=False)

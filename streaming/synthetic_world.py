@@ -144,6 +144,17 @@ def random_stream(rng: random.Random, seconds: float | None = None, min_s: float
     )
 
 
+def easy_stream(rng: random.Random) -> Stream:
+    """A short, clean stream with one object in view most of the time: the items a model learns to see
+    from before it can find a brief event in a long, noisy stream (training mixes both from the start)."""
+    seconds = rng.choice([4.0, 5.0, 6.0, 8.0, 10.0, 12.0])
+    start = rng.uniform(0.0, 0.3 * seconds)
+    end = rng.uniform(0.75 * seconds, seconds + 1.0)
+    obj = WorldObject(rng.choice(list(COLOURS)), rng.choice(SHAPES), start, end, rng.randrange(len(SLOTS)),
+                      rng.uniform(0.9, 1.15))
+    return Stream(seconds, rng.choice(SCENES), (obj,), (), seed=rng.randrange(2**31))
+
+
 def _fits(candidate: WorldObject, events: list[WorldObject], seconds: float) -> bool:
     """Seen in at least one sampled frame; no two objects in one place at once; first sights at least
     2 s apart, so "which came first" always has an answer."""

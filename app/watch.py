@@ -88,7 +88,8 @@ class WatchRun:
     def play(self) -> None:
         session = self.session
         if session.adapter.is_demo:
-            self._say("potwatch: demo model with random weights: every answer is meaningless")
+            self._say("potwatch: demo model with random weights: every answer is meaningless "
+                      "(--model tiny answers about potwatch's synthetic world, such as assets/demo.mp4)")
         if session.adapter.label:
             self._say(f"potwatch: model {session.adapter.label}")
         self._say(f"potwatch: mem-cap {session.describe_cap()}")

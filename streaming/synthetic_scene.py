@@ -31,6 +31,7 @@ def event_window(seconds: float) -> tuple[float, float]:
 EVENT_START_S, EVENT_END_S = event_window(DEMO_SECONDS)  # 12.0, 14.5 in the 30 s demo
 
 RED = (235, 20, 20)
+BOX_SCALE = 1.8  # the box is 0.4 x 0.36 of the frame: about 2 x 2 tokens at the tiny model's 112 x 84 pixels
 
 
 @lru_cache(maxsize=4)
@@ -85,8 +86,9 @@ def render_frame(time_s: float, size: tuple[int, int] = DEMO_SIZE, seconds: floa
                   (240, 200, 30), -1)
     start, end = event_window(seconds)
     if start <= time_s < end:
-        box_w, box_h = int(0.22 * width), int(0.2 * height)
-        bx, by = int(0.3 * width), int(0.92 * height) - box_h
+        half_w, box_h = int(0.11 * BOX_SCALE * width), int(0.2 * BOX_SCALE * height)
+        box_w = 2 * half_w
+        bx, by = int(0.41 * width) - half_w, int(0.92 * height) - box_h
         cv2.rectangle(image, (bx, by), (bx + box_w, by + box_h), RED, -1)
         cv2.line(image, (bx, by + box_h // 2), (bx + box_w, by + box_h // 2), (250, 230, 200), max(height // 60, 2))
     return image

@@ -1,8 +1,9 @@
 """`--kv-bits 8|4`: K/V stored as codes, scales and a 16-bit key head-mean under the same byte cap.
 
 The cap still holds at every step, the capacity follows the bits, the decoded K/V stay within the
-quantisation step of what the model wrote, compaction moves codes without touching them, every head
-of a layer keeps the same tokens, and a real model's answers stay close to the 16-bit cache's."""
+quantisation step of what the model wrote, compaction moves codes without touching them, and every
+head of a layer keeps the same tokens. How close the answers stay to the 16-bit cache's is tested on
+the trained model, whose answers depend on what it saw (tests/test_tiny_model.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from potwatch.app.bench_logits import cache_logits, copy_cache_into, spare_copy
-from potwatch.app.bench_loyalty import kl_divergence
+from potwatch.app.bench_logits import copy_cache_into, spare_copy
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.compression.monitor import CompressionMonitor
@@ -150,21 +150,6 @@ def test_compact_positions_rotate_quantised_keys(demo_adapter):
         assert_cache_invariants(session)
     assert session.stats()["compressions"] >= 3
     assert session.ask("what moved?").text is not None
-
-
-def test_answers_stay_close_to_the_16_bit_cache(demo_adapter):
-    """The same tokens in 16, 8 and 4 bits: 8 bits barely moves the next-token distribution, 4 bits more."""
-    session = StreamSession(demo_adapter, mem_cap=None, policy="none")
-    session.feed(random_frames(16, seed=7))
-    reference = cache_logits(demo_adapter, session.cache, session.positions, "What is on the stove?")
-    kl = {}
-    for bits in (8, 4):
-        work = CappedKVCache(quantized(bits, session.cache.geometry), session.cache.length + 64)
-        copy_cache_into(work, session.cache)
-        logits = cache_logits(demo_adapter, work, session.positions, "What is on the stove?")
-        kl[bits] = kl_divergence(reference, logits)
-        assert work.length == session.cache.length
-    assert 0 < kl[8] < kl[4] < 0.05, kl
 
 
 def test_bad_bits_and_an_uncapped_quantised_cache_are_refused(demo_adapter):

@@ -47,6 +47,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                                "the full cache, under caps that hold these shares of each stream's visual tokens "
                                "(e.g. 1/2,1/4,1/8,1/16)")
     accuracy.add_argument("--streams", type=int, default=None, help="with --ratios: score only the first N videos")
+    accuracy.add_argument("--answers", choices=["letter", "text"], default="letter",
+                          help="with --ratios: score the option letter ranked first (default), or the free-text answer "
+                               "checked against the question's truth (sets written by make-qa)")
     accuracy.add_argument("--workers", type=int, default=1,
                           help="with --ratios: worker processes, one stream at a time each (default 1; 2 on 2 cores)")
 
@@ -193,7 +196,7 @@ def _run_fidelity(args) -> int:
     adapter = load_model(model, device=args.device, trust_remote_code=args.trust_remote_code)
     jobs = stream_jobs(items, args.videos, args.streams or (QUICK_STREAMS if args.quick else None))
     asked = [item for _, questions in jobs for item in questions]
-    plan = make_plan(adapter, asked, configurations(policies, widths), ratios, args.fps, args.max_frames)
+    plan = make_plan(adapter, asked, configurations(policies, widths), ratios, args.fps, args.max_frames, args.answers)
     streams = score_streams(adapter, jobs, plan, args.workers, model, args.device, args.trust_remote_code, threads,
                             progress=True)
     summary = {
@@ -208,6 +211,7 @@ def _run_fidelity(args) -> int:
         "wall_s": time.perf_counter() - started,
         "system_tokens": plan.system_tokens,
         "question_room": plan.question_room,
+        "answers": plan.answers,
         "session": {"target_ratio": plan.target_ratio, "dialogue_share": DIALOGUE_SHARE, "max_new_tokens": ANSWER_TOKENS},
         **summarise(streams, asked, plan),
         "stream_details": [{key: s[key] for key in ("video", "frames", "visual_tokens", "decode_s", "caps")}

@@ -42,6 +42,7 @@ class QAItem:
     task: str | None = None
     ask_at: float | None = None
     early: bool = False
+    truth: dict | None = None  # what a free-text answer must say (make-qa sets; see world_questions.check_answer)
 
     @property
     def letters(self) -> list[str]:
@@ -94,6 +95,7 @@ def _item(entry: dict, index: int) -> QAItem:
         task=entry.get("task_type") or entry.get("question_type") or entry.get("task"),
         ask_at=ask_at,
         early=bool(entry.get("early", False)),
+        truth=entry.get("truth") if isinstance(entry.get("truth"), dict) else None,
     )
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from potwatch.app.bench_accuracy import QAItem, find_video, letter_token_ids, score_letters
 from potwatch.app.bench_configurations import configuration, quantised_variants
-from potwatch.app.bench_logits import session_logits
+from potwatch.app.bench_logits import session_answer, session_logits
 from potwatch.errors import MemCapError, UserError
 
 FULL = "full"  # the full cache (no cap, nothing evicted)
@@ -34,7 +34,9 @@ DEFAULT_RATIOS = "1/2,1/4,1/8,1/16"
 # No turn stays in the cache (each question is rolled back), so the dialogue share only bounds the
 # question; half the cap lets small caps pass the session's minimum-cap check without taking frames' room.
 DIALOGUE_SHARE = 0.5
-ANSWER_TOKENS = 1  # one next-token distribution is all a question needs
+ANSWER_TOKENS = 1  # one next-token distribution is all a letter needs
+TEXT_ANSWER_TOKENS = 24  # a free-text answer of the world is at most about 20 tokens
+WRONG_TEXT = "x"  # the mark of a free-text answer that does not check out
 
 
 def parse_ratios(text: str) -> tuple[Fraction, ...]:
@@ -76,20 +78,24 @@ class FidelityPlan:
     fps: float = 2.0
     max_frames: int | None = None
     target_ratio: float = 0.75  # the session's own: a compression thins the cache to this share of it
+    answers: str = "letter"  # "letter": the option letter ranked first; "text": the free-text answer, checked
 
     def cap_tokens(self, visual_tokens: int, ratio: Fraction) -> int:
         return self.system_tokens + math.ceil(ratio * visual_tokens) + self.question_room
 
 
 def make_plan(adapter, items: list[QAItem], configurations: list[str], ratios, fps: float = 2.0,
-              max_frames: int | None = None) -> FidelityPlan:
+              max_frames: int | None = None, answers: str = "letter") -> FidelityPlan:
     from potwatch.streaming.session import StreamSession
 
-    room = max(len(adapter.question_ids(item.prompt())) for item in items) + 1
+    if answers == "text" and any(item.truth is None for item in items):
+        raise UserError("--answers text needs each question's free-text truth, as make-qa writes it; use --answers letter.")
+    asked = [item.prompt() if answers == "letter" else item.question for item in items]
+    room = max(len(adapter.question_ids(text)) for text in asked) + 1 + (TEXT_ANSWER_TOKENS if answers == "text" else 0)
     probe = StreamSession(adapter, mem_cap=None, policy="none", fps=fps)
     system, target = probe.system_tokens, probe.target_ratio
     probe.close()
-    return FidelityPlan(configurations, tuple(ratios), room, system, fps, max_frames, target)
+    return FidelityPlan(configurations, tuple(ratios), room, system, fps, max_frames, target, answers)
 
 
 def score_stream(adapter, path: Path, items: list[QAItem], plan: FidelityPlan) -> dict:
@@ -143,7 +149,7 @@ def _run(adapter, frames, times, items, letters, name, ratio, cap_bytes, plan) -
         if end > fed:
             session.feed(frames[fed:end])
             fed = end
-        letter, held_tokens, seen_tokens = _ask(session, item, ids)
+        letter, held_tokens, seen_tokens = _ask(session, item, ids, plan.answers)
         predicted.append(letter)
         held.append(held_tokens)
         seen.append(seen_tokens)
@@ -161,14 +167,22 @@ def _run(adapter, frames, times, items, letters, name, ratio, cap_bytes, plan) -
     return record
 
 
-def _ask(session, item: QAItem, ids: dict[str, list[int]]) -> tuple[str, int, int]:
-    """(predicted letter, visual tokens held, visual tokens seen) when `item` is asked now."""
+def _ask(session, item: QAItem, ids: dict[str, list[int]], answers: str = "letter") -> tuple[str, int, int]:
+    """(predicted letter, visual tokens held, visual tokens seen) when `item` is asked now. With free-text
+    answers the "letter" is the right one when the answer checks out, else WRONG_TEXT, so the figures are
+    computed the same way for both."""
     from potwatch.compression.token_meta import TokenKind
+    from potwatch.streaming.world_questions import check_answer
 
     session.flush()  # as `ask` does: the question sees every frame fed
-    probabilities = score_letters(session_logits(session, item.prompt()), ids)
+    if answers == "text":
+        text = session_answer(session, item.question, TEXT_ANSWER_TOKENS)
+        letter = item.answer if check_answer(item.truth, text) else WRONG_TEXT
+    else:
+        probabilities = score_letters(session_logits(session, item.prompt()), ids)
+        letter = max(probabilities, key=probabilities.get)
     held = session.cache.kind_counts()[TokenKind.VISION]  # after the question's own make-room
-    return max(probabilities, key=probabilities.get), held, session.blocks * session.block_tokens
+    return letter, held, session.blocks * session.block_tokens
 
 
 def stream_jobs(items: list[QAItem], videos: str | Path, streams: int | None = None) -> list[tuple[Path, list[QAItem]]]:

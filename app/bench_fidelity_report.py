@@ -25,11 +25,14 @@ def fidelity_markdown(summary: dict) -> str:
     lines = [
         f"# potwatch fidelity table — {summary['model']}",
         "",
-        "InfiniPot-V's Table 1 in miniature: every configuration answers the same multiple-choice questions under "
+        "InfiniPot-V's Table 1 in miniature: every configuration answers the same questions under "
         "caps that hold a share of each stream's visual tokens; \"early\" counts only the questions about events "
         "that left within the first third of the stream.",
         "",
         f"- command: `{summary['command']}`",
+        "- answers: " + ("free text, generated greedily and checked against each question's truth (times within "
+                         "the set's tolerance)" if summary.get("answers") == "text"
+                         else "the option letter the model ranks first"),
         f"- {summary['streams']} stream(s), {full['questions']} questions ({full['early_questions']} early), "
         f"{summary['fps']:g} fps",
         f"- cap at ratio r: the bytes of S + ceil(r·V) + Q tokens in the 16-bit geometry (S = {summary['system_tokens']} "

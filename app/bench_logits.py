@@ -29,19 +29,53 @@ def cache_logits(adapter, cache, positions, question: str) -> torch.Tensor:
         cache.truncate(start)
 
 
+def cache_answer(adapter, cache, positions, question: str, max_tokens: int) -> str:
+    """The greedy free-text answer to `question` over `cache`, as `ask` would give it; the cache is rolled
+    back after, so the next question sees the cache as it was."""
+    positions = copy.deepcopy(positions)
+    start = cache.length
+    stops = adapter.stop_ids()
+    generated: list[int] = []
+    try:
+        with torch.no_grad():
+            block = adapter.text_block(adapter.question_ids(question), TokenKind.DIALOGUE, positions, turn=0)
+            logits = adapter.forward(block, cache, logits=True)
+            while len(generated) < max_tokens:
+                token = int(torch.argmax(logits))
+                if token in stops:
+                    break
+                generated.append(token)
+                block = adapter.text_block([token], TokenKind.DIALOGUE, positions, turn=0)
+                logits = adapter.forward(block, cache, logits=True)
+    finally:
+        cache.truncate(start)
+    return adapter.decode(generated).strip()
+
+
+def make_question_room(session, question: str, answer_tokens: int = 1) -> None:
+    """Make room for `question` and `answer_tokens` on a live session, as `ask` would, under its cap."""
+    needed = len(session.adapter.question_ids(question)) + answer_tokens
+    if needed > session.monitor.dialogue_capacity:
+        raise QuestionError(
+            f"The question is {needed - answer_tokens} tokens, but this cap leaves {session.monitor.dialogue_capacity} "
+            "tokens for a question; shorten it or raise the cap."
+        )
+    if session.monitor.make_room_for_turn(needed) and session.positions_mode == "compact":
+        session._after_compaction()  # no public hook yet: re-number as `ask` does
+
+
 def session_logits(session, question: str) -> torch.Tensor:
     """`cache_logits` on a live session: makes room for the question first, as `ask` would, under its cap."""
-    adapter = session.adapter
-    needed = len(adapter.question_ids(question)) + 1
     with session._lock:
-        if needed > session.monitor.dialogue_capacity:
-            raise QuestionError(
-                f"The question is {needed - 1} tokens, but this cap leaves {session.monitor.dialogue_capacity} tokens "
-                "for a question; shorten it or raise the cap."
-            )
-        if session.monitor.make_room_for_turn(needed) and session.positions_mode == "compact":
-            session._after_compaction()  # no public hook yet: re-number as `ask` does
-        return cache_logits(adapter, session.cache, session.positions, question)
+        make_question_room(session, question)
+        return cache_logits(session.adapter, session.cache, session.positions, question)
+
+
+def session_answer(session, question: str, max_tokens: int) -> str:
+    """`cache_answer` on a live session, with room made for the question and its answer first."""
+    with session._lock:
+        make_question_room(session, question, max_tokens + 1)
+        return cache_answer(session.adapter, session.cache, session.positions, question, max_tokens)
 
 
 def spare_copy(cache: CappedKVCache, extra_tokens: int, kv_bits: int | None = None) -> CappedKVCache:

@@ -113,6 +113,8 @@ def write_all(folder: Path) -> Path:
     write_video(folder / "rgba.mov", count=4, codec="prores_ks", pix_fmt="yuva444p10le", rgba=True)
     write_video(folder / "odd.mkv", count=4, size=(101, 37), codec="ffv1", pix_fmt="bgr0")
     write_video(folder / "vfr.mp4", times_ms=[0, 100, 200, 300, 1000, 1050, 2500, 2600])
+    (folder / "mlvu.json").write_text(  # multiple choice without free-text truths, as public sets are
+        '[{"video": "complete", "question": "What moved?", "options": ["a ball", "a cat"], "answer": "A"}]')
     (folder / "notamodel").mkdir(exist_ok=True)
     (folder / "notamodel" / "README.md").write_text("my notes\n")
     for name, config in (("noweights", '{"model_type": "qwen2_vl"}'), ("bert", '{"model_type": "bert"}'),

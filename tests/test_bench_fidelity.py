@@ -98,3 +98,25 @@ def test_bad_ratios_and_a_cap_beside_them_are_refused(qa_set, capsys):
     assert main(["bench", "--ratios", "1/2"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("potwatch: error: ")]
     assert len(errors) == 3 and "--ratios 'half' is not a list of shares" in errors[0]
+
+
+def test_free_text_answers_are_checked_against_the_truth(qa_set, tmp_path, capsys):
+    """--answers text generates each answer (the cache rolled back after) and checks it; a set without
+    truths is refused with one sentence."""
+    out = tmp_path / "text"
+    base = ["bench", "--accuracy", str(qa_set / "questions.json"), "--videos", str(qa_set), "--model", "demo",
+            "--ratios", "1/4", "--policies", "tar_van", "--kv-bits", "16", "--streams", "1"]
+    assert main(base + ["--answers", "text", "--out", str(out)]) == 0
+    summary = json.loads((out / "accuracy.json").read_text())
+    assert summary["answers"] == "text" and summary["peak_within_cap"]
+    assert "free text" in (out / "accuracy.md").read_text()
+    # the demo model's random words check out nowhere: every mark is the wrong-text mark or the right letter
+    assert all(set(line["predicted"]["tar_van"]) <= {"x", line["answer"]} for line in summary["items"])
+    entries = json.loads((qa_set / "questions.json").read_text())["questions"]
+    for entry in entries:
+        entry.pop("truth")
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(entries))
+    assert main(["bench", "--accuracy", str(bare), "--videos", str(qa_set), "--model", "demo", "--ratios", "1/4",
+                 "--answers", "text", "--out", str(tmp_path / "bare")]) == 2
+    assert "needs each question's free-text truth" in capsys.readouterr().err

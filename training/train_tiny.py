@@ -61,6 +61,16 @@ def new_model(seed: int, out: Path):
     return QwenVLAdapter(model, tokenizer, processor, name=str(out), is_demo=False)
 
 
+def resumed_model(folder: str, out: Path):
+    """A saved checkpoint to train further (a fresh optimiser and learning-rate schedule)."""
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    processor = qwen_processor(preprocessor_config(), model.config, TINY_MAX_PIXELS)
+    return QwenVLAdapter(model, tokenizer, processor, name=str(out), is_demo=False)
+
+
 def plan_batch(tokens_per_group, rng: random.Random, tokens_per_step: int,
                warm_up: bool = False, warm_up_share: float = 0.0) -> list[tuple[list, list]]:
     """(frames, turns) of streams of one length (log-uniform 4-96 s; or short easy ones, see
@@ -116,35 +126,37 @@ def loss_of(adapter, embeds, positions, targets) -> tuple[torch.Tensor, torch.Te
     return torch.nn.functional.cross_entropy(logits, wanted), logits.argmax(-1), wanted
 
 
-def held_out_letters(adapter, seed: int, count: int = 48) -> list:
-    """Fixed held-out samples, one multiple-choice turn each, for the curve's accuracy."""
+def held_out_letters(seed: int, count: int = 48) -> list:
+    """Fixed held-out (frames, turn) pairs, one multiple-choice turn each, for the curve's accuracy. Frames
+    and texts, not samples: a sample's embeddings belong to the weights that made it."""
     rng = random.Random(seed)
-    samples = []
+    plans = []
     for _ in range(count):
         stream = random_stream(rng, max_s=60.0)
         question = rng.choice(questions_for(stream, rng))
-        samples.append(build_sample(adapter, render_sampled(stream, (320, 240)), [turn_text(question, True)]))
-    return samples
+        plans.append((render_sampled(stream, (320, 240)), [turn_text(question, True)]))
+    return plans
 
 
-def letter_accuracy(adapter, samples) -> float:
+def letter_accuracy(adapter, plans) -> float:
     right = 0
     with torch.no_grad():
-        for start in range(0, len(samples), 8):
-            embeds, positions, targets = collate(samples[start:start + 8])
+        for start in range(0, len(plans), 8):
+            samples = [build_sample(adapter, frames, turns) for frames, turns in plans[start:start + 8]]
+            embeds, positions, targets = collate(samples)
             _, predicted, wanted = loss_of(adapter, embeds, positions, targets)
             # each sample's first answer target is its letter
             firsts = (targets != IGNORE).float().cumsum(1)
             first_mask = ((firsts == 1) & (targets != IGNORE))[targets != IGNORE]
             right += int((predicted[first_mask] == wanted[first_mask]).sum())
-    return right / len(samples)
+    return right / len(plans)
 
 
 def train(args) -> dict:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    adapter = new_model(args.seed, out)
+    adapter = resumed_model(args.resume, out) if args.resume else new_model(args.seed, out)
     model = adapter.model
     model.train()
     params = sum(p.numel() for p in model.parameters())
@@ -159,7 +171,7 @@ def train(args) -> dict:
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
-    held_out = held_out_letters(adapter, args.seed + 10_000)
+    held_out = held_out_letters(args.seed + 10_000)
     curve = {"step": [], "loss": [], "tokens_right": [], "eval_step": [], "eval_letters": []}
     started = time.perf_counter()
     running = []
@@ -201,6 +213,8 @@ def train(args) -> dict:
     save(adapter, out)
     report = {
         "seed": args.seed,
+        "resumed_from": args.resume,
+        "before": _earlier_report(args.resume),
         "threads": args.threads,
         "steps": curve["step"][-1] if curve["step"] else 0,
         "minutes": (time.perf_counter() - started) / 60,
@@ -212,6 +226,12 @@ def train(args) -> dict:
     (out / "training.json").write_text(json.dumps(report, indent=1))
     plot_curve(curve, out / "training_curve.png")
     return report
+
+
+def _earlier_report(folder: str | None) -> dict | None:
+    """The training report of the checkpoint a run resumed, so the whole history stays in one file."""
+    path = Path(folder) / "training.json" if folder else None
+    return json.loads(path.read_text()) if path and path.is_file() else None
 
 
 def save(adapter, out: Path) -> None:
@@ -253,6 +273,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--tokens-per-step", type=int, default=4000)
     parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--resume", default=None, help="train this saved checkpoint further instead of a new model")
     parser.add_argument("--warm-up-steps", type=int, default=150,
                         help="first steps on short streams of one large object, asking its colour (default 150)")
     train(parser.parse_args())

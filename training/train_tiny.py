@@ -224,7 +224,7 @@ def train(args) -> dict:
         "curve": curve,
     }
     (out / "training.json").write_text(json.dumps(report, indent=1))
-    plot_curve(curve, out / "training_curve.png")
+    plot_curve(report, out / "training_curve.png")
     return report
 
 
@@ -240,20 +240,37 @@ def save(adapter, out: Path) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2))
 
 
-def plot_curve(curve: dict, path: Path) -> None:
+def plot_curve(report: dict, path: Path) -> None:
+    """Loss and answer tokens right over steps, the runs a resumed checkpoint went through joined end to
+    end; the held-out multiple-choice share where a run measured it with its current weights."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs, earlier = [], report
+    while earlier:
+        runs.insert(0, earlier)
+        earlier = earlier.get("before")
     figure, loss_axis = plt.subplots(figsize=(7, 4))
-    loss_axis.plot(curve["step"], curve["loss"], color="tab:blue", label="training loss (answer tokens)")
+    right_axis = loss_axis.twinx()
+    offset = 0
+    for index, run in enumerate(runs):
+        curve = run["curve"]
+        first = index == 0
+        steps = [offset + step for step in curve["step"]]
+        loss_axis.plot(steps, curve["loss"], color="tab:blue", label="training loss (answer tokens)" if first else None)
+        right_axis.plot(steps, curve["tokens_right"], color="tab:orange", alpha=0.6,
+                        label="answer tokens right (training batches)" if first else None)
+        if run.get("resumed_from") is not None or len(runs) == 1:  # earlier runs' held-out curve was stale
+            right_axis.plot([offset + s for s in curve["eval_step"]], curve["eval_letters"], "o-", color="tab:green",
+                            label="held-out multiple choice right")
+        if index:
+            loss_axis.axvline(offset, color="grey", linestyle=":", linewidth=1)
+        offset = steps[-1] if steps else offset
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("loss")
     loss_axis.set_yscale("log")
-    right_axis = loss_axis.twinx()
-    right_axis.plot(curve["eval_step"], curve["eval_letters"], "o-", color="tab:green",
-                    label="held-out multiple choice right")
     right_axis.set_ylim(0, 1)
     right_axis.set_ylabel("share right")
     figure.legend(loc="center right")

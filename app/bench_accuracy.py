@@ -128,6 +128,17 @@ def find_video(folder: Path, name: str) -> Path | None:
     return None
 
 
+def questions_by_video(items: list[QAItem], folder: Path) -> dict[str, list[QAItem]]:
+    """The questions grouped by the video they name, in order; a UserError naming videos not in `folder`."""
+    by_video: dict[str, list[QAItem]] = {}
+    for item in items:
+        by_video.setdefault(item.video, []).append(item)
+    missing = [name for name in by_video if find_video(folder, name) is None]
+    if missing:
+        raise UserError(f"No video file for {', '.join(missing[:5])} in '{folder}'; put the videos there or fix the names.")
+    return by_video
+
+
 def letter_token_ids(tokenizer, letters: list[str]) -> dict[str, list[int]]:
     """Token ids that spell each letter as one token ("B" and " B" where the vocabulary has them)."""
     ids = {}
@@ -156,12 +167,7 @@ def run_accuracy(adapter, items: list[QAItem], videos: str | Path, mem_cap, poli
     from potwatch.streaming.sources import FileSource
 
     folder = Path(videos)
-    by_video: dict[str, list[QAItem]] = {}
-    for item in items:
-        by_video.setdefault(item.video, []).append(item)
-    missing = [name for name in by_video if find_video(folder, name) is None]
-    if missing:
-        raise UserError(f"No video file for {', '.join(missing[:5])} in '{folder}'; put the videos there or fix the names.")
+    by_video = questions_by_video(items, folder)
     rows = []
     for name, questions in by_video.items():
         source = FileSource(find_video(folder, name), fps=fps, max_frames=max_frames)

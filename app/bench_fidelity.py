@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from potwatch.app.bench_accuracy import QAItem, find_video, letter_token_ids, score_letters
+from potwatch.app.bench_accuracy import QAItem, find_video, letter_token_ids, questions_by_video, score_letters
 from potwatch.app.bench_configurations import configuration, quantised_variants
 from potwatch.app.bench_logits import session_answer, session_logits
 from potwatch.errors import MemCapError, UserError
@@ -191,12 +191,7 @@ def stream_jobs(items: list[QAItem], videos: str | Path, streams: int | None = N
     repeated = sorted(name for name, count in Counter(item.id for item in items).items() if count > 1)
     if repeated:  # every row of the table is matched to its question by id
         raise UserError(f"Question ids repeat ({', '.join(repeated[:5])}); give every question its own question_id.")
-    by_video: dict[str, list[QAItem]] = {}
-    for item in items:
-        by_video.setdefault(item.video, []).append(item)
-    missing = [name for name in by_video if find_video(folder, name) is None]
-    if missing:
-        raise UserError(f"No video file for {', '.join(missing[:5])} in '{folder}'; put the videos there or fix the names.")
+    by_video = questions_by_video(items, folder)
     names = list(by_video)[:streams] if streams else list(by_video)
     return [(find_video(folder, name), by_video[name]) for name in names]
 

@@ -1,4 +1,5 @@
-"""Model names users can give: `tiny` (the small model potwatch trains and ships), demo models by name, or any checkpoint of a supported family (Qwen2-VL,
+"""Model names users can give: `tiny` (the small model potwatch trains and ships), demo models by name,
+or any checkpoint of a supported family (Qwen2-VL,
 Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, SmolVLM2) by hub id or local folder, loaded with `from_pretrained`
 (offline works from the local cache). The family comes from the config's `model_type`."""
 

@@ -22,6 +22,7 @@ from transformers import (
     SmolVLMForConditionalGeneration,
 )
 
+from potwatch.models.chat_templates import FAMILY_TEMPLATES
 from potwatch.models.demo_llava import llava_demo_config
 from potwatch.models.demo_qwen3 import qwen3_demo_config
 from potwatch.models.demo_smolvlm import smolvlm_demo_config
@@ -140,8 +141,9 @@ def demo_config(name: str, tokenizer):
 
 def build_demo(name: str):
     """(model, tokenizer) for a demo name; same weights every time."""
-    special_tokens, eos, _, model_class = FAMILIES[DEMO_SPECS[name].family]
-    tokenizer = build_demo_tokenizer(special_tokens, eos)
+    family = DEMO_SPECS[name].family
+    special_tokens, eos, _, model_class = FAMILIES[family]
+    tokenizer = build_demo_tokenizer(special_tokens, eos, FAMILY_TEMPLATES[family])
     config = demo_config(name, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(DEMO_SEED)

@@ -1,7 +1,8 @@
 """An offline byte-level tokenizer with a family's chat and vision special tokens, for the demo models.
 
 Every byte is one token, so any text round-trips; no merges, no downloads. Special tokens come after
-the 256 byte tokens: the end-of-turn token first, then the padding token, then the rest in order."""
+the 256 byte tokens: the end-of-turn token first, then the padding token, then the rest in order. Each
+family's demo tokenizer carries that family's chat template."""
 
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ SMOLVLM_SPECIAL_TOKENS = (
 
 
 def build_demo_tokenizer(
-    special_tokens: tuple[str, ...] = QWEN_SPECIAL_TOKENS, eos: str = "<|im_end|>"
+    special_tokens: tuple[str, ...] = QWEN_SPECIAL_TOKENS, eos: str = "<|im_end|>", chat_template: str | None = None
 ) -> PreTrainedTokenizerFast:
+    """The byte tokenizer with `special_tokens`; `chat_template` (the family's, see chat_templates.py) is
+    saved with it, so a saved demo is prompted through its template as a real checkpoint is."""
     byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {symbol: index for index, symbol in enumerate(byte_symbols)}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -44,4 +47,5 @@ def build_demo_tokenizer(
         pad_token=pad,
         additional_special_tokens=list(special_tokens[1:]),
     )
+    wrapped.chat_template = chat_template
     return wrapped

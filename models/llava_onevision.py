@@ -23,6 +23,7 @@ import torch
 
 from potwatch.compression.token_meta import TokenKind, TokenMeta
 from potwatch.models.adapter import Block
+from potwatch.models.chat_format import ChatFormat, VideoLayout, chatml_format
 from potwatch.models.frame_preprocessing_llava import LlavaFrameProcessor
 from potwatch.models.qwen_vl import DEFAULT_SYSTEM_PROMPT
 from potwatch.models.rope_1d_adapter import Rope1DAdapter
@@ -32,28 +33,27 @@ NEWLINE = -1  # stands for the model's `image_newline` embedding in token id lis
 
 class LlavaOnevisionAdapter(Rope1DAdapter):
     def __init__(self, model, tokenizer, processor: LlavaFrameProcessor, name: str, is_demo: bool,
-                 system_prompt: str = DEFAULT_SYSTEM_PROMPT):
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, chat_template: str | None = None):
         super().__init__(model, tokenizer, model.model.language_model, name, is_demo)
         self.processor = processor
         self.system_prompt = system_prompt
         vision = model.config.vision_config
         side = vision.image_size // vision.patch_size
         self.grid_side = math.ceil(side / 2)  # apply_pooling: bilinear to ceil(side / 2) per side
+        self.prompt = self._chat_prompt(chat_template)
 
     def tokens_per_group(self, height: int, width: int) -> int:
         return self.grid_side**2
 
     # --- chat format ------------------------------------------------------------------------------
-    def system_block(self, positions) -> Block:
-        text = f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n<|im_start|>user\n"
-        return self.text_block(self._ids(text), TokenKind.SYSTEM, positions)
+    def built_in_format(self) -> ChatFormat:
+        """The qwen_1_5 ChatML LLaVA-OneVision was trained in: `<video>\\n{question}` in a user turn."""
+        return chatml_format(self.system_prompt, after_video="\n")
 
-    def question_ids(self, question: str) -> list[int]:
-        return [NEWLINE] + self._ids(f"\n{question}<|im_end|>\n<|im_start|>assistant\n")
-
-    def resume_ids(self, answer_finished: bool) -> list[int]:
-        closing = "" if answer_finished else "<|im_end|>"
-        return self._ids(f"{closing}\n<|im_start|>user\n")
+    def video_layout(self) -> VideoLayout:
+        """The processor turns the template's <video> into the frames' tokens and one image_newline."""
+        placeholder = self.tokenizer.convert_ids_to_tokens(self.model.config.video_token_id)
+        return VideoLayout(placeholder=placeholder, outro_ids=(NEWLINE,))
 
     def stop_ids(self) -> set[int]:
         ids = {self._token_id("<|im_end|>"), self._token_id("<|endoftext|>")}

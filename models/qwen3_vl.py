@@ -26,6 +26,7 @@ import torch
 
 from potwatch.compression.token_meta import TokenKind, TokenMeta
 from potwatch.models.adapter import Block
+from potwatch.models.chat_format import ChatFormat, VideoLayout, chatml_format
 from potwatch.models.positions_qwen3 import Qwen3Positions
 from potwatch.models.qwen_vl import QwenVLAdapter
 
@@ -76,16 +77,14 @@ class Qwen3VLAdapter(QwenVLAdapter):
         return self._tokens_per_group[key]
 
     # --- chat format ------------------------------------------------------------------------------
-    def system_block(self, positions) -> Block:
-        text = f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n<|im_start|>user\n"
-        return self.text_block(self._ids(text), TokenKind.SYSTEM, positions)
+    def built_in_format(self) -> ChatFormat:
+        return chatml_format(self.system_prompt)
 
-    def question_ids(self, question: str) -> list[int]:
-        return self._ids(f"{question}<|im_end|>\n<|im_start|>assistant\n")
-
-    def resume_ids(self, answer_finished: bool) -> list[int]:
-        closing = "" if answer_finished else "<|im_end|>"
-        return self._ids(f"{closing}\n<|im_start|>user\n")
+    def video_layout(self) -> VideoLayout:
+        """The template's <|vision_start|><|video_pad|><|vision_end|> gives way to the groups' own (above)."""
+        config = self.model.config
+        ids = (config.vision_start_token_id, config.video_token_id, config.vision_end_token_id)
+        return VideoLayout(placeholder="".join(self._token(token_id) for token_id in ids))
 
     # --- blocks -----------------------------------------------------------------------------------
     def _group_text(self, seconds: float) -> tuple[list[int], list[int]]:

@@ -13,6 +13,7 @@ import torch
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.token_meta import TokenKind, TokenMeta
 from potwatch.models.adapter import Block, ModelAdapter
+from potwatch.models.chat_format import ChatFormat, VideoLayout, chatml_format
 from potwatch.models.frame_preprocessing import QwenFrameProcessor
 from potwatch.models.positions import MRopePositions
 
@@ -23,7 +24,7 @@ DEFAULT_SYSTEM_PROMPT = (
 
 class QwenVLAdapter(ModelAdapter):
     def __init__(self, model, tokenizer, processor: QwenFrameProcessor, name: str, is_demo: bool,
-                 system_prompt: str = DEFAULT_SYSTEM_PROMPT):
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, chat_template: str | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.processor = processor
@@ -36,6 +37,7 @@ class QwenVLAdapter(ModelAdapter):
         self.frames_per_group = processor.temporal_patch_size
         self._text_config = model.config.text_config
         self._tokens_per_second = getattr(model.config.vision_config, "tokens_per_second", None)
+        self.prompt = self._chat_prompt(chat_template)
 
     # --- geometry and positions -----------------------------------------------------------------
     def geometry(self) -> KVGeometry:
@@ -71,16 +73,16 @@ class QwenVLAdapter(ModelAdapter):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def system_block(self, positions) -> Block:
-        text = f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n<|im_start|>user\n<|vision_start|>"
-        return self.text_block(self._ids(text), TokenKind.SYSTEM, positions)
+    def built_in_format(self) -> ChatFormat:
+        """Qwen2-VL's ChatML; its processor writes a video's tokens between <|vision_start|> and <|vision_end|>."""
+        return chatml_format(self.system_prompt, "<|vision_start|>", "<|vision_end|>")
 
-    def question_ids(self, question: str) -> list[int]:
-        return self._ids(f"<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n")
+    def video_layout(self) -> VideoLayout:
+        """The template writes <|vision_start|><|video_pad|><|vision_end|>; the frames replace the pad."""
+        return VideoLayout(placeholder=self._token(self.model.config.video_token_id))
 
-    def resume_ids(self, answer_finished: bool) -> list[int]:
-        closing = "" if answer_finished else "<|im_end|>"
-        return self._ids(f"{closing}\n<|im_start|>user\n<|vision_start|>")
+    def _token(self, token_id: int) -> str:
+        return self.tokenizer.convert_ids_to_tokens(token_id)
 
     def stop_ids(self) -> set[int]:
         ids = {self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.convert_tokens_to_ids("<|endoftext|>")}

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
 
 from potwatch.compression.token_meta import TokenKind, TokenMeta
 from potwatch.models.adapter import Block
+from potwatch.models.chat_format import ChatFormat, VideoLayout
 from potwatch.models.frame_preprocessing_smolvlm import SmolVLMFrameProcessor
 from potwatch.models.positions_1d import FrameClockPositions
 from potwatch.models.rope_1d_adapter import Rope1DAdapter
@@ -44,8 +46,12 @@ def timestamp(seconds: float) -> str:
 
 
 class SmolVLMAdapter(Rope1DAdapter):
+    # SmolVLM's processor renders every chat with a video through this template, whatever the checkpoint's
+    # (SmolVLM2's own templates have no video part); potwatch takes it when the checkpoint's drops the video
+    video_chat_template = DEFAULT_CHAT_TEMPLATE
+
     def __init__(self, model, tokenizer, processor: SmolVLMFrameProcessor, name: str, is_demo: bool,
-                 system_prompt: str | None = None):
+                 system_prompt: str | None = None, chat_template: str | None = None):
         super().__init__(model, tokenizer, model.model.text_model, name, is_demo)
         self.processor = processor
         self.system_prompt = system_prompt  # None: no system turn, as in SmolVLM2's video prompts
@@ -54,6 +60,7 @@ class SmolVLMAdapter(Rope1DAdapter):
         self.image_token_id = config.image_token_id
         self._frame_end_ids = self._ids(FRAME_END)
         self._tokens_per_frame: int | None = None
+        self.prompt = self._chat_prompt(chat_template)
 
     def new_positions(self, fps: float) -> FrameClockPositions:
         return FrameClockPositions(fps)
@@ -68,20 +75,20 @@ class SmolVLMAdapter(Rope1DAdapter):
         return self._tokens_per_frame
 
     # --- chat format ------------------------------------------------------------------------------
-    def _user_turn_opening(self) -> str:
-        return f"User: {STREAM_INTRO}"
+    def built_in_format(self) -> ChatFormat:
+        """SmolVLM's turns: `User: ` and the video, `Assistant:` (a system turn only when one is given)."""
+        system = f"System: {self.system_prompt}<end_of_utterance>\n" if self.system_prompt is not None else ""
+        return ChatFormat(
+            opening=f"<|im_start|>{system}User: ",
+            before_question="",
+            after_question="<end_of_utterance>\nAssistant:",
+            reopening="<end_of_utterance>\nUser: ",
+        )
 
-    def system_block(self, positions) -> Block:
-        system = f"System: {self.system_prompt}<end_of_utterance>\n" if self.system_prompt else ""
-        text = f"<|im_start|>{system}{self._user_turn_opening()}"
-        return self.text_block(self._ids(text), TokenKind.SYSTEM, positions)
-
-    def question_ids(self, question: str) -> list[int]:
-        return self._ids(f"{MEDIA_OUTRO}{question}<end_of_utterance>\nAssistant:")
-
-    def resume_ids(self, answer_finished: bool) -> list[int]:
-        closing = "" if answer_finished else "<end_of_utterance>"
-        return self._ids(f"{closing}\n{self._user_turn_opening()}")
+    def video_layout(self) -> VideoLayout:
+        """The processor writes the intro, the frames and a blank line where the template writes <video>."""
+        return VideoLayout(placeholder=getattr(self.tokenizer, "video_token", None) or "<video>", intro=STREAM_INTRO,
+                           outro=MEDIA_OUTRO)
 
     def stop_ids(self) -> set[int]:
         ids = {self._token_id("<end_of_utterance>"), self.tokenizer.eos_token_id}

@@ -18,7 +18,9 @@ from potwatch.models.demo_models import DEMO_MARK, DEMO_MAX_PIXELS, DEMO_SPECS, 
 from potwatch.models.family_processors import (
     llava_processor,
     preprocessor_settings,
+    qwen_pixel_limits,
     qwen_processor,
+    read_processor_settings,
     smolvlm_processor,
 )
 from potwatch.models.llava_onevision import LlavaOnevisionAdapter
@@ -92,32 +94,29 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, model_d
 
 def _adapter_for(model, tokenizer, settings: dict, name: str, is_demo: bool,
                  frame_max_pixels: int | None) -> ModelAdapter:
-    """The family's adapter around a loaded model, with its frame processor built from `settings`."""
+    """The family's adapter around a loaded model, with its frame processor built from `settings`, prompted
+    through the processor's chat template, else the tokenizer's, else the family's built-in format."""
     config = model.config
     family = config.model_type
+    chat_template = settings.get("chat_template")  # None: the tokenizer's own, if it has one
     if family == "llava_onevision":
-        return LlavaOnevisionAdapter(model, tokenizer, llava_processor(settings, config), name, is_demo)
+        return LlavaOnevisionAdapter(model, tokenizer, llava_processor(settings, config), name, is_demo,
+                                     chat_template=chat_template)
     if family == "smolvlm":
-        return SmolVLMAdapter(model, tokenizer, smolvlm_processor(settings, config), name, is_demo)
+        return SmolVLMAdapter(model, tokenizer, smolvlm_processor(settings, config), name, is_demo,
+                              chat_template=chat_template)
     real_default = QWEN3_FRAME_MAX_PIXELS if family == "qwen3_vl" else DEFAULT_FRAME_MAX_PIXELS
     # a checkpoint that asks for smaller frames than potwatch's default (the trained `tiny`) gets them
-    own_limit = int(settings.get("max_pixels", real_default))
+    own_limit = qwen_pixel_limits(settings)[1] or real_default
     max_pixels = frame_max_pixels or (DEMO_MAX_PIXELS if is_demo else min(real_default, own_limit))
     adapter_class = Qwen3VLAdapter if family == "qwen3_vl" else QwenVLAdapter
-    return adapter_class(model, tokenizer, qwen_processor(settings, config, max_pixels), name, is_demo)
+    return adapter_class(model, tokenizer, qwen_processor(settings, config, max_pixels), name, is_demo,
+                         chat_template=chat_template)
 
 
 def _read_preprocessor_config(source: str) -> dict:
-    try:
-        from transformers.utils import cached_file
-
-        path = cached_file(source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
-    except Exception:  # noqa: BLE001 - a missing preprocessor config just means defaults
-        path = None
-    if not path:
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """The checkpoint's processor settings and chat template (see `read_processor_settings`)."""
+    return read_processor_settings(source)
 
 
 def tiny_folder() -> Path:

@@ -101,13 +101,13 @@ def chat_prompt(tokenizer, template: str | None, built_in: ChatFormat, layout: V
                 system_prompt: str | None, end_of_turn: tuple[str, ...], fallback_template: str | None = None) -> ChatPrompt:
     """The checkpoint's template's pieces when it has a template a stream can follow; else those of
     `fallback_template` (the family processor's own template for video chats), else `built_in`."""
-    for candidate in (template, fallback_template):
-        if not candidate:
-            continue
+    candidates = [candidate for candidate in (template, fallback_template) if candidate]
+    for index, candidate in enumerate(candidates):
         try:
             chat_format = template_format(tokenizer, candidate, layout.placeholder, system_prompt)
         except ChatTemplateError as error:
-            log.warning("not prompting through the chat template: %s", error)
+            then = "trying the processor's video template" if index + 1 < len(candidates) else "using the built-in format"
+            log.warning("a stream cannot follow this chat template: %s; %s", error, then)
             continue
         return ChatPrompt(tokenizer, chat_format, layout, end_of_turn)
     return ChatPrompt(tokenizer, built_in, layout, end_of_turn)

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from potwatch.compression.token_meta import TokenKind, TokenMeta
+from potwatch.compression.token_meta import TokenMeta
 from potwatch.models.adapter import Block
 from potwatch.models.chat_format import ChatFormat, VideoLayout, chatml_format
 from potwatch.models.frame_preprocessing_llava import LlavaFrameProcessor

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-from potwatch.compression.token_meta import TokenKind, TokenMeta
+from potwatch.compression.token_meta import TokenMeta
 from potwatch.models.adapter import Block
 from potwatch.models.chat_format import ChatFormat, VideoLayout, chatml_format
 from potwatch.models.positions_qwen3 import Qwen3Positions

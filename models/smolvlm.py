@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
 
-from potwatch.compression.token_meta import TokenKind, TokenMeta
+from potwatch.compression.token_meta import TokenMeta
 from potwatch.models.adapter import Block
 from potwatch.models.chat_format import ChatFormat, VideoLayout
 from potwatch.models.frame_preprocessing_smolvlm import SmolVLMFrameProcessor

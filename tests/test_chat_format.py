@@ -35,27 +35,56 @@ def family_model(request):
     return load_model(request.param, dtype="float32", device="cpu")
 
 
-def dialogue_ids(prompt, answer: list[int], stop: int) -> list[list[int]]:
-    """Every piece of a three-turn stream: a finished answer, then one cut by max_new_tokens."""
-    pieces = [prompt.system_ids()]
+VIDEO = -5  # stands for a video's frames in the id lists below
+
+
+def streamed_ids(prompt, answer: list[int], stop: int) -> list[int]:
+    """What a stream of three turns holds: a first answer the model ended itself with `stop`, a second
+    cut by max_new_tokens, then the third question."""
+    ids = prompt.system_ids()
     for turn, question in enumerate(QUESTIONS):
-        pieces.append(prompt.question_ids(question))
+        ids += [VIDEO] + prompt.question_ids(question)
         if turn == 0:
-            pieces.append(answer + [stop] + prompt.resume_ids(answer_finished=True))
+            ids += answer + [stop] + prompt.resume_ids(answer_finished=True)
         elif turn == 1:
-            pieces.append(answer + prompt.resume_ids(answer_finished=False))
-    return pieces
+            ids += answer + prompt.resume_ids(answer_finished=False)
+    return ids
+
+
+def template_ids(adapter, answer: list[int]) -> list[int]:
+    """The same dialogue as the template renders it, each turn as it was prompted, each video as the
+    family's processor lays it out: the reference, made without cutting the template into pieces."""
+    layout = adapter.prompt.layout
+    system = [] if adapter.system_prompt is None else [{"role": "system", "content": [
+        {"type": "text", "text": adapter.system_prompt}]}]
+    messages, text = system, ""
+    for turn, question in enumerate(QUESTIONS):
+        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+        rendered = adapter.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text += rendered.split(f"ANSWER-{turn - 1}")[-1] if turn else rendered
+        if turn < 2:
+            text += f"ANSWER-{turn}"
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": f"ANSWER-{turn}"}]})
+    text = text.replace(layout.placeholder, f"{layout.intro}VIDEO{layout.outro}")
+    ids = []
+    for part in re.split("(VIDEO|ANSWER-\\d)", text):
+        if part == "VIDEO":
+            ids += [VIDEO, *layout.outro_ids]
+        else:
+            ids += answer if part.startswith("ANSWER-") else adapter.tokenizer.encode(part, add_special_tokens=False)
+    return ids
 
 
 def test_the_template_and_the_built_in_format_give_the_same_ids(family_model):
+    """Three turns; the template's pieces and the built-in format both equal the template's rendering."""
     adapter = family_model
-    assert adapter.prompt.source == TEMPLATE
+    assert adapter.prompt.source == TEMPLATE and adapter.built_in_prompt().source == BUILT_IN
     answer = adapter.tokenizer.encode("A red box.", add_special_tokens=False)
     stop = adapter.tokenizer.convert_tokens_to_ids(adapter.prompt.end_of_answer)
     assert stop in adapter.stop_ids()
-    template, built_in = (dialogue_ids(prompt, answer, stop) for prompt in (adapter.prompt, adapter.built_in_prompt()))
-    assert template == built_in
-    assert adapter.built_in_prompt().source == BUILT_IN
+    reference = template_ids(adapter, answer)
+    assert streamed_ids(adapter.prompt, answer, stop) == reference
+    assert streamed_ids(adapter.built_in_prompt(), answer, stop) == reference
 
 
 def test_they_agree_with_another_system_prompt(family_model):
@@ -64,7 +93,8 @@ def test_they_agree_with_another_system_prompt(family_model):
                          system_prompt="Watch the door and say when it opens.")
     assert made.prompt.source == TEMPLATE
     stop = made.tokenizer.convert_tokens_to_ids(made.prompt.end_of_answer)
-    assert dialogue_ids(made.prompt, [65, 66], stop) == dialogue_ids(made.built_in_prompt(), [65, 66], stop)
+    reference = template_ids(made, [65, 66])
+    assert streamed_ids(made.prompt, [65, 66], stop) == streamed_ids(made.built_in_prompt(), [65, 66], stop) == reference
 
 
 def test_without_a_system_prompt_the_template_writes_its_default():

@@ -42,6 +42,10 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{SWITCH}={TEST_DEVICE}: the largest differences the exactness checks saw")
         for line in lines:
             terminalreporter.write_line(f"  {line}")
+
+
+def pytest_sessionfinish(session):
+    """POTWATCH_TEST_DEVIATIONS=path: the same figures as JSON (also after an interrupted run)."""
     if os.environ.get("POTWATCH_TEST_DEVIATIONS"):
         write_deviations(os.environ["POTWATCH_TEST_DEVIATIONS"])
 

@@ -179,8 +179,9 @@ def _gpu_memory(results: dict) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for name, g in rows.items():
-        lines.append(f"| {name} | {_mb(g['peak_allocated_bytes'])} | {_mb(g['weights_bytes'])} | {_mb(g['cache_bytes'])} | "
-                     f"{_mb(g['beyond_weights_and_cache_bytes'])} | {_num(g['peak_over_weights_and_cap'])} |")
+        lines.append(f"| {name} | {_mb(g['peak_allocated_bytes'])} | {_mb(g['weights_bytes'])} | "
+                     f"{_mb(g['cache_bytes'])} | {_mb(g['beyond_weights_and_cache_bytes'])} | "
+                     f"{_num(g['peak_over_weights_and_cap'])} |")
     return lines + [""]
 
 

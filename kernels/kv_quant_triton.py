@@ -1,8 +1,9 @@
 """Int8 / int4 quantise and dequantise of K/V rows (Triton), bit-exact with kernels/kv_quant.py's
-reference, under the interpreter and compiled (see AS_WRITTEN). One program per block of tokens of one batch row: it sums the
-heads for the key mean, then quantises head by head, so each element is read twice at most and no
-float32 copy of the rows exists. Channels are handled as (even, odd) pairs, which is how int4 packs
-two codes per byte. The quantised cache uses it on CUDA (compression/quantized_kv.py)."""
+reference, under the interpreter and compiled (see AS_WRITTEN). One program per block of tokens of
+one batch row: it sums the heads for the key mean, then quantises head by head, so each element is
+read twice at most and no float32 copy of the rows exists. Channels are handled as (even, odd) pairs,
+which is how int4 packs two codes per byte. The quantised cache uses it on CUDA
+(compression/quantized_kv.py)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 
 import pytest
-import torch
 
 from potwatch.streaming.session import StreamSession
 from tests.conftest import random_frames

@@ -14,7 +14,7 @@ import contextlib
 import pytest
 import torch
 
-from tests.device import KERNEL, ON_CUDA, TEST_DEVICE, assert_close, on_device
+from tests.device import KERNEL, ON_CUDA, assert_close, on_device
 
 triton = pytest.importorskip("triton")
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402

@@ -82,7 +82,7 @@ def summary(folder: Path) -> list[str]:
     lines = [f"# Device check figures ({folder})", ""]
     lines += tolerance_lines(_load(folder / "deviations.json"))
     lines += kernel_lines(_load(folder / "kernels.json"))
-    lines += bench_lines(_load(folder / "bench" / "bench.json"))
+    lines += bench_lines(_load(folder / "bench.json"))
     return lines
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from potwatch.app.bench_configurations import configuration
+from potwatch.app.bench_gpu_memory import peak_figures, start_peak
 from potwatch.app.bench_machine import rss_bytes
 from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession
@@ -49,6 +50,7 @@ def stream_configuration(adapter, policy: str, cap_bytes: int | None, settings: 
                          frames: int | None = None, progress=None) -> tuple[dict, StreamSession]:
     """Stream `frames` (default all) through a new session; returns the per-block record and the session."""
     gc.collect()
+    start_peak(adapter.device)  # on CUDA: this configuration's own peak, session and cache included
     policy, kv_bits = configuration(policy)
     session = StreamSession(adapter, mem_cap=cap_bytes, policy=policy, fps=settings.fps, kv_bits=kv_bits)
     group = adapter.frames_per_group * session.groups_per_block
@@ -97,6 +99,7 @@ def stream_configuration(adapter, policy: str, cap_bytes: int | None, settings: 
         "compression_events": events,
         "ttft_s": ttft,
         "ttft_compacted": ttft_compacted,  # whether the ask had to compact the cache (make room) first
+        "gpu_memory": peak_figures(adapter, session.cache.nbytes, cap_bytes),  # None off CUDA
     }
     return record, session
 
@@ -182,6 +185,7 @@ def cost_figures(record: dict, settings: CostSettings, copy_ms: float | None) ->
         "final_kv_bytes": series["kv_bytes"][-1] if series["kv_bytes"] else None,
         "rss_at_reference_bytes": value_at(series, settings.reference_frame, "rss_bytes"),
         "rss_at_end_bytes": series["rss_bytes"][-1] if series["rss_bytes"] else None,
+        "gpu_memory": record.get("gpu_memory"),
     }
     figures["rss_ratio"] = ratio(figures["rss_at_end_bytes"], figures["rss_at_reference_bytes"])
     return figures

@@ -65,6 +65,7 @@ def markdown_report(results: dict) -> str:
     lines = [f"# potwatch benchmark — {results['settings']['model']}", ""]
     lines += _header(results)
     lines += _cost(results)
+    lines += _gpu_memory(results)
     if results["settings"].get("capacity_by_bits"):
         lines += _widths(results["settings"])
     if results.get("compression_at_scale"):
@@ -160,6 +161,28 @@ def _cost(results: dict) -> list[str]:
             ]
         lines.append("")
     return lines
+
+
+def _gpu_memory(results: dict) -> list[str]:
+    """Peak device memory of each configuration against weights + cap (CUDA runs only)."""
+    rows = {name: f["gpu_memory"] for name, f in results["cost"].items() if f.get("gpu_memory")}
+    if not rows:
+        return []
+    lines = [
+        "## GPU memory against weights + cap",
+        "",
+        f"`torch.cuda.max_memory_allocated` over each configuration's run on {next(iter(rows.values()))['device']}, "
+        "against the model's parameter bytes plus its cap (the full cache: plus what it grew to). What lies beyond "
+        "weights and cache is activations, compression scratch and logits, which the cap does not count.",
+        "",
+        "| configuration | peak allocated | weights | cache | beyond weights + cache | peak ÷ (weights + cap) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, g in rows.items():
+        lines.append(f"| {name} | {_mb(g['peak_allocated_bytes'])} | {_mb(g['weights_bytes'])} | "
+                     f"{_mb(g['cache_bytes'])} | {_mb(g['beyond_weights_and_cache_bytes'])} | "
+                     f"{_num(g['peak_over_weights_and_cap'])} |")
+    return lines + [""]
 
 
 def _widths(settings: dict) -> list[str]:

@@ -1,8 +1,9 @@
 """Int8 / int4 quantise and dequantise of K/V rows (Triton), bit-exact with kernels/kv_quant.py's
-reference under the interpreter. One program per block of tokens of one batch row: it sums the
-heads for the key mean, then quantises head by head, so each element is read twice at most and no
-float32 copy of the rows exists. Channels are handled as (even, odd) pairs, which is how int4 packs
-two codes per byte. The quantised cache uses it on CUDA (compression/quantized_kv.py)."""
+reference, under the interpreter and compiled (see AS_WRITTEN). One program per block of tokens of
+one batch row: it sums the heads for the key mean, then quantises head by head, so each element is
+read twice at most and no float32 copy of the rows exists. Channels are handled as (even, odd) pairs,
+which is how int4 packs two codes per byte. The quantised cache uses it on CUDA
+(compression/quantized_kv.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ import triton.language as tl
 from potwatch.kernels.kv_quant import QuantizedKV, check_layout, qmax
 
 TOKENS_PER_PROGRAM = 16
+# Bit-exact with the torch reference on a GPU too: no multiply-add fused into one rounding (the
+# compiler's default; torch rounds the product, then the sum), and divisions rounded as IEEE says
+# (`tl.math.div_rn`: a plain `/` compiles to an approximate division, up to 2 ulp off). The
+# interpreter ignores the option and divides exactly either way.
+AS_WRITTEN = {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -55,8 +61,9 @@ def _quantize_kernel(x_ptr, data_ptr, scale_ptr, mean_ptr, heads, n, dim,
         for h in range(heads):
             mean_e += tl.load(even + h * sxh, mask=ok, other=0.0).to(tl.float32)
             mean_o += tl.load(even + h * sxh + 1, mask=ok, other=0.0).to(tl.float32)
-        mean_e = _to_storage(mean_e / heads, ROUND_BF16).to(mean_ptr.dtype.element_ty).to(tl.float32)
-        mean_o = _to_storage(mean_o / heads, ROUND_BF16).to(mean_ptr.dtype.element_ty).to(tl.float32)
+        count = tl.full((BLOCK_N, HALF_D), heads, tl.float32)
+        mean_e = _to_storage(tl.math.div_rn(mean_e, count), ROUND_BF16).to(mean_ptr.dtype.element_ty).to(tl.float32)
+        mean_o = _to_storage(tl.math.div_rn(mean_o, count), ROUND_BF16).to(mean_ptr.dtype.element_ty).to(tl.float32)
         mean_at = mean_ptr + b * smb + t[:, None] * smn + 2 * p[None, :]
         tl.store(mean_at, mean_e.to(mean_ptr.dtype.element_ty), mask=ok)
         tl.store(mean_at + 1, mean_o.to(mean_ptr.dtype.element_ty), mask=ok)
@@ -67,12 +74,14 @@ def _quantize_kernel(x_ptr, data_ptr, scale_ptr, mean_ptr, heads, n, dim,
         o = tl.load(even + h * sxh + 1, mask=ok, other=0.0).to(tl.float32) - mean_o
         amax_e = tl.max(tl.reshape(tl.abs(e), (BLOCK_N, GROUPS, HALF_GROUP)), axis=2)
         amax_o = tl.max(tl.reshape(tl.abs(o), (BLOCK_N, GROUPS, HALF_GROUP)), axis=2)
-        scale = _to_storage(tl.maximum(amax_e, amax_o) / QMAX, ROUND_BF16).to(scale_ptr.dtype.element_ty)
+        largest = tl.maximum(amax_e, amax_o)
+        scale = _to_storage(tl.math.div_rn(largest, tl.full(largest.shape, QMAX, tl.float32)), ROUND_BF16)
+        scale = scale.to(scale_ptr.dtype.element_ty)
         tl.store(scale_ptr + b * ssb + h * ssh + t[:, None] * ssn + g[None, :], scale, mask=group_ok)
         scale = scale.to(tl.float32)
         safe = _per_pair(tl.where(scale > 0, scale, 1.0), BLOCK_N, GROUPS, HALF_GROUP)
-        q_e = tl.minimum(tl.maximum(tl.floor(e / safe + 0.5), -QMAX), QMAX).to(tl.int32)
-        q_o = tl.minimum(tl.maximum(tl.floor(o / safe + 0.5), -QMAX), QMAX).to(tl.int32)
+        q_e = tl.minimum(tl.maximum(tl.floor(tl.math.div_rn(e, safe) + 0.5), -QMAX), QMAX).to(tl.int32)
+        q_o = tl.minimum(tl.maximum(tl.floor(tl.math.div_rn(o, safe) + 0.5), -QMAX), QMAX).to(tl.int32)
         row = data_ptr + b * sdb + h * sdh + t[:, None] * sdn
         if BITS == 8:
             tl.store(row + 2 * p[None, :], q_e.to(tl.int8), mask=ok)
@@ -143,7 +152,7 @@ def quantize(x: torch.Tensor, bits: int = 8, group: int = 32, center: bool = Fal
         _quantize_kernel[grid](x, data, scale, mean_arg, heads, n, dim, *x.stride()[:3], *data.stride()[:3],
                                *scale.stride()[:3], *mean_arg.stride()[:2],
                                QMAX=qmax(bits), BITS=bits, CENTER=center, ROUND_BF16=x.dtype == torch.bfloat16,
-                               **_blocks(dim, group))
+                               **_blocks(dim, group), **AS_WRITTEN)
     return QuantizedKV(data, scale, mean, bits, group)
 
 
@@ -158,5 +167,5 @@ def dequantize(q: QuantizedKV) -> torch.Tensor:
         _dequantize_kernel[grid](q.data, q.scale, mean_arg, out, heads, n, dim, *q.data.stride()[:3],
                                  *q.scale.stride()[:3], *mean_arg.stride()[:2], *out.stride()[:3],
                                  BITS=q.bits, CENTER=q.mean is not None, ROUND_BF16=q.dtype == torch.bfloat16,
-                                 **_blocks(dim, q.group))
+                                 **_blocks(dim, q.group), **AS_WRITTEN)
     return out

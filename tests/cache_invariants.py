@@ -37,7 +37,8 @@ def cache_problems(session) -> list[str]:
             meta = {name: tensor[:, :length] for name, tensor in layer.meta.items()}
             pos = layer.pos[:, :, :length]
             kinds = meta["kind"]
-            if not bool(torch.isin(kinds, torch.tensor([k.value for k in TokenKind], dtype=kinds.dtype)).all()):
+            known = torch.tensor([k.value for k in TokenKind], dtype=kinds.dtype, device=kinds.device)
+            if not bool(torch.isin(kinds, known).all()):
                 problems.append(f"{where}: a held token has no valid kind")
             # [heads, kinds]: system, dialogue, and visual tokens + holes (per-head budgets pad with holes)
             evictable = (kinds == TokenKind.VISION) | (kinds == TokenKind.HOLE)

@@ -1,6 +1,6 @@
-"""Shared pieces of the per-family tests: the demo adapters (built once), and the exactness oracle,
-which lays frames and dialogue out the way each family's processor would and runs ONE forward pass of
-the stock transformers model with the model computing its own positions."""
+"""Shared pieces of the per-family tests: the demo adapters (built once, on the test device), and the
+exactness oracle, which lays frames and dialogue out the way each family's processor would and runs
+ONE forward pass of the stock transformers model with the model computing its own positions."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from transformers.models.smolvlm.processing_smolvlm import (
     _prompt_single_image,
 )
 
-from potwatch.models.registry import load_model
+from tests.device import load_test_model
 
 FAMILY_DEMOS = ["demo-llava", "demo-smolvlm", "demo-qwen3"]
 REAL_GEOMETRY_DEMOS = ["demo-llava-0.5b", "demo-smolvlm-256m", "demo-qwen3-2b"]
@@ -25,7 +25,8 @@ SMOLVLM_STREAM_INTRO = "You are provided the following series of frames from a l
 
 @functools.lru_cache(maxsize=None)
 def family_adapter(name: str):
-    return load_model(name, dtype="float32", device="cpu")
+    """The demo model `name` in float32 on the test device (tests/device.py), built once per run."""
+    return load_test_model(name)
 
 
 def patch_grid(adapter, height: int, width: int) -> tuple[int, int]:
@@ -60,8 +61,9 @@ def oracle_logits(adapter, turns: list[Turn], fps: float = 2.0) -> torch.Tensor:
         ids, kwargs = _qwen3_inputs(adapter, turns, fps)
     else:
         ids, kwargs = _smolvlm_inputs(adapter, turns, fps)
+    inputs = {key: value.to(adapter.device) for key, value in kwargs.items()}
     with torch.no_grad():
-        return adapter.model(input_ids=torch.tensor([ids]), **kwargs).logits[0, -1].float()
+        return adapter.model(input_ids=torch.tensor([ids], device=adapter.device), **inputs).logits[0, -1].float()
 
 
 def _encode(adapter, text: str) -> list[int]:

@@ -17,6 +17,7 @@ from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession
 from tests.cache_invariants import assert_cache_invariants
 from tests.conftest import random_frames
+from tests.device import QUERY, assert_close
 from tests.query_fixtures import capture_beside_the_model
 
 DIM = 8
@@ -153,9 +154,9 @@ def test_captured_queries_are_the_models_own_after_rope(demo_adapter, monkeypatc
     block = demo_adapter.vision_block(random_frames(2, seed=2), 4, session.positions)
     got, rows, calls = capture_beside_the_model(demo_adapter, modeling_qwen2_vl, session, block, monkeypatch)
     assert calls == session.geometry.layers
-    assert torch.allclose(got.mean, rows.mean(1), atol=1e-5)
-    assert torch.allclose(got.var, rows.var(1, unbiased=False), atol=1e-4)
-    assert torch.allclose(got.samples, rows[:, got.offsets], atol=1e-5)
+    assert_close(got.mean, rows.mean(1), QUERY)
+    assert_close(got.var, rows.var(1, unbiased=False), QUERY, scale=10)
+    assert_close(got.samples, rows[:, got.offsets.to(rows.device)], QUERY)
     assert got.block_tokens == len(block)
     for attention in demo_adapter.attention_modules():  # hooks gone with the capture
         assert not attention.q_proj._forward_hooks
@@ -197,8 +198,8 @@ def test_global_score_pays_for_its_scores_under_the_cap(demo_adapter):
 def held_scores(session) -> dict[tuple, float]:
     """Each held token's running score, by (row, kind, frame, patch row, patch col, turn)."""
     cache, n = session.cache, session.cache.length
-    ident = torch.stack([cache.rows(f)[:, :n].long() for f in ("kind", "frame", "row", "col", "turn")], -1)
-    scores = cache.score_rows()[:, :n]
+    ident = torch.stack([cache.rows(f)[:, :n].long() for f in ("kind", "frame", "row", "col", "turn")], -1).cpu()
+    scores = cache.score_rows()[:, :n].cpu()
     return {(r, *ident[r, i].tolist()): float(scores[r, i]) for r in range(ident.shape[0]) for i in range(n)}
 
 

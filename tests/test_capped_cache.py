@@ -10,6 +10,7 @@ from transformers import DynamicCache
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.capped_cache import CacheOverflowError, CappedKVCache, indices_where
 from potwatch.compression.token_meta import TokenKind, TokenMeta
+from tests.device import on_device
 
 GEOMETRY = KVGeometry(layers=2, kv_heads=3, head_dim=8, dtype=torch.float32, pos_rows=3)
 
@@ -100,9 +101,10 @@ def test_per_head_compaction_keeps_keys_values_and_metadata_in_step():
 def test_language_model_gives_identical_logits_with_capped_and_dynamic_cache(demo_adapter):
     lm = demo_adapter.model.model.language_model
     torch.manual_seed(1)
-    embeds = torch.randn(1, 30, lm.config.hidden_size)
-    pos = torch.arange(30).view(1, 1, -1).expand(3, 1, 30)
-    capped = CappedKVCache(demo_adapter.geometry(), capacity=64)
+    device = demo_adapter.device
+    embeds = on_device(torch.randn(1, 30, lm.config.hidden_size), device)
+    pos = on_device(torch.arange(30).view(1, 1, -1).expand(3, 1, 30), device)
+    capped = CappedKVCache(demo_adapter.geometry(), capacity=64, device=device)
     dynamic = DynamicCache(config=lm.config)
     with torch.no_grad():
         outputs = []

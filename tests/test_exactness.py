@@ -10,6 +10,7 @@ import torch
 from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession
 from tests.conftest import random_frames
+from tests.device import EXACT, assert_close
 
 
 def one_forward_logits(adapter, frames, question: str, answer_ids: list[int]) -> torch.Tensor:
@@ -32,7 +33,7 @@ def one_forward_logits(adapter, frames, question: str, answer_ids: list[int]) ->
     if adapter.family == "qwen2_5_vl":
         kwargs["second_per_grid_ts"] = torch.tensor([processor.temporal_patch_size / 2.0])  # fps 2
     with torch.no_grad():
-        return adapter.model(**kwargs).logits[0, -1].float()
+        return adapter.model(**{key: value.to(adapter.device) for key, value in kwargs.items()}).logits[0, -1].float()
 
 
 @pytest.mark.parametrize("adapter_name", ["demo_adapter", "demo25_adapter"])
@@ -45,7 +46,7 @@ def test_streamed_prefill_equals_one_forward(adapter_name, request):
     block = adapter.text_block(adapter.question_ids("What moved?"), TokenKind.DIALOGUE, session.positions, 0)
     streamed = session._run(block, logits=True)
     oracle = one_forward_logits(adapter, frames, "What moved?", [])
-    assert torch.allclose(streamed, oracle, atol=1e-5), (streamed - oracle).abs().max()
+    assert_close(streamed, oracle, EXACT)
 
 
 @pytest.mark.parametrize("adapter_name", ["demo_adapter", "demo25_adapter"])

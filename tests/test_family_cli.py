@@ -15,6 +15,7 @@ from potwatch.models.checkpoints import SMALLEST_CHECKPOINTS
 from potwatch.models.registry import save_demo
 from potwatch.streaming.sources import FileSource
 from tests.conftest import random_frames
+from tests.device import load_test_model
 from tests.families import FAMILY_DEMOS, family_adapter
 
 DEMO_VIDEO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
@@ -47,7 +48,7 @@ def test_a_cap_too_small_names_the_minimum(name, capsys):
 
 @pytest.mark.parametrize("name", FAMILY_DEMOS)
 def test_the_python_api_end_to_end(name):
-    model = load_model(name)
+    model = load_test_model(name)
     session = StreamSession(model, mem_cap=CLI_CAP[name], policy="tar_van", fps=2, max_new_tokens=4)
     for frame in FileSource(str(DEMO_VIDEO), fps=2, max_frames=16):
         session.feed(frame)
@@ -91,7 +92,7 @@ def test_real_geometry_demos_cost_what_the_real_checkpoints_cost(name, family):
 @pytest.mark.parametrize("name", FAMILY_DEMOS)
 def test_a_saved_demo_loads_through_from_pretrained_and_answers_the_same(name, tmp_path):
     demo = family_adapter(name)
-    loaded = load_model(str(save_demo(name, tmp_path / name)), dtype="float32", device="cpu")
+    loaded = load_test_model(str(save_demo(name, tmp_path / name)))
     assert loaded.is_demo and loaded.family == demo.family and type(loaded) is type(demo)
     assert loaded.processor == demo.processor and loaded.geometry() == demo.geometry()
     for key, tensor in demo.model.state_dict().items():

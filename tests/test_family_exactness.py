@@ -1,7 +1,7 @@
 """The exactness oracle for every 1-D RoPE family: with a cap larger than the stream, the streamed,
-chunked session gives the same next-token logits (atol 1e-5) and the same greedy answers as one forward
-pass of the stock transformers model over the same frames and dialogue, laid out as the family's
-processor would lay them out (see tests/families.py)."""
+chunked session gives the same next-token logits (atol 1e-5 on the CPU: tests/device.py's EXACT) and
+the same greedy answers as one forward pass of the stock transformers model over the same frames and
+dialogue, laid out as the family's processor would lay them out (see tests/families.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from potwatch.compression.token_meta import TokenKind
 from potwatch.kernels.rope_shift import shift_rotary
 from potwatch.streaming.session import StreamSession
 from tests.conftest import random_frames
+from tests.device import EMBED, EXACT, ROTATION, assert_close, on_device
 from tests.families import FAMILY_DEMOS, REAL_GEOMETRY_DEMOS, Turn, family_adapter, oracle_greedy, oracle_logits
 
 
@@ -32,7 +33,7 @@ def test_streamed_prefill_equals_one_forward(name, frames_per_block):
     assert session.stats()["compressions"] == 0 and session.frames_ingested == 6
     streamed = streamed_logits(session, "What moved?")
     oracle = oracle_logits(adapter, [Turn(frames, "What moved?")])
-    assert torch.allclose(streamed, oracle, atol=1e-5), (streamed - oracle).abs().max()
+    assert_close(streamed, oracle, EXACT)
 
 
 @pytest.mark.parametrize("name", REAL_GEOMETRY_DEMOS)
@@ -46,7 +47,7 @@ def test_real_geometry_demos_are_exact_too(name):
     session.feed(frames)
     streamed = streamed_logits(session, "Why?")
     oracle = oracle_logits(adapter, [Turn(frames, "Why?")])
-    assert torch.allclose(streamed, oracle, atol=1e-5), (streamed - oracle).abs().max()
+    assert_close(streamed, oracle, EXACT)
 
 
 @pytest.mark.parametrize("name", FAMILY_DEMOS)
@@ -76,7 +77,7 @@ def test_vision_blocks_of_one_group_equal_all_frames_at_once(name):
     positions = adapter.new_positions(2.0)
     apart = [adapter.vision_block(frames[first:first + step], first, positions) for first in range(0, 6, step)]
     with torch.no_grad():
-        assert torch.allclose(torch.cat([b.embeds for b in apart], dim=1), together.embeds, atol=1e-6)
+        assert_close(torch.cat([b.embeds for b in apart], dim=1), together.embeds, EMBED)
     for field in ("frame", "row", "col", "pos"):
         assert torch.equal(torch.cat([getattr(b.meta, field) for b in apart], dim=-1), getattr(together.meta, field))
 
@@ -88,15 +89,15 @@ def test_keys_rotated_to_new_positions_equal_keys_computed_there(name):
     adapter = family_adapter(name)
     torch.manual_seed(0)
     n, geometry = 10, adapter.geometry()
-    embeds = torch.randn(1, n, adapter.model.config.text_config.hidden_size)
+    embeds = on_device(torch.randn(1, n, adapter.model.config.text_config.hidden_size), adapter.device)
     inv_freq, section = adapter.rotary_frequencies()
     assert section.shape == inv_freq.shape and int(section.max()) == geometry.pos_rows - 1
     if adapter.family == "qwen3_vl":  # mrope_section [2, 3, 3]: H at 1, 4, 7; W at 2, 5; T elsewhere
         assert section.tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
 
     def keys_at(pos: torch.Tensor) -> torch.Tensor:
-        cache = CappedKVCache(geometry, capacity=n)
-        position_ids = pos if geometry.pos_rows == 1 else pos.unsqueeze(1)
+        cache = CappedKVCache(geometry, capacity=n, device=adapter.device)
+        position_ids = on_device(pos if geometry.pos_rows == 1 else pos.unsqueeze(1), adapter.device)
         with torch.no_grad():
             language_model = getattr(adapter, "language_model", None) or adapter.model.model.language_model
             language_model(inputs_embeds=embeds, position_ids=position_ids, cache=cache, use_cache=True)
@@ -106,4 +107,4 @@ def test_keys_rotated_to_new_positions_equal_keys_computed_there(name):
     old = torch.stack([torch.arange(n) * (7 + row) + 300 + 50 * row for row in range(rows)])
     new = torch.stack([torch.arange(n) + row for row in range(rows)])
     delta = (new - old).unsqueeze(1).expand(rows, geometry.kv_heads, n)
-    assert torch.allclose(shift_rotary(keys_at(old), delta, inv_freq, section), keys_at(new), atol=2e-5)
+    assert_close(shift_rotary(keys_at(old), on_device(delta, adapter.device), inv_freq, section), keys_at(new), ROTATION)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import importlib
 
 import pytest
-import torch
 
 from potwatch.streaming.session import StreamSession
 from tests.conftest import random_frames
+from tests.device import QUERY, assert_close
 from tests.families import FAMILY_DEMOS, family_adapter
 from tests.query_fixtures import capture_beside_the_model
 
@@ -30,5 +30,5 @@ def test_captured_queries_are_the_models_own_after_rope(name, monkeypatch):
     block = adapter.vision_block(frames[adapter.frames_per_group :], adapter.frames_per_group, session.positions)
     got, rows, calls = capture_beside_the_model(adapter, module, session, block, monkeypatch)
     assert calls == session.geometry.layers
-    assert torch.allclose(got.mean, rows.mean(1), atol=1e-4)
-    assert torch.allclose(got.samples, rows[:, got.offsets], atol=1e-4)
+    assert_close(got.mean, rows.mean(1), QUERY, scale=10)
+    assert_close(got.samples, rows[:, got.offsets.to(rows.device)], QUERY, scale=10)

@@ -18,6 +18,7 @@ from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession
 from tests.cache_invariants import assert_cache_invariants
 from tests.conftest import random_frames
+from tests.device import EXACT, assert_close, on_device
 from tests.test_keep_merge import plain_sdpa
 
 
@@ -124,22 +125,21 @@ def test_holes_are_invisible_to_attention_in_a_real_forward(demo_adapter):
     cache, n = session.cache, session.cache.length
     with plain_sdpa(demo_adapter):
         reference = cache_logits(demo_adapter, cache, session.positions, "What moved?")
-    padded = CappedKVCache(cache.geometry, n + 40 + 64)
+    padded = CappedKVCache(cache.geometry, n + 40 + 64, cache.layers[0].device)
     g = torch.Generator().manual_seed(0)
     extra = 40
     rows = cache.geometry.kv_heads
     for into, layer in zip(padded.layers, cache.layers):
-        keys = torch.randn(1, rows, n + extra, layer.keys.shape[-1], generator=g) * 5
-        values = torch.randn(1, rows, n + extra, layer.values.shape[-1], generator=g) * 5
-        count = torch.zeros(rows, n + extra)
+        keys = on_device(torch.randn(1, rows, n + extra, layer.keys.shape[-1], generator=g) * 5, layer.device)
+        values = on_device(torch.randn(1, rows, n + extra, layer.values.shape[-1], generator=g) * 5, layer.device)
+        count = torch.zeros(rows, n + extra, device=layer.device)
         for head in range(rows):
-            real = torch.randperm(n + extra, generator=g)[:n].sort().values
+            real = on_device(torch.randperm(n + extra, generator=g)[:n].sort().values, layer.device)
             keys[0, head, real], values[0, head, real] = layer.keys[0, head], layer.values[0, head]
             count[head, real] = 1
         into.update(keys, values)
         into.count[:, : n + extra] = count
-    assert torch.allclose(cache_logits(demo_adapter, padded, session.positions, "What moved?"), reference,
-                          atol=1e-5, rtol=0)
+    assert_close(cache_logits(demo_adapter, padded, session.positions, "What moved?"), reference, EXACT, rtol=0)
     padded.rows("count")[:, :n + extra].clamp_(min=1)  # the same slots counted: the answer changes
     assert not torch.allclose(cache_logits(demo_adapter, padded, session.positions, "What moved?"), reference,
                               atol=1e-3, rtol=0)

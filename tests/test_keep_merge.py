@@ -17,10 +17,10 @@ from potwatch.compression.merging import merge_evicted
 from potwatch.compression.token_meta import TokenKind
 from potwatch.models import count_attention
 from potwatch.models.count_attention import count_biased_attention, install_count_attention
-from potwatch.models.registry import load_model
 from potwatch.streaming.session import StreamSession
 from tests.cache_invariants import assert_cache_invariants
 from tests.conftest import random_frames
+from tests.device import EXACT, assert_close, load_test_model
 from tests.families import FAMILY_DEMOS, family_adapter
 
 FAMILIES = ["demo", "demo-qwen2.5", *FAMILY_DEMOS]  # qwen2_vl, qwen2_5_vl, llava (qwen2), smolvlm (llama), qwen3_vl
@@ -28,7 +28,7 @@ QUESTION = "What moved?"
 
 
 def adapter_for(name: str):
-    return load_model("demo") if name == "demo" else family_adapter(name)
+    return load_test_model("demo") if name == "demo" else family_adapter(name)
 
 
 @contextlib.contextmanager
@@ -60,7 +60,7 @@ def test_counts_of_one_give_plain_sdpa_and_a_count_reaches_attention(name):
     session = streamed(adapter, "keep_merge", frames)  # installs the count-aware attention
     assert adapter.attention_modules()[0].config._attn_implementation.startswith(count_attention.PREFIX)
     cache, positions = _cache_and_positions(session)
-    assert torch.allclose(cache_logits(adapter, cache, positions, QUESTION), reference, atol=1e-5, rtol=0)
+    assert_close(cache_logits(adapter, cache, positions, QUESTION), reference, EXACT, rtol=0)
     cache.rows("count")[:, session.system_tokens + 3] = 4
     assert not torch.allclose(cache_logits(adapter, cache, positions, QUESTION), reference, atol=1e-4, rtol=0)
     # the same shared model, a session of another policy: untouched by the installed function
@@ -85,13 +85,13 @@ def test_a_slot_counting_c_equals_c_copies_of_its_token(name):
     counted[:, list(slots)] = copies
     with_counts = cache_logits(adapter, cache, session.positions, QUESTION)
     plain_geometry = dataclasses.replace(cache.geometry, slot_counts=False)
-    duplicated = CappedKVCache(plain_geometry, cache.length + 2 * len(slots) + 64)
+    duplicated = CappedKVCache(plain_geometry, cache.length + 2 * len(slots) + 64, cache.layers[0].device)
     order = [i for i in range(cache.length) for _ in range(copies if i in slots else 1)]
     for into, layer in zip(duplicated.layers, cache.layers):
         into.update(layer.keys[:, :, order], layer.values[:, :, order])
     with plain_sdpa(adapter):
         copied = cache_logits(adapter, duplicated, session.positions, QUESTION)
-    assert torch.allclose(with_counts, copied, atol=1e-5, rtol=0), float((with_counts - copied).abs().max())
+    assert_close(with_counts, copied, EXACT, rtol=0)
     counted[:, list(slots)] = 1
     assert not torch.allclose(cache_logits(adapter, cache, session.positions, QUESTION), copied, atol=1e-4, rtol=0)
 
@@ -117,7 +117,7 @@ def test_count_attention_in_query_chunks_equals_one_masked_softmax(monkeypatch, 
 
 
 def test_an_unsupported_attention_implementation_is_a_clear_error():
-    adapter = load_model("demo-qwen2.5")
+    adapter = load_test_model("demo-qwen2.5")
     config = adapter.attention_modules()[0].config
     saved = config._attn_implementation
     config._attn_implementation = "flash_attention_2"

@@ -9,11 +9,12 @@ from potwatch import StreamSession, load_model
 from potwatch.errors import ModelLoadError
 from potwatch.models.registry import save_demo
 from tests.conftest import random_frames
+from tests.device import load_test_model
 
 
 def test_a_saved_demo_loads_through_from_pretrained_and_answers_the_same(tmp_path, demo_adapter):
     folder = save_demo("demo", tmp_path / "demo-checkpoint")
-    loaded = load_model(str(folder), dtype="float32", device="cpu")
+    loaded = load_test_model(str(folder))
     assert loaded.is_demo and loaded.family == "qwen2_vl"
     assert loaded.processor == demo_adapter.processor
     assert loaded.geometry() == demo_adapter.geometry()
@@ -29,7 +30,7 @@ def test_a_saved_demo_loads_through_from_pretrained_and_answers_the_same(tmp_pat
 
 def test_bfloat16_halves_the_bytes_per_token():
     adapter = load_model("demo", dtype="bfloat16")
-    assert adapter.geometry().kv_bytes_per_token * 2 == load_model("demo").geometry().kv_bytes_per_token
+    assert adapter.geometry().kv_bytes_per_token * 2 == load_model("demo", dtype="float32").geometry().kv_bytes_per_token
 
 
 def test_a_folder_that_is_not_a_model(tmp_path):

@@ -14,12 +14,14 @@ from potwatch.kernels.rope_shift import shift_rotary
 from potwatch.models.positions import MRopePositions
 from potwatch.streaming.session import StreamSession
 from tests.conftest import random_frames
+from tests.device import ROTATION, assert_close, on_device
 
 
 def layer_zero_keys(adapter, embeds: torch.Tensor, pos: torch.Tensor, layer: int = 0) -> torch.Tensor:
-    cache = CappedKVCache(adapter.geometry(), capacity=embeds.shape[1])
+    cache = CappedKVCache(adapter.geometry(), capacity=embeds.shape[1], device=adapter.device)
+    position_ids = on_device(pos.unsqueeze(1), adapter.device)
     with torch.no_grad():
-        adapter.model.model.language_model(inputs_embeds=embeds, position_ids=pos.unsqueeze(1), cache=cache, use_cache=True)
+        adapter.model.model.language_model(inputs_embeds=embeds, position_ids=position_ids, cache=cache, use_cache=True)
     return cache.layers[layer].keys[0]
 
 
@@ -28,18 +30,20 @@ def test_keys_rotated_to_new_positions_equal_keys_computed_there(adapter_name, r
     adapter = request.getfixturevalue(adapter_name)
     torch.manual_seed(0)
     n = 12
-    embeds = torch.randn(1, n, adapter.model.config.text_config.hidden_size)
+    embeds = on_device(torch.randn(1, n, adapter.model.config.text_config.hidden_size), adapter.device)
     old = torch.stack([torch.arange(n) * 3 + 500, torch.arange(n) % 4 + 700, torch.arange(n) // 4 + 900])
     inv_freq, section = adapter.rotary_frequencies()
     # any per-token shift, per section: layer 0's keys depend on positions only through the rotation
     new = torch.stack([torch.arange(n), torch.arange(n) % 4 + 2, torch.arange(n) // 4 + 5])
-    moved = shift_rotary(layer_zero_keys(adapter, embeds, old), (new - old).unsqueeze(1).expand(3, 2, n), inv_freq, section)
-    assert torch.allclose(moved, layer_zero_keys(adapter, embeds, new), atol=2e-5)
+    delta = on_device((new - old).unsqueeze(1).expand(3, 2, n), adapter.device)
+    moved = shift_rotary(layer_zero_keys(adapter, embeds, old), delta, inv_freq, section)
+    assert_close(moved, layer_zero_keys(adapter, embeds, new), ROTATION)
     # a uniform shift keeps every relative position, so every layer's keys must match
     shifted = old - 450
     last = adapter.geometry().layers - 1
-    moved = shift_rotary(layer_zero_keys(adapter, embeds, old, last), torch.full((3, 2, n), -450), inv_freq, section)
-    assert torch.allclose(moved, layer_zero_keys(adapter, embeds, shifted, last), atol=2e-5)
+    delta = on_device(torch.full((3, 2, n), -450), adapter.device)
+    moved = shift_rotary(layer_zero_keys(adapter, embeds, old, last), delta, inv_freq, section)
+    assert_close(moved, layer_zero_keys(adapter, embeds, shifted, last), ROTATION)
 
 
 @pytest.mark.parametrize("time_step", [1.0, 2.0, 0.5])

@@ -23,6 +23,7 @@ from potwatch.kernels.kv_quant import qmax
 from potwatch.streaming.session import StreamSession
 from tests.cache_invariants import assert_cache_invariants
 from tests.conftest import random_frames
+from tests.families import family_adapter
 
 GEOMETRY = KVGeometry(layers=2, kv_heads=2, head_dim=64, dtype=torch.float32, pos_rows=3)
 
@@ -143,7 +144,7 @@ def test_a_stream_under_the_cap_with_quantised_kv(demo_adapter, bits, policy):
 
 def test_compact_positions_rotate_quantised_keys(demo_adapter):
     """Families that re-number positions after each compaction decode, rotate and re-quantise the keys."""
-    session = StreamSession("demo-llava", mem_cap="300kB", kv_bits=8, max_new_tokens=8)
+    session = StreamSession(family_adapter("demo-llava"), mem_cap="300kB", kv_bits=8, max_new_tokens=8)
     assert session.positions_mode == "compact"
     for frame in random_frames(60, seed=2, size=(64, 64)):
         session.feed(frame)

@@ -12,6 +12,7 @@ from potwatch.errors import CacheFullError, MemCapError, QuestionError, UserErro
 from potwatch.streaming.session import StreamSession
 from tests.cache_invariants import assert_cache_invariants
 from tests.conftest import random_frames
+from tests.device import load_test_model
 
 SMALL_CAP = "400kB"  # ~650 tokens of the tiny demo model: a dozen temporal groups
 
@@ -160,9 +161,7 @@ def test_reset_and_close(demo_adapter):
 
 
 def test_the_cap_in_tokens_and_frames_for_the_2b_geometry():
-    from potwatch.models.registry import load_model
-
-    session = StreamSession(load_model("demo-2b", dtype="bfloat16"), mem_cap="2GB")
+    session = StreamSession(load_test_model("demo-2b", dtype="bfloat16"), mem_cap="2GB")
     text = session.describe_cap(tokens_per_frame=130)
     assert "2.00 GB holds about 66,507 tokens (28,672 B/token K+V + 1,400 B metadata)" in text
     assert text.endswith("≈ 511 frames at 130 tokens/frame")

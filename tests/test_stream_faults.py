@@ -26,6 +26,7 @@ from potwatch.models.registry import load_model
 from potwatch.streaming import sources
 from tests.bad_media import write_cut_in_half, write_video
 from tests.conftest import random_frames
+from tests.device import EXACT, TEST_DEVICE, load_test_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_VIDEO = ROOT / "assets" / "demo.mp4"
@@ -202,12 +203,15 @@ def _same(a: tuple, b: tuple, atol: float = 0.0) -> bool:
     return a[:4] == b[:4] and all(close)
 
 
+# The CPU always; CUDA where the suite runs there (POTWATCH_TEST_DEVICE=cuda; a CPU run hides the GPU).
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
 @pytest.fixture(scope="module", params=DEVICES)
 def adapter(request, demo_adapter):
-    return demo_adapter if request.param == "cpu" else load_model("demo", device="cuda")
+    if demo_adapter.device.type == request.param:
+        return demo_adapter
+    return load_model("demo", dtype="float32", device=request.param)
 
 
 def test_out_of_memory_once_retries_in_pieces_with_the_same_result(adapter):
@@ -221,13 +225,13 @@ def test_out_of_memory_once_retries_in_pieces_with_the_same_result(adapter):
     session.feed(frames[4:])
     assert session.stats()["dropped_frames"] == 0
     # chunked prefill wrote the same keys and values (up to float rounding: the matmuls have other shapes)
-    assert _same(_snapshot(session), _snapshot(reference), atol=1e-5)
+    assert _same(_snapshot(session), _snapshot(reference), atol=EXACT.atol)
     assert session.ask("What?", max_new_tokens=3).text == reference.ask("What?", max_new_tokens=3).text
 
 
 def test_deepstack_blocks_retried_in_pieces_give_the_same_result():
     """Qwen3-VL adds DeepStack features at its patch tokens inside the language model: each piece gets its own."""
-    adapter = load_model("demo-qwen3")
+    adapter = load_test_model("demo-qwen3")
     frames = random_frames(4, seed=3, size=(240, 320))
     reference = StreamSession(adapter, mem_cap="4MB")
     reference.feed(frames)
@@ -235,7 +239,7 @@ def test_deepstack_blocks_retried_in_pieces_give_the_same_result():
     session.feed(frames[:2])
     with _fault_in_forward(adapter, torch.OutOfMemoryError, times=2, min_tokens=20):
         session.feed(frames[2:])
-    assert _same(_snapshot(session), _snapshot(reference), atol=1e-5)
+    assert _same(_snapshot(session), _snapshot(reference), atol=EXACT.atol)
     assert session.ask("What?", max_new_tokens=3).text == reference.ask("What?", max_new_tokens=3).text
 
 
@@ -293,10 +297,11 @@ def test_cli_stops_the_stream_on_persistent_out_of_memory_and_answers_from_what_
         return adapter
 
     monkeypatch.setattr("potwatch.models.registry.load_model", load_failing_from_frame_8)
-    code = main(["watch", str(DEMO_VIDEO), "--mem-cap", "400kB", "--ask", "What happened?", "--max-new-tokens", "2"])
+    code = main(["watch", str(DEMO_VIDEO), "--mem-cap", "400kB", "--ask", "What happened?", "--max-new-tokens", "2",
+                 "--device", str(TEST_DEVICE)])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "potwatch: warning: Device cpu ran out of memory on frames 8-9" in err
+    assert f"potwatch: warning: Device {TEST_DEVICE} ran out of memory on frames 8-9" in err
     assert "The stream stopped at 00:04.5 after 10 frames" in err
     assert "8 of 10 frames in cache" in out
     assert "summary: 10 frames" in out and "2 dropped frames" in out and "stream stopped early" in out

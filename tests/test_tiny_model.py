@@ -14,15 +14,16 @@ import torch
 from potwatch.app.bench_logits import cache_logits, copy_cache_into
 from potwatch.app.bench_loyalty import kl_divergence
 from potwatch.compression.capped_cache import CappedKVCache
-from potwatch.models.registry import load_model, tiny_folder
+from potwatch.models.registry import tiny_folder
 from potwatch.streaming.session import StreamSession
 from potwatch.streaming.synthetic_world import SAMPLE_FPS, Stream, WorldObject, random_stream, render_sampled
 from potwatch.streaming.world_questions import KINDS, check_answer, questions_for
+from tests.device import load_test_model
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_model("tiny")
+    return load_test_model("tiny")
 
 
 def watch(adapter, stream: Stream, **session_options) -> StreamSession:
@@ -122,7 +123,8 @@ def test_quantised_kv_moves_the_answer_less_than_a_broken_cache(tiny):
     assert tiny.decode([int(reference.argmax())]).strip().startswith("Pur")  # the full cache sees it
 
     def logits_with(bits: int, spoil=None):
-        work = CappedKVCache(quantized_geometry(session.cache.geometry, bits), session.cache.length + 64)
+        work = CappedKVCache(quantized_geometry(session.cache.geometry, bits), session.cache.length + 64,
+                             session.cache.layers[0].device)
         copy_cache_into(work, session.cache)
         if spoil is not None:
             spoil(work, session.system_tokens, session.cache.length)
@@ -136,6 +138,7 @@ def test_quantised_kv_moves_the_answer_less_than_a_broken_cache(tiny):
     def shuffle(cache, start, stop):
         order = torch.randperm(stop - start, generator=torch.Generator().manual_seed(0)) + start
         for layer in cache.layers:
+            order = order.to(layer.values.device)
             layer.values[..., start:stop, :] = layer.values[..., order, :].clone()
 
     kl = {bits: kl_divergence(reference, logits_with(bits)) for bits in (8, 4)}

@@ -2,9 +2,10 @@
 rotated for position p becomes the key for p + d after one more rotation by d.
 
 The rotation runs in place, a few tokens at a time, so its scratch is small and fixed whatever the size
-of the cache: memory the cap does not count stays near `ROTATE_SCRATCH_BYTES`. Each chunk's angles are
-formed as a float64 product reduced modulo 2*pi (exact to about 1e-7 rad even for shifts of a billion
-positions), then rounded to float32; the keys are rotated in float32 and written back in their own dtype.
+of the cache: the memory the cap does not count stays under 1 MiB on the CPU, 32 MiB on a GPU. Each
+chunk's angles are formed as a float64 product reduced modulo 2*pi (right to about 1e-7 rad even for
+shifts of a billion positions), then rounded to float32; the keys are rotated in float32 and written
+back in their own dtype.
 
 Plain torch; this is the CPU path and the reference for any faster kernel."""
 
@@ -14,8 +15,11 @@ import math
 
 import torch
 
-# Bytes of scratch a rotation works through at once (angles, cos/sin and the float32 keys of one chunk).
+# Bytes of scratch a rotation works through at once (angles, cos/sin and the float32 keys of one chunk):
+# on the CPU small enough to stay in its cache; on a GPU, where each chunk costs a dozen kernel launches,
+# larger, so that a 2 GB cache re-rotates in a few hundred chunks rather than tens of thousands.
 ROTATE_SCRATCH_BYTES = 1 << 20
+DEVICE_ROTATE_SCRATCH_BYTES = 32 << 20
 # Scratch bytes per key element that a chunk may hold at once. Counted from `shift_rotary_`: the angles
 # in int64 then float64 (4 + 4 over half the elements, the int64 gone once converted; 6 with their
 # float32 copy), then cos and sin (4), the chunk in float32 (4) and the half-width products (6): at
@@ -23,14 +27,11 @@ ROTATE_SCRATCH_BYTES = 1 << 20
 SCRATCH_BYTES_PER_ELEMENT = 20
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def rotation_chunk_tokens(heads: int, head_dim: int) -> int:
-    """Tokens a rotation handles at once, so that one chunk's scratch fits `ROTATE_SCRATCH_BYTES`."""
-    return max(1, ROTATE_SCRATCH_BYTES // (SCRATCH_BYTES_PER_ELEMENT * heads * head_dim))
+def rotation_chunk_tokens(heads: int, head_dim: int, device: torch.device | str = "cpu") -> int:
+    """Tokens a rotation handles at once, so that one chunk's scratch fits `ROTATE_SCRATCH_BYTES` (on the
+    CPU) or `DEVICE_ROTATE_SCRATCH_BYTES` (on any other device)."""
+    scratch = ROTATE_SCRATCH_BYTES if torch.device(device).type == "cpu" else DEVICE_ROTATE_SCRATCH_BYTES
+    return max(1, scratch // (SCRATCH_BYTES_PER_ELEMENT * heads * head_dim))
 
 
 def rotation_angles(delta: torch.Tensor, inv_freq: torch.Tensor, section: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ def _rotate_in_chunks(keys: torch.Tensor, shifts, inv_freq: torch.Tensor, sectio
     keys' dtype."""
     heads, n, dim = keys.shape
     half = dim // 2
-    chunk = rotation_chunk_tokens(heads, dim)
+    chunk = rotation_chunk_tokens(heads, dim, keys.device)
     for begin in range(0, n, chunk):
         end = min(n, begin + chunk)
         angle = rotation_angles(shifts(begin, end), inv_freq, section)  # [heads, c, half]

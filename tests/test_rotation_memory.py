@@ -13,6 +13,7 @@ import torch
 
 from potwatch.kernels import rope_shift
 from potwatch.kernels.rope_shift import (
+    DEVICE_ROTATE_SCRATCH_BYTES,
     ROTATE_SCRATCH_BYTES,
     SCRATCH_BYTES_PER_ELEMENT,
     move_rotary_,
@@ -77,11 +78,12 @@ def test_in_place_rotation_in_many_chunks_equals_one_pass(monkeypatch):
     assert torch.allclose(keys, original, atol=2e-6)
 
 
+@pytest.mark.parametrize("device, scratch", [("cpu", ROTATE_SCRATCH_BYTES), ("cuda", DEVICE_ROTATE_SCRATCH_BYTES)])
 @pytest.mark.parametrize("heads, head_dim", [(2, 128), (8, 128), (3, 64), (2, 16), (64, 256)])
-def test_a_chunks_scratch_is_bounded_by_construction(heads, head_dim):
-    chunk = rotation_chunk_tokens(heads, head_dim)
-    assert chunk >= 1
-    assert chunk * heads * head_dim * SCRATCH_BYTES_PER_ELEMENT <= ROTATE_SCRATCH_BYTES
+def test_a_chunks_scratch_is_bounded_by_construction(heads, head_dim, device, scratch):
+    chunk = rotation_chunk_tokens(heads, head_dim, device)
+    assert chunk >= 1 and chunk * heads * head_dim * SCRATCH_BYTES_PER_ELEMENT <= scratch
+    assert scratch <= 32 << 20
 
 
 def test_moving_a_64MB_layer_adds_a_few_MB_of_peak_memory():

@@ -1,10 +1,10 @@
 """Peak host memory of loading a checkpoint with `load_model`, against the weights' bytes on disk.
 
-Run in a fresh process so the high-water mark (ru_maxrss) belongs to the load:
+Run in a fresh process so the high-water mark (VmHWM) belongs to the load:
     .venv/bin/python benchmarks/load_memory.py FOLDER [--dtype float32] [--device cpu]
     .venv/bin/python benchmarks/load_memory.py --save demo-2b FOLDER   (writes the demo checkpoint first)
 Prints one line of figures in MB: weights on disk, resident memory before and after, and the peak the
-load added (ru_maxrss after, less the resident memory before)."""
+load added (VmHWM after, less the resident memory before)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ def resident_mb() -> float:
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that over an exec from the
+    process that spawned this one, so under pytest it would report pytest's own peak."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def weights_mb(folder: Path) -> float:

@@ -1,12 +1,11 @@
 """Peak host memory of re-rotating one big cache layer (`CappedLayer.move_positions`), beyond the cache.
 
-Run in a fresh process so the high-water mark (ru_maxrss) belongs to the move alone:
+Run in a fresh process so the high-water mark (VmHWM) belongs to the move alone:
     .venv/bin/python benchmarks/rotation_memory.py [tokens] [kv_heads] [head_dim]
 Prints the layer's key bytes and the peak RSS added by the move, in MB."""
 
 from __future__ import annotations
 
-import resource
 import sys
 
 import torch
@@ -16,7 +15,10 @@ from potwatch.compression.capped_cache import CappedKVCache
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that over an exec from the
+    process that spawned this one, so under pytest it would report pytest's own peak."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def rotation_peak(tokens: int, kv_heads: int, head_dim: int) -> tuple[float, float]:

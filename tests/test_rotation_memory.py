@@ -87,7 +87,7 @@ def test_a_chunks_scratch_is_bounded_by_construction(heads, head_dim, device, sc
 
 
 def test_moving_a_64MB_layer_adds_a_few_MB_of_peak_memory():
-    """Measured in a fresh process (ru_maxrss, one thread): the move adds about 7 MB whatever the layer's
+    """Measured in a fresh process (VmHWM, one thread): the move adds about 7 MB whatever the layer's
     size (64 MB to 256 MB of keys), the code paged in and one chunk's scratch; the float64 copies it
     made before added 908 MB for this 64 MB layer."""
     result = subprocess.run(

@@ -21,7 +21,7 @@ import numpy as np
 from potwatch.compression.mem_cap import parse_optional_mem_cap
 from potwatch.compression.policies.base import make_policy
 from potwatch.compression.quantized_kv import check_kv_bits, check_policy_width
-from potwatch.errors import UserError
+from potwatch.errors import DeviceMemoryError, UserError
 from potwatch.streaming.answer import Answer
 from potwatch.streaming.session import StreamSession
 from potwatch.streaming.sources import Frame
@@ -264,15 +264,23 @@ class TabSession:
         settings = settings.checked()
         with self._control:
             self._stop_runner()
-            self.session.reset(mem_cap=cap_value(settings.mem_cap), policy=settings.policy, fps=settings.fps,
-                               kv_bits=settings.kv_bits)
+            try:
+                self.session.reset(mem_cap=cap_value(settings.mem_cap), policy=settings.policy, fps=settings.fps,
+                                   kv_bits=settings.kv_bits)
+            except DeviceMemoryError:  # the session started afresh at its old settings: so does the page
+                if not self.session.closed:
+                    self._forget_stream()
+                raise
             self.settings = settings
-            self.history.clear()
-            self.current_frame = None
-            self.notice = None
-            self.chat.clear()
-            self.rendered.clear()
-            self.record(retention=True)
+            self._forget_stream()
+
+    def _forget_stream(self) -> None:
+        self.history.clear()
+        self.current_frame = None
+        self.notice = None
+        self.chat.clear()
+        self.rendered.clear()
+        self.record(retention=True)
 
     def close(self) -> None:
         with self._control:

@@ -13,9 +13,9 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from potwatch.compression.budget import KVGeometry
-from potwatch.compression.quantized_kv import QUANTIZED_FIELDS, QuantizedRows, allocate_quantized
+from potwatch.compression.quantized_kv import DEQUANT_CHUNK_TOKENS, QUANTIZED_FIELDS, QuantizedRows, allocate_quantized
 from potwatch.compression.token_meta import COUNT_DTYPE, META_FIELDS, POS_DTYPE, SCORE_DTYPE, TokenKind, TokenMeta
-from potwatch.kernels.rope_shift import shift_rotary
+from potwatch.kernels.rope_shift import move_rotary_
 from potwatch.kernels.triton_dispatch import triton_ready
 
 
@@ -152,16 +152,16 @@ class CappedLayer(CacheLayerMixin):
             self.score[:, start:end] = 0  # a new token has no history yet
 
     def move_positions(self, new_pos: torch.Tensor, inv_freq: torch.Tensor, section: torch.Tensor) -> None:
-        """Give the held tokens new position ids [rows, heads, length], rotating their keys to match."""
+        """Give the held tokens new position ids [rows, heads, length], rotating their keys to match.
+
+        The keys turn in place, in chunks (`move_rotary_`), so the move needs no copy of the layer."""
         n = self.length
-        delta = new_pos - self.pos[:, :, :n].long()
         keys = self.dequantized()[0][0]
-        rotated = shift_rotary(keys, delta, inv_freq, section)
-        if self.quantized is not None:  # quantised keys are decoded, rotated and quantised again
-            self.quantized.write_keys(0, rotated.unsqueeze(0))
-        else:
-            self.key_buffer[0, :, :n] = rotated
-        self.pos[:, :, :n] = new_pos.to(self.pos.dtype)
+        move_rotary_(keys, self.pos[:, :, :n], new_pos, inv_freq, section)
+        if self.quantized is not None:  # quantised keys are decoded, rotated and quantised again, per token
+            for start in range(0, n, DEQUANT_CHUNK_TOKENS):
+                self.quantized.write_keys(start, keys[None, :, start : start + DEQUANT_CHUNK_TOKENS])
+        self.pos[:, :, :n].copy_(new_pos)
 
     def _grow(self, capacity: int) -> None:
         """Only for an uncapped cache (`--mem-cap none`): reallocate bigger buffers."""

@@ -4,7 +4,7 @@ pays nothing.
 
 The hook sits on each attention module's query projection (or on its per-head query norm, Qwen3's
 `q_norm`, when it has one: that is the last step before RoPE). RoPE is then applied at the block's own
-position ids with the same rotation the cache uses to move keys (`shift_rotary`), so the queries meet
+position ids with the same rotation the cache uses to move keys (`shift_rotary_`), so the queries meet
 the cached keys, which are stored after RoPE, exactly as in the model's attention. The query heads of
 each KV group are averaged first (rotation is linear and the same for every head, so averaging before
 rotating equals rotating before averaging).
@@ -19,7 +19,7 @@ import threading
 import torch
 
 from potwatch.compression.query_stats import QueryStats, sample_offsets
-from potwatch.kernels.rope_shift import shift_rotary
+from potwatch.kernels.rope_shift import shift_rotary_
 
 
 class QueryCapture:
@@ -73,7 +73,8 @@ class QueryCapture:
         query = output.detach()[0].reshape(n, -1, self.head_dim).float()
         grouped = query.view(n, self.kv_heads, -1, self.head_dim).mean(dim=2).transpose(0, 1)  # [kv, n, d]
         pos = self._pos.to(grouped.device).unsqueeze(1).expand(-1, self.kv_heads, n)
-        rotated = shift_rotary(grouped, pos, self.inv_freq, self.section)
+        shift_rotary_(grouped, pos, self.inv_freq, self.section)  # the mean made it a tensor of its own
+        rotated = grouped
         if self._sum[layer] is None:
             self._sum[layer] = rotated.new_zeros(self.kv_heads, self.head_dim)
             self._sumsq[layer] = rotated.new_zeros(self.kv_heads, self.head_dim)

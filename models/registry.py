@@ -5,6 +5,7 @@ Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, SmolVLM2) by hub id or local folder, load
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -77,19 +78,43 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return target
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, model_dtype: torch.dtype | None) -> torch.dtype:
-    """The user's dtype; else the model's own on CUDA, float32 on the CPU (faster there than bf16)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype:
-        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                 "float16": torch.float16, "fp16": torch.float16}
-        if dtype not in names:
+DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+               "float16": torch.float16, "fp16": torch.float16}
+
+
+def device_has_bf16(device: torch.device) -> bool:
+    """Whether a CUDA device computes in bfloat16 natively: GPUs of compute capability 8.0 on (Ampere,
+    Jetson Orin) and ROCm do; older ones (Volta, Turing, Jetson Xavier) only emulate it, slowly."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, model_dtype: torch.dtype | None,
+                  bf16_supported: bool | None = None) -> torch.dtype:
+    """The user's dtype; else the model's own on CUDA (float16 in place of a bfloat16 the GPU lacks) and
+    float32 on the CPU (faster there than bf16). Asking for bfloat16 on a GPU without it is an error,
+    not a silent float16: float16 can overflow where bfloat16 does not, so the user should choose.
+
+    `bf16_supported`: whether the CUDA device has native bfloat16 (`device_has_bf16` asks it when None)."""
+    if isinstance(dtype, str):
+        if dtype and dtype not in DTYPE_NAMES:
             raise ModelLoadError(f"Unknown dtype '{dtype}'; use one of float32, bfloat16, float16.")
-        return names[dtype]
-    if device.type == "cuda" and model_dtype is not None:
-        return model_dtype
-    return torch.float32
+        dtype = DTYPE_NAMES.get(dtype)
+    on_cuda = device.type == "cuda"
+    if dtype is None and (not on_cuda or model_dtype is None):
+        return torch.float32
+    wanted = dtype or model_dtype
+    if wanted != torch.bfloat16 or not on_cuda:
+        return wanted
+    if device_has_bf16(device) if bf16_supported is None else bf16_supported:
+        return wanted
+    if dtype is None:
+        log.info("%s has no native bfloat16: this bfloat16 model runs in float16", device)
+        return torch.float16
+    raise ModelLoadError(
+        f"Device {device} has no native bfloat16 (it needs a GPU of compute capability 8.0 or later); "
+        "use --dtype float16 or --dtype float32."
+    )
 
 
 def _adapter_for(model, tokenizer, settings: dict, name: str, is_demo: bool,
@@ -180,8 +205,14 @@ def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code, l
     if isinstance(model_dtype, str):
         model_dtype = getattr(torch, model_dtype, None)
     chosen = resolve_dtype(dtype, target, model_dtype)
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelLoadError("Loading a checkpoint needs the accelerate package; run .venv/bin/pip install accelerate "
+                             "(bash setup.sh installs it).")
     try:
-        model = model_class.from_pretrained(name, dtype=chosen, trust_remote_code=trust_remote_code).to(target)
+        # Each tensor goes from the memory-mapped file to the device, converted on the way: no whole copy of
+        # the model is ever made in host memory, which a Jetson's GPU shares (device_map needs accelerate).
+        model = model_class.from_pretrained(name, dtype=chosen, device_map={"": target},
+                                            trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as error:  # noqa: BLE001
         raise ModelLoadError(f"Cannot load the weights or tokenizer of '{name}' ({error}); check the folder is complete.") from None

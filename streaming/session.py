@@ -32,7 +32,7 @@ from potwatch.models.block_pieces import split_block
 from potwatch.models.count_attention import install_count_attention
 from potwatch.streaming.answer import Answer
 from potwatch.streaming.frame_input import check_frame_size, frames_in
-from potwatch.streaming.oom_retry import piece_sizes, release_device_memory
+from potwatch.streaming.oom_retry import is_out_of_memory, piece_sizes, release_device_memory
 from potwatch.streaming.question_text import clean_question
 from potwatch.streaming.sources import check_rate
 
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 NOMINAL_QUESTION_TOKENS = 48  # used to size the minimum cap before any question is known
 RECENT_BLOCKS = 100  # blocks averaged for the recent ingest speed
+# What `reset` may change, and goes back to when the device cannot hold the cache of the new values.
+RESET_SETTINGS = ("cap_bytes", "policy_name", "policy_options", "fps", "kv_bits", "frame_size")
 
 
 class StreamSession:
@@ -92,27 +94,18 @@ class StreamSession:
         self._lock = threading.RLock()
         self._drop_lock = threading.Lock()
         self._closed = False
-        self._setup_cache()
         self.frame_size: tuple[int, int] | None = None
-        if frame_size is not None:
-            self._set_frame_size(frame_size)
+        self._setup_cache(frame_size)
 
     # --- set-up -------------------------------------------------------------------------------
-    def _setup_cache(self) -> None:
-        check_policy_width(self.policy, self.kv_bits)
-        self.geometry = dataclasses.replace(self.adapter.geometry(), token_scores=self.policy.token_scores,
-                                            slot_counts=self.policy.slot_counts, kv_bits=self.kv_bits)
+    def _setup_cache(self, frame_size: tuple[int, int] | None = None) -> None:
+        """Size the cache for the current settings (a UserError, before anything is allocated, if they
+        cannot work), then allocate it and prefill the system prompt."""
+        capacity, system = self._plan_cache(frame_size)
         if self.policy.slot_counts:  # attention must read the counts; other sessions on the model are unaffected
             install_count_attention(self.adapter.attention_modules())
-        capacity = None if self.cap_bytes is None else self.geometry.tokens_for(self.cap_bytes)
-        if capacity is not None and capacity < 1:
-            raise MemCapError(
-                f"Memory cap {format_bytes(self.cap_bytes)} holds no token of this model "
-                f"({self.geometry.bytes_per_token:,} bytes a token); raise --mem-cap."
-            )
         self.cache = CappedKVCache(self.geometry, capacity, self.adapter.device)
         self.monitor = CompressionMonitor(self.cache, self.policy, self.target_ratio, self.dialogue_share)
-        self.positions = self.adapter.new_positions(self.fps)
         self._warned_positions = False
         self._pending: list[np.ndarray] = []
         self._pending_first = 0
@@ -126,20 +119,42 @@ class StreamSession:
         self.ingest_seconds = 0.0
         self.blocks = 0
         self._recent_block_seconds: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
-        system = self.adapter.system_block(self.positions)
-        self.system_tokens = len(system)
-        if self.cache.capped and self.system_tokens > self.cache.capacity:
-            raise self._cap_too_small(self.system_tokens)
         self._run(system, logits=False)
 
-    def _set_frame_size(self, frame_size: tuple[int, int]) -> None:
-        """Fix the stream's frame size and check the cap holds a block and an answer beside the prompt."""
+    def _plan_cache(self, frame_size: tuple[int, int] | None) -> tuple[int | None, Block]:
+        """(capacity in tokens, None for no cap; the system block) for the current settings, with fresh
+        positions; a MemCapError if the cap cannot hold the system prompt, a block and an answer.
+        Allocates no cache: `reset` checks new settings with it before freeing the old cache."""
+        check_policy_width(self.policy, self.kv_bits)
+        self.geometry = dataclasses.replace(self.adapter.geometry(), token_scores=self.policy.token_scores,
+                                            slot_counts=self.policy.slot_counts, kv_bits=self.kv_bits)
+        capacity = None if self.cap_bytes is None else self.geometry.tokens_for(self.cap_bytes)
+        if capacity is not None and capacity < 1:
+            raise MemCapError(
+                f"Memory cap {format_bytes(self.cap_bytes)} holds no token of this model "
+                f"({self.geometry.bytes_per_token:,} bytes a token); raise --mem-cap."
+            )
+        self.positions = self.adapter.new_positions(self.fps)
+        system = self.adapter.system_block(self.positions)
+        self.system_tokens = len(system)
+        if capacity is not None and self.system_tokens > capacity:
+            raise self._cap_too_small(self.system_tokens, capacity)
+        self.frame_size = None
+        if frame_size is not None:
+            self._set_frame_size(frame_size, capacity)
+        return capacity, system
+
+    def _set_frame_size(self, frame_size: tuple[int, int], capacity: int | None | object = ...) -> None:
+        """Fix the stream's frame size and check the cap holds a block and an answer beside the prompt
+        (`capacity`: the cache's own unless given, for a cache not yet allocated)."""
+        if capacity is ...:
+            capacity = self.cache.capacity if self.cache.capped else None
         check_frame_size(int(frame_size[0]), int(frame_size[1]))
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
         self.tokens_per_group = self.adapter.tokens_per_group(*self.frame_size)
         self.block_tokens = self.tokens_per_group * self.groups_per_block
-        if self.cache.capped and self.cache.capacity < self.min_tokens():
-            raise self._cap_too_small(self.min_tokens())
+        if capacity is not None and capacity < self.min_tokens():
+            raise self._cap_too_small(self.min_tokens(), capacity)
 
     def min_tokens(self) -> int:
         """Smallest capacity that holds the system prompt, one block, and a question with its answer."""
@@ -152,10 +167,10 @@ class StreamSession:
         )
         return max(needs)
 
-    def _cap_too_small(self, tokens: int) -> MemCapError:
+    def _cap_too_small(self, tokens: int, capacity: int) -> MemCapError:
         need = self.geometry.bytes_for(tokens)
         return MemCapError(
-            f"Memory cap {format_bytes(self.cap_bytes)} holds {self.cache.capacity} tokens of this model, but the system "
+            f"Memory cap {format_bytes(self.cap_bytes)} holds {capacity} tokens of this model, but the system "
             f"prompt, one block of frames and an answer need at least {tokens} tokens; raise --mem-cap to at least "
             f"{format_bytes(need)}."
         )
@@ -480,7 +495,10 @@ class StreamSession:
         """Forget the stream and the dialogue; optionally change cap, policy, fps or K/V bits.
 
         Settings that cannot work (a cap too small, an unknown policy) raise a UserError and leave the
-        session as it was."""
+        session as it was. The old cache is freed before the new one is allocated, so a cap sized to the
+        free device memory fits; if the device has no room for the new cache after all, the session
+        starts afresh at its old settings and says so (a DeviceMemoryError), or closes, saying so, if
+        even those no longer fit."""
         self._check_open()
         with self._lock:
             saved = dict(self.__dict__)
@@ -495,14 +513,52 @@ class StreamSession:
                 if mem_cap is not ...:
                     self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
                 self.kv_bits = check_kv_bits(self.kv_bits if kv_bits is None else kv_bits, self.cap_bytes is not None)
-                frame_size = self.frame_size
-                self._setup_cache()
-                self.frame_size = None
-                if frame_size is not None:
-                    self._set_frame_size(frame_size)
+                self._plan_cache(self.frame_size)  # every check, nothing allocated
             except BaseException:
                 self.__dict__.update(saved)
                 raise
+            old_settings = {name: saved[name] for name in RESET_SETTINGS}
+            del saved  # it holds the old cache
+            self._free_cache()
+            try:
+                self._setup_cache(self.frame_size)
+                return
+            except BaseException as error:  # the traceback holds what was allocated: let it go first
+                failure = None if is_out_of_memory(error) else error
+            self._start_again_at(old_settings, failure)
+
+    def _free_cache(self) -> None:
+        """Drop every reference to the cache and give its memory back to the device."""
+        self.cache = None
+        self.monitor = None
+        release_device_memory(self.adapter.device)
+
+    def _start_again_at(self, old_settings: dict, failure: BaseException | None) -> None:
+        """After the cache of new settings failed to allocate (`failure`, None when the device ran out of
+        memory): a fresh cache at the old settings, then a DeviceMemoryError that says so (or the failure
+        itself, if it was no lack of memory); closed, saying so, if even that fails."""
+        wanted = self.cap_bytes
+        self._free_cache()
+        self.__dict__.update(old_settings)
+        self.policy = make_policy(self.policy_name, **self.policy_options)
+        try:
+            self._setup_cache(self.frame_size)
+        except BaseException:
+            self._closed = True
+            self.cache = self.monitor = None
+            if failure is not None:
+                raise failure from None
+            raise DeviceMemoryError(
+                f"Device {self.adapter.device} has no room for the new cache ({_cap_words(wanted)}), nor any longer "
+                f"for the old one ({_cap_words(self.cap_bytes)}), so this session is closed; start a new one with a "
+                "smaller --mem-cap."
+            ) from None
+        if failure is not None:
+            raise failure
+        raise DeviceMemoryError(
+            f"Device {self.adapter.device} has no room for the new cache ({_cap_words(wanted)}), so the session "
+            f"starts afresh at its old settings ({_cap_words(self.cap_bytes)} cap); give a smaller --mem-cap."
+        )
 
     def close(self) -> None:
         """Free the cache; the session cannot be used afterwards."""
@@ -510,6 +566,11 @@ class StreamSession:
             self._closed = True
             self.cache = None
             self.monitor = None
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` ran, or a reset found no room even for the old cache."""
+        return self._closed
 
     def _check_open(self) -> None:
         if self._closed:
@@ -520,6 +581,10 @@ class StreamSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _cap_words(cap_bytes: int | None) -> str:
+    return "no cap" if cap_bytes is None else format_bytes(cap_bytes)
 
 
 def _ms_per_frame(blocks) -> float | None:

@@ -247,7 +247,9 @@ class StreamSession:
             self._after_compaction()
         try:
             self._ingest_block(frames, first, piece_tokens=None)
-        except torch.OutOfMemoryError:
+        except Exception as error:  # noqa: BLE001 - only running out of memory is retried
+            if not is_out_of_memory(error):
+                raise
             self._ingest_in_pieces(frames, first)
         elapsed = time.perf_counter() - started
         self.frames_ingested += len(frames) if real_frames is None else real_frames
@@ -280,7 +282,9 @@ class StreamSession:
             release_device_memory(self.adapter.device)
             try:
                 self._ingest_block(frames, first, piece_tokens=size)
-            except torch.OutOfMemoryError:
+            except Exception as error:  # noqa: BLE001 - only running out of memory is retried
+                if not is_out_of_memory(error):
+                    raise
                 continue
             log.warning("out of device memory on a block of %d tokens; it fit in pieces of %d", self.block_tokens, size)
             return
@@ -394,7 +398,7 @@ class StreamSession:
                 # a failed or abandoned answer leaves no half turn behind
                 self.cache.truncate(length_before)
                 self.positions = saved_positions
-                if isinstance(error, torch.OutOfMemoryError):
+                if is_out_of_memory(error):
                     release_device_memory(self.adapter.device)
                     raise DeviceMemoryError(
                         f"Device {self.adapter.device} ran out of memory while answering; the session keeps what it "

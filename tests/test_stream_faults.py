@@ -243,11 +243,19 @@ def test_deepstack_blocks_retried_in_pieces_give_the_same_result():
     assert session.ask("What?", max_new_tokens=3).text == reference.ask("What?", max_new_tokens=3).text
 
 
-def test_out_of_memory_that_persists_is_reported_and_the_session_keeps_what_it_had(adapter):
+class HostOutOfMemory(RuntimeError):
+    """How the CPU allocator runs out: a plain RuntimeError whose words say so."""
+
+    def __init__(self, _message: str):
+        super().__init__("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, HostOutOfMemory])
+def test_out_of_memory_that_persists_is_reported_and_the_session_keeps_what_it_had(adapter, error):
     session = StreamSession(adapter, mem_cap="400kB")
     session.feed(random_frames(4, seed=4, size=(240, 320)))
     before = _snapshot(session)
-    with _fault_in_forward(adapter, torch.OutOfMemoryError), pytest.raises(DeviceMemoryError) as raised:
+    with _fault_in_forward(adapter, error), pytest.raises(DeviceMemoryError) as raised:
         session.feed(random_frames(2, seed=5, size=(240, 320)))
     assert str(raised.value) == (
         f"Device {adapter.device} ran out of memory on frames 4-5, even 16 tokens at a time; the session keeps "
@@ -260,11 +268,12 @@ def test_out_of_memory_that_persists_is_reported_and_the_session_keeps_what_it_h
     assert session.stats()["frames_ingested"] == 6
 
 
-def test_out_of_memory_while_answering_leaves_no_half_turn(demo_adapter):
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, HostOutOfMemory])
+def test_out_of_memory_while_answering_leaves_no_half_turn(demo_adapter, error):
     session = StreamSession(demo_adapter, mem_cap="400kB")
     session.feed(random_frames(4, seed=6))
     before = _snapshot(session)
-    with _fault_in_forward(demo_adapter, torch.OutOfMemoryError):
+    with _fault_in_forward(demo_adapter, error):
         with pytest.raises(DeviceMemoryError, match="while answering"):
             session.ask("What?")
     assert _same(_snapshot(session), before) and session.stats()["turns"] == 0

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--positions", choices=["keep", "compact"], default=None,
                        help="keep original position ids, or compact them after each compression so endless streams stay in the model's range (default: per model family)")
     watch.add_argument("--max-new-tokens", type=int, default=48, help="longest answer, in tokens (default 48)")
-    watch.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, the model's on CUDA)")
+    watch.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU; the model's on CUDA, float16 where the GPU lacks bfloat16)")
     watch.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     add_trust_remote_code_argument(watch)
 

@@ -16,7 +16,8 @@ from potwatch.compression.policies.base import make_policy, policy_names
 from potwatch.errors import CacheFullError, UserError
 from potwatch.streaming.session import StreamSession
 from tests.conftest import random_frames
-from tests.eviction_oracle import ORACLE_ATOL, ORACLE_FAMILIES, AnswerOracle, PositionLedger
+from tests.eviction_oracle import ORACLE_ATOL, ORACLE_FAMILIES, AnswerOracle
+from tests.position_ledger import PositionLedger
 from tests.families import family_adapter
 
 FRAME_SIZE = (112, 112)  # 16 tokens a frame group on every family

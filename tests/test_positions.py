@@ -14,7 +14,7 @@ from potwatch.kernels.rope_shift import shift_rotary
 from potwatch.models.positions import MRopePositions
 from potwatch.streaming.session import StreamSession
 from tests.conftest import random_frames
-from tests.eviction_oracle import PositionLedger, cache_rows, compact_ids
+from tests.position_ledger import PositionLedger, cache_rows, compact_ids
 
 
 def layer_zero_keys(adapter, embeds: torch.Tensor, pos: torch.Tensor, layer: int = 0) -> torch.Tensor:

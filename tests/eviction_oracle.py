@@ -56,7 +56,7 @@ def slot_masks(counts: torch.Tensor, layers: int, query_heads: int, queries: int
     KV heads, held]: log(count) on the held slots (-inf for an empty one), causal over the new tokens."""
     rows, held = counts.shape
     group = query_heads // (rows // layers)
-    causal = torch.full((queries, queries), float("-inf")).triu(1)
+    causal = torch.full((queries, queries), float("-inf"), device=counts.device).triu(1)
     masks = []
     for layer in counts.view(layers, rows // layers, held):
         bias = layer.log().repeat_interleave(group, dim=0)[:, None, :].expand(query_heads, queries, held)

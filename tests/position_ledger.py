@@ -188,7 +188,7 @@ class PositionLedger:
         largest, renumbered = -1, []
         for index, (fields, ids) in enumerate(cache_rows(self.session.cache)):
             expected = compact_ids(fields, self.rows, self.time_step)
-            assert ids == expected, f"row {index} (layer {index // self.heads}) after re-numbering: {_first_difference(ids, expected)}"
+            assert ids == expected, f"row {index} after re-numbering: {_first_difference(ids, expected)}"
             renumbered.append(dict(zip(self._identities(fields), ids)))
             largest = max([largest] + [max(t) for t in ids])
         self.renumbered, self.given = renumbered, {}

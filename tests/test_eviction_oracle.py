@@ -1,9 +1,11 @@
 """The eviction oracle: after several compressions, for every registered policy, every family demo,
 both position modes and 16/8/4-bit K/V, each logits forward of the session's answers (the question,
 then each answer token) equals a stock transformers forward of the same block over exactly the K/V the
-cache holds, at the block's position ids, within ORACLE_ATOL; and every position id the session hands
-out or moves is the exact one (compact: the gap-free layout recomputed here, the next token one past
-it; keep: the ids given on arrival). See tests/eviction_oracle.py for how each side is built."""
+cache holds, at the block's position ids, within ORACLE_ATOL; every position id the session hands out
+or moves is the exact one (compact: the gap-free layout recomputed in the test, the next token one
+past it; keep: the ids given on arrival); and every held 16-bit key is the key that arrived, turned to
+the ids the cache claims. tests/eviction_oracle.py builds the stock forward, tests/position_ledger.py
+checks the ids and keys; docs/testing.md says what each check catches."""
 
 from __future__ import annotations
 
@@ -17,16 +19,16 @@ from potwatch.errors import CacheFullError, UserError
 from potwatch.streaming.session import StreamSession
 from tests.conftest import random_frames
 from tests.eviction_oracle import ORACLE_ATOL, ORACLE_FAMILIES, AnswerOracle
-from tests.position_ledger import PositionLedger
 from tests.families import family_adapter
+from tests.position_ledger import PositionLedger
 
-FRAME_SIZE = (112, 112)  # 16 tokens a frame group on every family
+FRAME_SIZE = (112, 112)  # 16 visual tokens a frame group on every family
 FIRST_QUESTION, SECOND_QUESTION = "What moved?", "And now?"
 MAX_FRAMES = 60  # a stream that does not compress within this many frames fails the test
 ANSWER_TOKENS = 2
 
 EVICTING = [name for name in policy_names() if make_policy(name).evicts]
-KEEPS_NOTHING_OUT = [name for name in policy_names() if not make_policy(name).evicts]  # `none`
+NON_EVICTING = [name for name in policy_names() if not make_policy(name).evicts]  # `none`
 CASES = [  # (policy, width): a slot-count policy works on 16-bit K/V only
     (name, bits) for name in EVICTING for bits in (16, 8, 4) if bits == 16 or not make_policy(name).slot_counts
 ]
@@ -81,16 +83,16 @@ def test_answers_after_eviction_equal_a_stock_forward_over_the_held_kv(policy, b
     if mode == "compact":
         assert ledger.renumberings >= 2
     chosen = make_policy(policy)
-    if chosen.head_budgets:  # the comparisons saw empty slots (count 0), so the mask path was used
+    if chosen.head_budgets:  # the comparisons saw empty slots (count 0): the per-layer masks were used
         assert oracle.count_range[0] == 0
-    elif chosen.slot_counts:  # ... and merged slots (count > 1)
+    elif chosen.slot_counts:  # a merging policy: they saw merged slots (count > 1)
         assert oracle.count_range[1] > 1
 
 
 @pytest.mark.parametrize("mode", ["keep", "compact"])
 @pytest.mark.parametrize("family", ORACLE_FAMILIES)
 @pytest.mark.parametrize("bits", [16, 8, 4])
-@pytest.mark.parametrize("policy", KEEPS_NOTHING_OUT)
+@pytest.mark.parametrize("policy", NON_EVICTING)
 def test_a_policy_that_evicts_nothing_is_exact_until_the_cap_then_refuses(policy, bits, family, mode):
     session = session_for(family, policy, mode, bits)
     ledger, oracle = PositionLedger(session), AnswerOracle(session)

@@ -15,6 +15,7 @@ from potwatch.models.positions import MRopePositions
 from potwatch.streaming.session import StreamSession
 from tests.conftest import random_frames
 from tests.device import ROTATION, assert_close, on_device
+from tests.position_ledger import PositionLedger, cache_rows, compact_ids
 
 
 def layer_zero_keys(adapter, embeds: torch.Tensor, pos: torch.Tensor, layer: int = 0) -> torch.Tensor:
@@ -65,17 +66,23 @@ def test_without_eviction_the_compact_layout_is_the_original_one(time_step):
 
 def test_compaction_on_streams_and_questions_keeps_positions_bounded(demo_adapter):
     session = StreamSession(demo_adapter, mem_cap="400kB", positions="compact", max_new_tokens=4)
+    ledger = PositionLedger(session)  # every id handed out or moved is checked exactly as it happens
     for index, frame in enumerate(random_frames(60, seed=11)):
         session.feed(frame)
         bound = session.cache.capacity + session.block_tokens
         assert session.positions.max_position <= bound
+        assert session.positions.max_position == held_max(session.cache)  # the newest block is held whole
         if index % 20 == 19:
             session.ask("and now?")
+            assert session.positions.max_position == held_max(session.cache)
     stats = session.stats()
     assert stats["compressions"] > 5 and stats["max_position"] <= bound
-    # the cache's own ids agree with the tracker and are gap-free per head
-    layer = session.cache.layers[-1]
-    assert int(layer.pos[:, :, : layer.length].max()) <= session.positions.max_position
+    assert ledger.renumberings == stats["compressions"]
+    ledger.check_cache()  # every held token carries the ids it was last given, in arrival order
+
+
+def held_max(cache) -> int:
+    return int(cache.storage["pos"][..., : cache.length].max())
 
 
 def test_a_simulated_day_at_1fps_never_passes_the_bound(demo_adapter):
@@ -99,15 +106,23 @@ def test_a_simulated_day_at_1fps_never_passes_the_bound(demo_adapter):
     block = groups_per_block * grid * grid
     bound = cache.capacity + block
     frames_per_day = 86_400
-    largest = 0
+    highest = 0
+    base, segment_first = 20, 0  # the prompt holds ids 0..19; the first block opens a video segment at 20
     for first_group in range(0, frames_per_day // 2, groups_per_block):
         if monitor.make_room(block):
-            positions.restart_after(cache.renumber(positions.compact_layout, inv_freq, section))
+            largest = cache.renumber(positions.compact_layout, inv_freq, section)
+            for fields, ids in cache_rows(cache):  # exactly the gap-free layout, recomputed by a plain loop
+                assert ids == compact_ids(fields, rows=3, time_step=1.0)
+            assert largest == held_max(cache)
+            positions.restart_after(largest)
+            base, segment_first = largest + 1, first_group  # the next block opens a new segment
         k = torch.arange(block)
         group = first_group + k // (grid * grid)
         row, col = (k % (grid * grid)) // grid, k % grid
         write(TokenMeta.vision(group * 2, row, col, positions.vision(group, row, col)))
-        largest = max(largest, positions.max_position)
+        # the segment's groups take base + 0, 1, ... in time (rows and columns stay below): exactly
+        assert positions.max_position == held_max(cache) == base + first_group + groups_per_block - 1 - segment_first
+        highest = max(highest, positions.max_position)
         assert positions.max_position <= bound
     assert monitor.event_count > 500
-    assert largest <= bound < 86_400 // 2  # "keep" would have reached 43,200
+    assert highest <= bound < 86_400 // 2  # "keep" would have reached 43,200

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-REPLACEMENT = "\ufffd"  # what a decoder writes for bytes that are not text
 NO_TEXT = "(no readable answer: the model produced only bytes that are not text)"
 
 # The core's messages name command-line flags; the page has fields with labels instead.
@@ -33,9 +32,12 @@ def ui_words(message: str, path=None, name: str | None = None) -> str:
     return text
 
 
+_UNREADABLE = re.compile("[\ufffd\x00-\x08\x0b-\x1f\x7f-\x9f]")  # undecodable bytes, control characters
+
+
 def readable(text: str) -> str:
-    """`text` without undecodable bytes (U+FFFD) and the blanks they leave doubled."""
-    cleaned = text.replace(REPLACEMENT, "")
+    """`text` without undecodable bytes (U+FFFD) or control characters, and the blanks they leave doubled."""
+    cleaned = _UNREADABLE.sub("", text)
     return re.sub(r"[ \t]{2,}", " ", cleaned) if cleaned != text else text
 
 

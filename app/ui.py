@@ -47,7 +47,7 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
         c["status"] = gr.Markdown("starting…", elem_id="status")
         with gr.Row(equal_height=False, elem_id="main-row"):
             with gr.Column(scale=5, elem_id="watch-column"):
-                with gr.Tabs():
+                with gr.Tabs() as source_tabs:
                     with gr.Tab("Webcam", id="webcam"):
                         webcam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Your camera",
                                           elem_id="webcam", height=280)
@@ -68,28 +68,27 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
                             c["stop"] = gr.Button("Stop", elem_id="stop", visible=False)
                 with gr.Accordion("Settings for this tab (apply on reset)", open=True):
                     with gr.Row():
-                        with gr.Column(min_width=160):
+                        with gr.Column(min_width=120):
                             mem_cap = gr.Textbox(value=settings.mem_cap, label="Memory cap", elem_id="mem-cap",
                                                  info="a size such as 1MB or 400kB, or none")
                             mem_cap_error = _field_error("mem-cap-error")
-                        with gr.Column(min_width=160):
-                            policy = gr.Dropdown(policy_choices(), value=settings.policy, label="Compression policy",
-                                                 info="what to keep when the cache is full", elem_id="policy")
-                            policy_error = _field_error("policy-error")
                         with gr.Column(min_width=120):
                             kv_bits = gr.Dropdown([16, 8, 4], value=settings.kv_bits, label="Bits per key/value",
                                                   info="8 or 4: the same cap holds more tokens", elem_id="kv-bits")
                             kv_bits_error = _field_error("kv-bits-error")
                         with gr.Column(min_width=120):
                             fps = gr.Number(value=settings.fps, label="Frames per second", minimum=0.1, maximum=30,
-                                            elem_id="fps")
+                                            info="frames sampled from the source", elem_id="fps")
                             fps_error = _field_error("fps-error")
+                    policy = gr.Dropdown(policy_choices(), value=settings.policy, label="Compression policy",
+                                         info="what to keep when the cache is full", elem_id="policy")
+                    policy_error = _field_error("policy-error")
                     apply = gr.Button("Apply and reset", elem_id="apply")
                     cap_words = gr.Markdown(elem_id="cap-words")
             with gr.Column(scale=6, elem_id="talk-column"):
                 chat = gr.Chatbot(label="Chat", elem_id="chat", height=430, buttons=["copy"])
                 with gr.Row(elem_id="question-row"):
-                    question = gr.Textbox(placeholder="Ask about the video, at any moment…", show_label=False,
+                    question = gr.Textbox(placeholder="Ask about the video…", show_label=False,
                                           scale=5, elem_id="question", submit_btn=False)
                     ask = gr.Button("Ask", variant="primary", scale=1, min_width=60, elem_id="ask")
                 question_hint = gr.Markdown("", elem_id="question-hint", elem_classes=["field-error"])
@@ -127,7 +126,8 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
             trigger(handlers.ask, inputs=[question], outputs=[chat, question, question_hint], concurrency_limit=None,
                     api_visibility="private")
         for button, text in examples:
-            button.click(handlers.example_runner(text), outputs=[chat, question_hint, *setting_outputs], **quiet)
+            button.click(handlers.example_runner(text), outputs=[chat, question_hint, *setting_outputs, source_tabs],
+                         **quiet)
         apply.click(handlers.apply_settings, inputs=[mem_cap, policy, fps, kv_bits],
                     outputs=[*refresh, chat, *setting_outputs], **quiet)
     return app

@@ -87,8 +87,8 @@ class ChatHandlers:
         """One click: the demo video, watched to its end under the server's starting settings, then
         `question`. Asks at once when this tab has just watched the demo to its end; waits for the end
         when the demo is playing (or answers from what was seen if it is stopped first). Yields (chat,
-        hint, then the settings outputs of `Handlers.settings_outputs`)."""
-        unchanged = (SKIP(),) * 9
+        hint, the settings outputs of `Handlers.settings_outputs`, the source tabs)."""
+        unchanged = (SKIP(),) * 10
         if self.demo_video is None:
             yield (SKIP(), "The demo video is not installed on this server; upload a video instead.", *unchanged)
             return
@@ -106,7 +106,7 @@ class ChatHandlers:
             tab.choose_video(self.demo_video, self.demo_video.name)
             tab.play()
             runner = tab.runner
-            fields = self.settings_outputs(tab)
+            fields = (*self.settings_outputs(tab), gr.Tabs(selected="file"))  # where the demo's frames show
         reply = self._post(tab, question)
         if runner is not None and not runner.finished:
             length = getattr(runner.source, "duration_s", None)

@@ -15,11 +15,11 @@ LARGE_MODEL_CAP = "1GB"
 SMALL_MODEL_MINUTES = 10
 FILL_SECONDS = 20  # a small model's cache is full at full detail after about this much video
 TYPICAL_FRAME = (240, 320)  # (height, width): the demo video's and a small webcam's frames
-NICE_STEPS = (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8)
+NICE_STEPS = (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)
 
 
 def nice_size(nbytes: int) -> str:
-    """The smallest round size at or above `nbytes`, as a cap is typed: 865_480 -> '1MB'."""
+    """The smallest round size at or above `nbytes`, as a cap is typed: 865_480 -> '900kB'."""
     for unit, scale in (("kB", 10**3), ("MB", 10**6), ("GB", 10**9)):
         for decade in (1, 10, 100):
             for step in NICE_STEPS:

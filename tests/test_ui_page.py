@@ -85,10 +85,10 @@ def frames_on(cap_line: str) -> int:
 # --- the starting cap ------------------------------------------------------------------------------
 def test_a_small_model_starts_with_a_cap_it_fills_and_compresses_within_the_first_minute(tiny, tiny_pool):
     cap = tiny_pool.settings.mem_cap
-    assert cap == "1MB"  # tiny at 2 fps with 48-token answers: about 30 s of video at full detail
+    assert cap == "900kB"  # tiny at 2 fps: the least cap that holds a 48-token answer, about 26 s at full detail
     tab = tiny_pool.open("a")
     words = cap_words(tab.session)
-    assert re.search(r"The cap 1\.00 MB holds [\d,]+ tokens.*\*\*\d+ frames of 320×240 at full detail, \d+ s of video at 2 fps",
+    assert re.search(r"The cap 900\.00 kB holds [\d,]+ tokens.*\*\*\d+ frames of 320×240 at full detail, \d+ s of video at 2 fps",
                      words), words
     frames = demo_frames()
     before_first = feed_demo(tab, frames)
@@ -103,7 +103,7 @@ def test_a_large_model_starts_at_the_cap_a_device_would_give_it():
 
 
 def test_sizes_are_rounded_up_to_a_cap_a_person_would_type():
-    assert [nice_size(n) for n in (865_480, 1_000_000, 1_000_001, 2_600_000, 95e9)] == ["1MB", "1MB", "1.2MB", "3MB", "100GB"]
+    assert [nice_size(n) for n in (865_480, 1_000_000, 1_000_001, 2_600_000, 95e9)] == ["900kB", "1MB", "1.2MB", "3MB", "100GB"]
 
 
 # --- one count of frames in cache ------------------------------------------------------------------

@@ -27,7 +27,7 @@ CSS = f"""
   #numbers .numbers-line {{ padding: 1px 0; }}
   #question-row {{ flex-wrap: nowrap; }}
   #question-row > * {{ min-width: 0 !important; }}
-  #question-row > #ask {{ flex: 0 0 72px; }}
+  #question-row > #ask {{ flex: 0 0 72px !important; }}
   #examples-row {{ flex-direction: column; }}
 }}
 """

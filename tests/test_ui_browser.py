@@ -1,8 +1,10 @@
 """The web UI end to end in a real headless Chromium (Debian's, driven by Playwright for Python).
 
 The webcam test feeds the browser a fake camera (a .y4m file rendered from the demo scene) into an
-in-process server; the file test starts `potwatch serve --model demo` as a user would. Both save
-screenshots under tests/artifacts/; the webcam test also writes the README's assets/ui.png.
+in-process server; the file test starts `potwatch serve --model demo` as a user would; the tiny test
+clicks the one-click examples on the `tiny` model, then lays the page out at phone width. All save
+screenshots under tests/artifacts/; the tiny test also writes the README's assets/ui.png and
+docs/ui-phone.png.
 
 Without chromium or playwright these tests skip, except under CI=true, where they fail: a CI run
 must never pass by skipping them."""

@@ -255,3 +255,15 @@ def test_controls_show_only_when_they_apply_and_the_status_follows_the_webcam_af
         assert "watching the webcam" in outputs[0] and tab.source_kind == "webcam"
     finally:
         pool.close_all()
+
+
+def test_watch_counts_frames_in_cache_as_the_page_does(capsys):
+    """`potwatch watch` after an odd number of frames (the last group completed by repetition): the
+    answer line never counts more frames in cache than were seen, as before this count was shared."""
+    from potwatch.app.cli import main
+
+    code = main(["watch", str(DEMO_VIDEO), "--model", "tiny", "--mem-cap", "none", "--max-frames", "7",
+                 "--max-new-tokens", "4", "--ask", "How many objects came in?"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "7 of 7 frames in cache" in out  # was "8 of 7"

@@ -6,7 +6,6 @@ answers on the `tiny` model."""
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from types import SimpleNamespace
 
@@ -122,7 +121,7 @@ def test_frames_in_cache_agree_in_the_answer_the_table_the_retention_title_and_t
     covered, seen = int(said.group(1)), int(said.group(2))
     assert seen == 61 and 0 < covered <= seen
     shown = named(handlers.tick(request))
-    assert f"<th>frames in cache</th>" in shown["numbers"]
+    assert "<th>frames in cache</th>" in shown["numbers"]
     cells = re.findall(r"<td>([^<]*)</td>", shown["numbers"])
     assert cells[0] == "61" and cells[1] == str(covered)  # frames seen, frames in cache
     title = shown["retention"].axes[0].get_title(loc="left")

@@ -151,10 +151,12 @@ class SourceRunner:
     `feed` is called with each frame on this thread; a UserError it raises (a cap too small for the
     frame size, say) ends the run and is kept as `error`, a sentence for the status line."""
 
-    def __init__(self, source: PacedFile | PushSource, session, feed: Callable[[Frame], None]) -> None:
+    def __init__(self, source: PacedFile | PushSource, session, feed: Callable[[Frame], None],
+                 on_finish: Callable[[], None] | None = None) -> None:
         self.source = source
         self.session = session
         self.feed = feed
+        self.on_finish = on_finish  # called on this thread once the run is over, however it ended
         self.ingester = Ingester(source, session)
         self.error: str | None = None
         self.frames_fed = 0
@@ -174,6 +176,11 @@ class SourceRunner:
     @property
     def finished(self) -> bool:
         return self._finished.is_set()
+
+    @property
+    def played_through(self) -> bool:
+        """The source ran to its end: not stopped, no error."""
+        return self.finished and not self._stop.is_set() and self.error is None
 
     def start(self) -> "SourceRunner":
         self._thread.start()
@@ -195,6 +202,11 @@ class SourceRunner:
         finally:
             if self.error is None and self.source.error:
                 self.error = self.source.error
+            if self.on_finish is not None:
+                try:
+                    self.on_finish()
+                except Exception:  # noqa: BLE001 - a display refresh must not hide how the run ended
+                    log.exception("refreshing after the %s ended failed", self.kind)
             self._finished.set()
 
     def _report_drops(self) -> None:

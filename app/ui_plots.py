@@ -15,8 +15,10 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from potwatch.compression.mem_cap import format_bytes  # noqa: E402
+from potwatch.streaming.session import frames_in_cache  # noqa: E402
 
 from potwatch.app.ui_sessions import MemorySample  # noqa: E402
+from potwatch.app.ui_status import frames_in_cache_words  # noqa: E402
 
 FIGSIZE = (6.4, 2.9)
 DPI = 100
@@ -74,8 +76,11 @@ def memory_figure(history: Sequence[MemorySample], cap_bytes: int | None) -> Fig
     return figure
 
 
-def retention_figure(retention: dict[int, float], frames_seen: int, frames_per_group: int) -> Figure:
-    """For every frame seen, the share of its tokens the cache still holds (0 once evicted)."""
+def retention_figure(retention: dict[int, float], frames_seen: int, frames_per_group: int,
+                     frames_covered: int | None = None) -> Figure:
+    """For every frame seen, the share of its tokens the cache still holds (0 once evicted). The title
+    counts frames in cache as the table and the answers do (`frames_covered`, from the same snapshot
+    as the table; by default counted from `retention`)."""
     figure, axes = _figure()
     groups = max(-(-frames_seen // frames_per_group), 0)
     if groups:
@@ -87,9 +92,9 @@ def retention_figure(retention: dict[int, float], frames_seen: int, frames_per_g
         edges = np.arange(groups + 1) * frames_per_group
         axes.stairs(shares, edges, fill=True, color=KEPT_COLOR, alpha=0.75)
         axes.set_xlim(0, edges[-1])
-        held = int(np.count_nonzero(shares)) * frames_per_group
-        axes.set_title(f"Retention: {min(held, frames_seen)} of {frames_seen} frames still held",
-                       fontsize=11, loc="left")
+        if frames_covered is None:
+            frames_covered = frames_in_cache(retention, frames_seen, frames_per_group)
+        axes.set_title(f"Retention: {frames_in_cache_words(frames_covered, frames_seen)}", fontsize=11, loc="left")
     else:
         axes.text(0.5, 0.5, "no frames yet", transform=axes.transAxes, ha="center", va="center", color="gray")
         axes.set_title("Retention", fontsize=11, loc="left")

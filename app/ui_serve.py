@@ -22,7 +22,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     from potwatch.models.registry import demo_names
 
     parser.add_argument("--model", default="tiny", help=f"tiny (the small trained model potwatch ships), a demo model ({', '.join(demo_names())}), a hub id or a local folder; one for the whole server (default tiny)")
-    parser.add_argument("--mem-cap", default="1GB", help="each session's default cap on the KV cache, e.g. 1GB or 400kB; users can change it per tab (default 1GB)")
+    parser.add_argument("--mem-cap", default=None, help="each session's starting cap on the KV cache, e.g. 1GB or 1MB; users can change it per tab (default: per model: a small model such as tiny gets a cap it fills within the first minute, so compression shows at once; a large one 1GB)")
     parser.add_argument("--policy", default="tar_van", help=f"each session's default compression policy: {', '.join(policy_names())} (default tar_van)")
     parser.add_argument("--kv-bits", default="16", metavar="16|8|4", help="each session's default bits per cached key or value: 16, 8 or 4 (quantised: the same cap holds more tokens); users can change it per tab (default 16)")
     parser.add_argument("--fps", type=float, default=2.0, help="each session's default frames sampled per second (default 2)")
@@ -88,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError(f"--port {args.port} is not a port number; give one between 1 and 65535, e.g. 7860.")
     from potwatch.app.ui_sessions import SessionPool, TabSettings
 
-    settings = TabSettings(mem_cap=args.mem_cap, policy=args.policy, fps=args.fps, kv_bits=args.kv_bits).checked()
+    settings = TabSettings(mem_cap=args.mem_cap or "1GB", policy=args.policy, fps=args.fps, kv_bits=args.kv_bits).checked()
     if args.max_sessions < 1:
         raise UserError(f"--max-sessions {args.max_sessions} allows no session; give 1 or more.")
     if args.max_new_tokens < 1:
@@ -98,6 +98,14 @@ def _serve(args: argparse.Namespace) -> int:
     from potwatch.models.registry import load_model
 
     adapter = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    if args.mem_cap is None:
+        from dataclasses import replace
+
+        from potwatch.app.ui_defaults import default_mem_cap
+
+        settings = replace(settings, mem_cap=default_mem_cap(adapter, settings.fps, args.max_new_tokens, settings.policy))
+        print(f"potwatch: each tab starts with a {settings.mem_cap} cap (--mem-cap sets another)", file=sys.stderr,
+              flush=True)
     pool = SessionPool(adapter, max_sessions=args.max_sessions, settings=settings, max_new_tokens=args.max_new_tokens)
     pool.check()
     from potwatch.app.ui import build_app, launch_options

@@ -110,6 +110,7 @@ class TabSession:
         self.video_name: str | None = None
         self.webcam_paused = False
         self.notice: str | None = None  # the last thing the user should know (an error, a refusal)
+        self.video_notice: str | None = None  # a refused upload; gone once a video plays or the webcam is watched
         self.version = 0  # goes up whenever what the page shows changes
         self.rendered: dict[str, object] = {}  # what the page last got, per output, to skip repeats
         self.answering = False
@@ -121,6 +122,8 @@ class TabSession:
     # --- what the page shows -------------------------------------------------------------------
     def record(self, retention: bool = False) -> None:
         """Snapshot the stats (and, at most every RETENTION_EVERY_S, the retention) for the page."""
+        if self.session._closed:
+            return
         stats = self.session.stats()
         self.stats = stats
         sample = MemorySample(stats["frames_seen"], stats["cache_bytes"], stats["cap_bytes"], stats["compressions"])
@@ -157,7 +160,9 @@ class TabSession:
             self.notice = runner.error
 
     def _start(self, source: PacedFile | PushSource) -> SourceRunner:
-        self.runner = SourceRunner(source, self.session, self.feed).start()
+        self.video_notice = None  # a video plays (or the webcam is watched): an old refusal is stale
+        self.runner = SourceRunner(source, self.session, self.feed, on_finish=lambda: self.record(retention=True))
+        self.runner.start()
         self.version += 1
         return self.runner
 
@@ -217,7 +222,7 @@ class TabSession:
             runner = self.runner
             if runner is not None and runner.kind == "file" and not runner.finished:
                 runner.source.pause()
-                self.version += 1
+                self.record(retention=True)  # the page's counts settle on what the cache holds now
 
     def stop(self) -> None:
         """Stop the file (the cache keeps what it saw; questions still work)."""
@@ -263,16 +268,21 @@ class TabSession:
         """Stop the source, forget the stream and the dialogue, and take the new settings."""
         settings = settings.checked()
         with self._control:
+            watching = self.source_kind == "webcam"
             self._stop_runner()
             try:
                 self.session.reset(mem_cap=cap_value(settings.mem_cap), policy=settings.policy, fps=settings.fps,
                                    kv_bits=settings.kv_bits)
-            except DeviceMemoryError:  # the session started afresh at its old settings: so does the page
-                if not self.session.closed:
-                    self._forget_stream()
+            except UserError as error:
+                if isinstance(error, DeviceMemoryError) and not self.session.closed:
+                    self._forget_stream()  # the session started afresh at its old settings: so does the page
+                if watching and not self.session.closed:  # the camera is watched on, as the session now is
+                    self._start(PushSource(self.session.fps))
                 raise
             self.settings = settings
             self._forget_stream()
+            if watching:  # the browser still streams its camera: watch it on, under the new settings
+                self._start(PushSource(self.session.fps))
 
     def _forget_stream(self) -> None:
         self.history.clear()
@@ -281,6 +291,12 @@ class TabSession:
         self.chat.clear()
         self.rendered.clear()
         self.record(retention=True)
+
+    def played_through(self, path: Path) -> bool:
+        """True when the last source was the video at `path`, played to its end (nothing fed since)."""
+        runner = self.runner
+        return (runner is not None and runner.kind == "file" and runner.played_through
+                and Path(runner.source.path) == Path(path))
 
     def close(self) -> None:
         with self._control:
@@ -334,10 +350,10 @@ class SessionPool:
                 pending = self._opening.get(key)
                 if pending is None:
                     if len(self._tabs) + len(self._opening) >= self.max_sessions:
-                        limit = f"{self.max_sessions} session{'' if self.max_sessions == 1 else 's'}"
+                        limit = f"{self.max_sessions} tab{'' if self.max_sessions == 1 else 's'}"
                         raise PoolFullError(
-                            f"This server already runs as many sessions as it may ({limit}, --max-sessions "
-                            f"{self.max_sessions}); this page starts one by itself as soon as another tab closes."
+                            f"This server already watches for as many tabs as it may ({limit} at once); this "
+                            "page gets its own session by itself as soon as another tab closes."
                         )
                     pending = self._opening[key] = _Opening()
                     break

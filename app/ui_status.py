@@ -4,12 +4,15 @@ Pure functions of a tab's snapshots, so the page's timer never touches the model
 
 from __future__ import annotations
 
+import html
 import time
 
 from potwatch.compression.mem_cap import format_bytes
-from potwatch.streaming.answer import Answer
+from potwatch.streaming.answer import DEMO_NOTICE, Answer
 
+from potwatch.app.ui_defaults import TYPICAL_FRAME
 from potwatch.app.ui_sessions import TabSession
+from potwatch.app.ui_words import readable_answer, ui_words
 
 WEBCAM_QUIET_S = 3.0  # no camera frame for this long: the browser stopped streaming
 
@@ -56,16 +59,15 @@ def status_line(tab: TabSession) -> str:
         line += " · answering…"
     problem = (tab.runner.error if tab.runner is not None else None) or tab.notice
     if problem:
-        line += f"\n\n⚠ {problem}"
+        line += f"\n\n⚠ {ui_words(problem, tab.video_path, tab.video_name)}"
     return line
 
 
-def numbers_table(stats: dict) -> str:
-    """The memory numbers as a one-row markdown table."""
+def _numbers(stats: dict) -> dict[str, str]:
+    """The memory numbers, labelled, as the table and the phone's lines show them."""
     cap = stats.get("cap_bytes")
     peak = stats.get("peak_bytes", 0)
     capacity = stats.get("capacity_tokens")
-    tokens = f"{stats.get('tokens_in_cache', 0):,}" + (f" of {capacity:,}" if capacity else "")
     if cap:
         peak_text = f"{format_bytes(peak)} ({'under' if peak <= cap else 'OVER'} the cap)"
     else:
@@ -74,26 +76,109 @@ def numbers_table(stats: dict) -> str:
     compressions = stats.get("compressions", 0)
     spent_ms = stats.get("compression_ms", 0.0)
     spent = f"{spent_ms:.0f} ms" if spent_ms < 1000 else f"{spent_ms / 1000:.1f} s"
-    compressions_text = f"{compressions} ({spent})" if compressions else "0"
-    cells = {
+    return {
         "frames seen": f"{stats.get('frames_seen', 0):,}",
         "frames in cache": f"{stats.get('frames_covered', 0):,}",
-        "tokens in cache": tokens,
+        "tokens in cache": f"{stats.get('tokens_in_cache', 0):,}" + (f" of {capacity:,}" if capacity else ""),
         "cache": cache_words(stats).removeprefix("cache "),
         "peak": peak_text,
-        "compressions": compressions_text,
+        "compressions": f"{compressions} ({spent})" if compressions else "0",
         "dropped frames": f"{stats.get('dropped_frames', 0):,}",
         "ms/frame": f"{ms:.0f}" if ms else "–",
     }
-    return "| " + " | ".join(cells) + " |\n|" + "---|" * len(cells) + "\n| " + " | ".join(cells.values()) + " |"
+
+
+def numbers_table(stats: dict) -> str:
+    """The memory numbers as HTML: a one-row table on a wide screen, a few labelled lines on a phone
+    (the page's style sheet shows one or the other)."""
+    cells = {name: html.escape(value) for name, value in _numbers(stats).items()}
+    head = "".join(f"<th>{name}</th>" for name in cells)
+    row = "".join(f"<td>{value}</td>" for value in cells.values())
+    lines = (
+        ("Frames", f"{cells['frames seen']} seen · {cells['frames in cache']} in cache · "
+                   f"{cells['dropped frames']} dropped"),
+        ("Cache", f"{cells['cache']} · {cells['tokens in cache']} tokens"),
+        ("Peak", cells["peak"]),
+        ("Compressions", f"{cells['compressions']} · {cells['ms/frame']} ms/frame"),
+    )
+    narrow = "".join(f'<div class="numbers-line"><b>{label}</b> {text}</div>' for label, text in lines)
+    return (f'<table class="numbers-wide"><thead><tr>{head}</tr></thead><tbody><tr>{row}</tr></tbody></table>'
+            f'<div class="numbers-narrow">{narrow}</div>')
+
+
+def frames_in_cache_words(frames_covered: int, frames_seen: int) -> str:
+    """'58 of 60 frames in cache': how the answer line, the table's title and the retention plot say it."""
+    return f"{frames_covered:,} of {frames_seen:,} frame{'' if frames_seen == 1 else 's'} in cache"
 
 
 def answer_message(answer: Answer) -> str:
-    """The finished answer as the chat shows it: text (with the demo notice), then time and coverage."""
+    """The finished answer as the chat shows it: readable text (with the demo notice), then time and
+    coverage."""
+    text = readable_answer(answer.text)
+    if answer.meaningless:
+        text = f"{text} {DEMO_NOTICE}"
     return (
-        f"{answer.display}\n\n"
+        f"{text}\n\n"
         f"_{answer.seconds:.2f} s (first token {answer.first_token_s:.2f} s) · "
-        f"{answer.frames_covered} of {answer.frames_seen} frames in cache_"
+        f"{frames_in_cache_words(answer.frames_covered, answer.frames_seen)}_"
+    )
+
+
+def video_length(frames: int, fps: float) -> str:
+    """Frames as time of video at `fps`: '29 s', '4.3 min', '2.5 h'."""
+    seconds = frames / fps
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def full_detail_frames(session) -> tuple[int | None, bool]:
+    """(frames the cap holds at full detail, whether that is for the stream's own frame size); before
+    any frame it is for a typical 320x240 frame."""
+    frames = session.frames_before_compression()
+    if frames is not None or not session.cache.capped:
+        return frames, True
+    per_group = session.adapter.tokens_per_group(*TYPICAL_FRAME)
+    return session.frames_before_compression(tokens_per_group=per_group), False
+
+
+def cap_words(session) -> str:
+    """What the cap holds: tokens, then frames at full detail and minutes of video at the session's fps."""
+    geometry = session.geometry
+    if not session.cache.capped:
+        return f"No cap: the cache grows with the stream ({geometry.bytes_per_token:,} bytes a token) and nothing is compressed."
+    per_token = f"{geometry.bytes_per_token:,} B a token"
+    if geometry.quantized:
+        per_token += f", keys and values in {geometry.kv_bits} bits"
+    frames, own_size = full_detail_frames(session)
+    text = f"The cap {format_bytes(session.cap_bytes)} holds {session.cache.capacity:,} tokens of this model ({per_token})"
+    if frames is None:
+        return text + "."
+    size = "" if own_size else " of 320×240"
+    return (
+        f"{text}: **{frames:,} frames{size} at full detail, {video_length(frames, session.fps)} of video at "
+        f"{session.fps:g} fps**. Then compression starts: older frames keep fewer tokens, so more frames stay in cache."
+    )
+
+
+def memory_note(tab: TabSession) -> str:
+    """A line beside the memory plot: what the cache is doing now, and why."""
+    stats = tab.stats
+    seen, compressions = stats.get("frames_seen", 0), stats.get("compressions", 0)
+    if not stats.get("cap_bytes"):
+        return "**No cap**: the cache grows with every frame; nothing is compressed."
+    if not seen:
+        return "**Empty**: the cache holds only the prompt. Frames fill it as they come."
+    if not compressions:
+        frames, _ = full_detail_frames(tab.session)
+        left = f" The first compression comes after about {frames:,} frames." if frames else ""
+        return f"**Filling**: every frame is kept at full detail until the cap is reached.{left}"
+    return (
+        f"**Full, compressing**: before each new block of frames, the policy *{stats.get('policy')}* thins the "
+        f"older frames' tokens so the cache stays under the cap ({compressions:,} compression"
+        f"{'' if compressions == 1 else 's'} so far)."
     )
 
 

@@ -484,8 +484,17 @@ class StreamSession:
             }
 
     def frames_covered(self) -> int:
-        """Sampled frames that still have tokens in the cache (a temporal group covers several frames)."""
-        return len(self.cache.frames_held()) * self.adapter.frames_per_group
+        """Frames in cache: frames seen that still have tokens in the cache (see `frames_in_cache`)."""
+        return frames_in_cache(self.cache.frames_held().tolist(), self.frames_seen, self.adapter.frames_per_group)
+
+    def frames_before_compression(self, tokens_per_group: int | None = None) -> int | None:
+        """Frames the cap holds at full detail: frames in cache when the first compression starts
+        (None without a cap or a known frame size). After it, more frames stay, each with fewer tokens."""
+        per_group = tokens_per_group or getattr(self, "tokens_per_group", None)
+        if not self.cache.capped or not per_group:
+            return None
+        room = self.cache.capacity - self.system_tokens - self._question_headroom()
+        return max(room // (per_group * self.groups_per_block), 0) * self.groups_per_block * self.adapter.frames_per_group
 
     def retention(self) -> dict[int, float]:
         """Share of each held frame's tokens still in the cache (over layers and heads)."""
@@ -589,6 +598,13 @@ class StreamSession:
 
 def _cap_words(cap_bytes: int | None) -> str:
     return "no cap" if cap_bytes is None else format_bytes(cap_bytes)
+
+
+def frames_in_cache(held_groups: Iterable[int], frames_seen: int, frames_per_group: int) -> int:
+    """The one count of "frames in cache" that every display uses: frames seen whose temporal group
+    (named by its first frame) still has a token in the cache. A group completed by repeating its last
+    frame counts only the frames already seen, so the count never passes the frames seen."""
+    return sum(max(min(frames_per_group, frames_seen - first), 0) for first in held_groups)
 
 
 def _ms_per_frame(blocks) -> float | None:

@@ -168,17 +168,24 @@ def tab(name: str) -> SimpleNamespace:
     return SimpleNamespace(session_hash=name)
 
 
+def video_words(outputs: tuple) -> str:
+    """The words about the chosen video among an upload's outputs."""
+    from potwatch.app.ui_handlers import named
+
+    return named(outputs)["video"]
+
+
 def test_refused_uploads_are_deleted_at_once(handlers, upload_folder, monkeypatch):
     from potwatch.app import ui_handlers
 
     handlers.load(tab("a"))
     text = as_upload(upload_folder, "notes.txt", b"not a video")
-    assert "is not a video file" in handlers.upload(str(text), tab("a"))[0]
+    assert "is not a video file" in video_words(handlers.upload(str(text), tab("a")))
     fake = as_upload(upload_folder, "clip.mp4", b"this is text, not an mp4")
-    assert handlers.upload(str(fake), tab("a"))[0].startswith("⚠")
+    assert video_words(handlers.upload(str(fake), tab("a"))).startswith("⚠")
     monkeypatch.setattr(ui_handlers, "MAX_UPLOAD_BYTES", 1000)
     big = as_upload(upload_folder, "big.mp4", DEMO_VIDEO.read_bytes())
-    assert "is over 200 MB" in handlers.upload(str(big), tab("a"))[0]
+    assert "is over 200 MB" in video_words(handlers.upload(str(big), tab("a")))
     for path in (text, fake, big):
         assert not path.exists() and not path.parent.exists()
     assert handlers.pool.get("a").video_path is None
@@ -189,8 +196,8 @@ def test_an_upload_is_deleted_once_no_tab_plays_it(handlers, upload_folder, tmp_
     handlers.load(tab("b"))
     first = as_upload(upload_folder, "first.mp4", DEMO_VIDEO.read_bytes())
     second = as_upload(upload_folder, "second.mp4", DEMO_VIDEO.read_bytes())
-    assert "first.mp4" in handlers.upload(str(first), tab("a"))[0]
-    assert "first.mp4" in handlers.upload(str(first), tab("b"))[0]  # the same bytes: Gradio hands out one path
+    assert "first.mp4" in video_words(handlers.upload(str(first), tab("a")))
+    assert "first.mp4" in video_words(handlers.upload(str(first), tab("b")))  # the same bytes: Gradio hands out one path
     handlers.upload(str(second), tab("a"))
     assert first.exists()  # tab b still plays it
     handlers.use_demo_video(tab("b"))

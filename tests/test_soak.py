@@ -44,14 +44,17 @@ def test_the_growth_check_finds_a_leak_and_spares_bounded_containers(demo_adapte
 
 def test_the_web_chat_keeps_its_latest_turns_only(demo_adapter, monkeypatch):
     pytest.importorskip("gradio")
-    from potwatch.app import ui_handlers
+    from potwatch.app import ui_chat, ui_handlers
     from potwatch.app.ui_sessions import SessionPool, TabSettings
+    from tests.conftest import random_frames
 
-    monkeypatch.setattr(ui_handlers, "CHAT_MESSAGES", 10)
+    monkeypatch.setattr(ui_chat, "CHAT_MESSAGES", 10)
     pool = SessionPool(demo_adapter, max_sessions=1, settings=TabSettings(mem_cap="400kB"), max_new_tokens=2)
     handlers = ui_handlers.Handlers(pool)
     request = SimpleNamespace(session_hash="tab")
     handlers.load(request)
+    pool.get("tab").session.feed(random_frames(2))  # before any frame a question gets a plain reply
+    pool.get("tab").record()
     for step in range(8):
         chat = list(handlers.ask(f"question {step}?", request))[-1][0]
     assert len(chat) == 10 and chat[0] == {"role": "user", "content": "question 3?"}

@@ -1,8 +1,10 @@
 """The web UI end to end in a real headless Chromium (Debian's, driven by Playwright for Python).
 
 The webcam test feeds the browser a fake camera (a .y4m file rendered from the demo scene) into an
-in-process server; the file test starts `potwatch serve --model demo` as a user would. Both save
-screenshots under tests/artifacts/; the webcam test also writes the README's assets/ui.png.
+in-process server; the file test starts `potwatch serve --model demo` as a user would; the tiny test
+clicks the one-click examples on the `tiny` model, then lays the page out at phone width. All save
+screenshots under tests/artifacts/; the tiny test also writes the README's assets/ui.png and
+docs/ui-phone.png.
 
 Without chromium or playwright these tests skip, except under CI=true, where they fail: a CI run
 must never pass by skipping them."""
@@ -31,6 +33,9 @@ README_SCREENSHOT = ROOT / "assets" / "ui.png"
 DEMO_VIDEO = ROOT / "assets" / "demo.mp4"
 CAMERA_SECONDS = 20  # the fake camera loops this much of the demo scene
 VIEWPORT = {"width": 1400, "height": 1000}
+PHONE = {"width": 420, "height": 900}
+DOCS = ROOT / "docs"
+PHONE_SCREENSHOT = DOCS / "ui-phone.png"
 QUESTION = "What happened in the kitchen?"
 
 
@@ -72,6 +77,13 @@ def fake_camera(tmp_path_factory) -> Path:
             out.write(b"FRAME\n")
             out.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter():
+    from potwatch.models.registry import load_model
+
+    return load_model("tiny")
 
 
 @pytest.fixture
@@ -129,12 +141,12 @@ def wait_frames(page, at_least: int, timeout_s: float = 60) -> int:
     raise AssertionError(f"the status never showed {at_least} frames; it shows: {status(page)!r}")
 
 
-def ask(page, question: str, timeout_s: float = 60) -> str:
+def ask(page, question: str, timeout_s: float = 60, wait_for: str = "frames in cache") -> str:
     """Type a question into the chat, press Enter, and return the chat once the answer is complete."""
     box = page.locator("#question textarea")
     box.fill(question)
     box.press("Enter")
-    wait_text(page, "#chat", "frames in cache", timeout_s)
+    wait_text(page, "#chat", wait_for, timeout_s)
     return page.locator("#chat").inner_text()
 
 
@@ -165,6 +177,26 @@ def test_webcam_stream_chat_and_memory_plot(browser, demo_adapter):
         page = new_page(browser, url)
         wait_text(page, "#status", "ready: start")
         assert "of 2.00 MB" in status(page)
+        assert not page.locator("#webcam-pause").is_visible()  # no camera yet: nothing to pause
+
+        # an empty question gets a hint beside the box; a question before any frame a plain reply
+        page.locator("#ask").click()
+        wait_text(page, "#question-hint", "Type a question first", 15)
+        chat_before = ask(page, "What do you see?", wait_for="I have not seen anything yet")
+        assert "frames in cache" not in chat_before
+        assert page.locator("#question-hint").inner_text().strip() == ""
+
+        # a cap too small: the reason beside the field, in the page's words, and the field back at the cap in force
+        page.locator("#mem-cap textarea").fill("10kB")
+        page.locator("#apply").click()
+        wait_text(page, "#mem-cap-error", "raise the memory cap to at least", 15)
+        assert "--" not in page.locator("#mem-cap-error").inner_text() and "⚠" not in status(page)
+        assert page.locator("#mem-cap textarea").input_value() == "2MB" and pool.tabs()[0].session.cap_bytes == 2_000_000
+
+        # the policy list says what each policy does
+        page.locator("#policy input").click()
+        assert page.get_by_role("option", name=re.compile(r"^window: keeps only the newest frames")).count() == 1
+        page.keyboard.press("Escape")
 
         # a small cap, typed into the settings, makes the tiny demo model compress within seconds
         # and 8-bit keys and values, picked in the dropdown, fit more tokens into it
@@ -174,11 +206,19 @@ def test_webcam_stream_chat_and_memory_plot(browser, demo_adapter):
         page.locator("#apply").click()
         wait_text(page, "#status", "of 400.00 kB")
         wait_text(page, "#cap-words", "in 8 bits")
+        assert page.locator("#mem-cap-error").inner_text().strip() == ""
 
         page.get_by_role("button", name="Click to Access Webcam").click(force=True)
         page.get_by_role("button", name="capture photo").click(timeout=30_000)
         wait_text(page, "#status", "watching the webcam", 30)
+        page.locator("#webcam-pause").wait_for(state="visible", timeout=10_000)
         tab = next(iter(pool._tabs.values()))
+        # Apply resets while the browser still streams: the status says so at once, never "ready"
+        page.locator("#apply").click()
+        wait_text(page, "#status", "watching the webcam: 0 frames", 10)
+        for _ in range(8):
+            assert "ready" not in status(page), status(page)
+            time.sleep(0.25)
         deadline = time.monotonic() + 90
         while not (tab.stats["frames_seen"] >= 24 and tab.stats["compressions"] >= 2):
             assert time.monotonic() < deadline, f"the webcam stream stalled: {tab.stats['frames_seen']} frames"
@@ -200,12 +240,11 @@ def test_webcam_stream_chat_and_memory_plot(browser, demo_adapter):
         assert history[-1].compressions >= 2 and tab.stats["peak_bytes"] <= 400_000
 
         time.sleep(1.5)  # one more refresh, so the plots include the answer
-        shot = save_screenshot(page, "webcam.png")
-        README_SCREENSHOT.write_bytes(shot.read_bytes())
+        save_screenshot(page, "webcam.png")
 
         # a second tab is over --max-sessions 1: it is told so, and gets a session once the first closes
         second = new_page(browser, url)
-        wait_text(second, "#status", "already runs as many sessions as it may (1 session")
+        wait_text(second, "#status", "already watches for as many tabs as it may (1 tab at once)")
         save_screenshot(second, "webcam-refused.png")
         page.context.close()
         wait_text(second, "#status", "ready: start", 30)
@@ -249,6 +288,7 @@ def test_demo_file_plays_through_the_file_tab_of_potwatch_serve(browser, tmp_pat
         wait_text(page, "#status", "ready: start")
         page.get_by_role("tab", name="File").click()
 
+        assert not page.locator("#play").is_visible()  # nothing chosen yet: nothing to start
         upload = tmp_path / "kitchen.mp4"
         shutil.copyfile(DEMO_VIDEO, upload)
         page.locator("#upload input[type=file]").set_input_files(str(upload))
@@ -256,8 +296,19 @@ def test_demo_file_plays_through_the_file_tab_of_potwatch_serve(browser, tmp_pat
         page.locator("#use-demo").click()
         wait_text(page, "#video-words", "demo.mp4", 30)
 
-        page.locator("#play").click()
+        # a file that is not a video: refused by the name the user gave it, and taken off the field
+        broken = tmp_path / "holiday.mp4"
+        broken.write_bytes(b"\x00" * 4096)
+        page.locator("#upload input[type=file]").set_input_files(str(broken))
+        wait_text(page, "#video-words", "⚠ 'holiday.mp4' is not a video", 30)
+        assert "/" not in page.locator("#video-words").inner_text()  # the name, not the server's path
+        page.wait_for_function("() => !(document.querySelector('#upload')?.innerText || '').includes('holiday.mp4')",
+                               timeout=10_000)
+        page.locator("#play").click()  # the demo chosen before: the warning goes once it plays
         wait_text(page, "#status", "playing demo.mp4", 30)
+        wait_text(page, "#video-words", "Video: demo.mp4", 10)
+        assert page.locator("#pause").is_visible() and page.locator("#stop").is_visible()
+        assert not page.locator("#play").is_visible()
         wait_frames(page, 8, 60)
         assert plot_image(page, "#current-frame")
 
@@ -272,6 +323,7 @@ def test_demo_file_plays_through_the_file_tab_of_potwatch_serve(browser, tmp_pat
         paused_at = frames_shown(page)
         time.sleep(2.5)
         assert frames_shown(page) == paused_at, "frames kept coming while paused"
+        assert page.locator("#play").inner_text() == "Resume"
         page.locator("#play").click()
         wait_text(page, "#status", "playing demo.mp4", 15)
         wait_frames(page, paused_at + 2, 30)
@@ -289,3 +341,83 @@ def test_demo_file_plays_through_the_file_tab_of_potwatch_serve(browser, tmp_pat
             server.kill()
             server.wait(10)
     print(f"file browser test: {time.monotonic() - started:.1f} s")
+
+
+def test_tiny_answers_the_one_click_examples_and_the_page_fits_a_phone(browser, tiny_adapter):
+    """The README's screenshot: the `tiny` model at its starting cap, after the examples' answers.
+    Then the same page at phone width: chat and question first, plots stacked, numbers as lines."""
+    from potwatch.app.ui import build_app, launch_options
+    from potwatch.app.ui_defaults import default_mem_cap
+    from potwatch.app.ui_plots import retention_figure
+    from potwatch.app.ui_sessions import SessionPool, TabSettings
+
+    started = time.monotonic()
+    cap = default_mem_cap(tiny_adapter, 2.0, 48)
+    pool = SessionPool(tiny_adapter, max_sessions=1, settings=TabSettings(mem_cap=cap), max_new_tokens=48)
+    app = build_app(pool)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    try:
+        page = new_page(browser, f"http://127.0.0.1:{port}/")
+        wait_text(page, "#status", "ready: start")
+        cap_line = page.locator("#cap-words").inner_text()
+        match = re.search(r"The cap [\d.]+ [kM]B holds [\d,]+ tokens .*: (\d+) frames of 320×240 at full detail, (\d+) s of video "
+                          r"at 2 fps", cap_line)
+        assert match and int(match.group(2)) < 60, cap_line  # the cache fills (and compresses) within a minute
+        full_detail = int(match.group(1))
+
+        page.locator("#example-0").click()
+        wait_text(page, "#chat", "Watching the demo video (30 s) first", 15)
+        wait_text(page, "#status", "playing demo.mp4", 15)
+        assert page.locator("#current-frame").is_visible()  # the example opened the File tab
+        wait_text(page, "#chat", "frames in cache", 90)
+        chat = page.locator("#chat").inner_text()
+        answer = re.search(r"What colour was the box\?\s+Red\.\s+\d+\.\d\d s \(first token \d+\.\d\d s\) · (\d+) of 60 frames in cache", chat)
+        assert answer, chat
+        page.locator("#example-1").click()
+        wait_text(page, "#chat", "One.", 30)
+        chat = page.locator("#chat").inner_text()
+        assert re.search(r"How many objects came in\?\s+One\.\s+", chat) and "\ufffd" not in chat
+
+        # one count of frames in cache: the answer line, the table, the retention plot's title, the cap line
+        tab = pool.tabs()[0]
+        in_cache = int(answer.group(1))
+        wait_text(page, "#status", "finished demo.mp4", 10)
+        time.sleep(1.5)
+        header = [cell.inner_text() for cell in page.locator("#numbers th").all()]
+        cells = [cell.inner_text() for cell in page.locator("#numbers td").all()]
+        assert cells[header.index("frames seen")] == "60" and cells[header.index("frames in cache")] == str(in_cache)
+        title = retention_figure(tab.retention, 60, tiny_adapter.frames_per_group).axes[0].get_title(loc="left")
+        assert title == f"Retention: {in_cache} of 60 frames in cache"
+        assert tab.stats["compressions"] >= 1 and full_detail < 60  # the cap held fewer at full detail
+        wait_text(page, "#memory-note", "Full, compressing", 10)
+        shot = save_screenshot(page, "tiny-examples.png")
+        README_SCREENSHOT.write_bytes(shot.read_bytes())
+
+        # the same page on a phone
+        page.set_viewport_size(PHONE)
+        time.sleep(1.0)
+
+        def box(selector):
+            found = page.locator(selector).first.bounding_box()
+            assert found, f"{selector} is not laid out"
+            return found
+
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # nothing off the side
+        chat_box, question_box, ask_box = box("#chat"), box("#question"), box("#ask")
+        assert chat_box["y"] < box("#watch-column")["y"] and chat_box["y"] < 600  # the chat comes first
+        assert question_box["x"] >= 0 and ask_box["x"] + ask_box["width"] <= PHONE["width"]
+        assert question_box["width"] >= 200
+        memory, retention = box("#memory-plot"), box("#retention-plot")
+        assert retention["y"] >= memory["y"] + memory["height"] - 1 and memory["width"] >= 300  # stacked
+        assert not page.locator("#numbers table").is_visible()
+        lines = page.locator("#numbers .numbers-line").all()
+        assert len(lines) == 4 and all(line.bounding_box()["height"] < 60 for line in lines)
+        assert "Frames 60 seen · " + str(in_cache) + " in cache" in page.locator("#numbers").inner_text()
+        DOCS.mkdir(exist_ok=True)
+        page.screenshot(path=str(PHONE_SCREENSHOT), full_page=True)
+        page.context.close()
+    finally:
+        app.close()
+        pool.close_all()
+    print(f"tiny examples and phone browser test: {time.monotonic() - started:.1f} s")

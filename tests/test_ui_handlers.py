@@ -17,7 +17,7 @@ pytest.importorskip("gradio")
 pytest.importorskip("matplotlib")
 
 from potwatch.app.cli import main  # noqa: E402
-from potwatch.app.ui_handlers import DEMO_VIDEO, Handlers  # noqa: E402
+from potwatch.app.ui_handlers import DEMO_VIDEO, REFRESH, Handlers, named  # noqa: E402
 from potwatch.app.ui_player import PushSource  # noqa: E402
 from potwatch.app.ui_plots import memory_figure, retention_figure  # noqa: E402
 from potwatch.app.ui_sessions import HISTORY_SAMPLES, MemorySample, PoolFullError, SessionPool, TabSettings  # noqa: E402
@@ -70,7 +70,7 @@ def write_clip(path: Path, seconds: float, fps: int = 10) -> Path:
 def test_each_tab_gets_its_own_session_and_the_pool_is_bounded(pool):
     first, second = pool.open("a"), pool.open("b")
     assert first.session is not second.session and pool.open("a") is first
-    with pytest.raises(PoolFullError, match=r"already runs as many sessions as it may \(2 sessions"):
+    with pytest.raises(PoolFullError, match=r"already watches for as many tabs as it may \(2 tabs at once\)"):
         pool.open("c")
     assert pool.close("a") and len(pool) == 1
     assert pool.open("c").session is not first.session  # the freed slot is reused
@@ -93,11 +93,12 @@ def test_pool_refuses_settings_that_cannot_work(demo_adapter):
 
 # --- page life -----------------------------------------------------------------------------------
 def test_load_opens_a_session_and_unload_frees_it(handlers, pool):
-    status, numbers, memory, retention, frame, chat, cap_words, video_words = handlers.load(tab_request())
-    assert status.startswith("**ready") and "of 400.00 kB" in status
-    assert "frames seen" in numbers and "under the cap" in numbers
-    assert memory is not None and retention is not None and frame is None
-    assert chat == [] and "400.00 kB holds about" in cap_words and "demo video" in video_words
+    outputs = handlers.load(tab_request())
+    shown, (chat, cap_words) = named(outputs), outputs[len(REFRESH):]
+    assert shown["status"].startswith("**ready") and "of 400.00 kB" in shown["status"]
+    assert "frames seen" in shown["numbers"] and "under the cap" in shown["numbers"]
+    assert shown["memory"] is not None and shown["retention"] is not None and shown["frame"] is None
+    assert chat == [] and "The cap 400.00 kB holds" in cap_words and "demo video" in shown["video"]
     assert len(pool) == 1
     handlers.unload(tab_request())
     assert len(pool) == 0
@@ -107,7 +108,7 @@ def test_a_visitor_over_the_limit_gets_a_clear_message_and_a_session_once_one_fr
     handlers.load(tab_request("a"))
     handlers.load(tab_request("b"))
     refused = handlers.load(tab_request("c"))
-    assert refused[0].startswith("⚠") and "--max-sessions 2" in refused[0]
+    assert refused[0].startswith("⚠") and "(2 tabs at once)" in refused[0] and "--" not in refused[0]
     assert handlers.tick(tab_request("c"))[0] == refused[0]
     handlers.unload(tab_request("a"))
     assert handlers.tick(tab_request("c"))[0].startswith("**ready")
@@ -122,25 +123,25 @@ def test_tick_sends_only_what_changed(handlers):
 def test_demo_file_plays_in_real_time_pauses_resumes_and_stops(handlers, pool):
     request = tab_request()
     handlers.load(request)
-    words, _, upload_field = handlers.use_demo_video(request)
-    assert "demo.mp4" in words and upload_field is None
+    *refresh, upload_field = handlers.use_demo_video(request)
+    assert "demo.mp4" in named(refresh)["video"] and upload_field is None
     started = time.monotonic()
-    assert "playing demo.mp4" in handlers.play(request)
+    assert "playing demo.mp4" in handlers.play(request)[0]
     tab = pool.get(request.session_hash)
     wait_for(lambda: tab.stats["frames_seen"] >= 4, what="4 frames")
     elapsed = time.monotonic() - started
     assert tab.stats["frames_seen"] <= 2 * elapsed + 2  # real-time pace at 2 fps, not as fast as decoding
-    status, numbers, memory, retention, frame = handlers.tick(request)
-    assert "playing demo.mp4 at" in status and frame.shape == (240, 320, 3)
+    shown = named(handlers.tick(request))
+    assert "playing demo.mp4 at" in shown["status"] and shown["frame"].shape == (240, 320, 3)
 
-    assert "paused demo.mp4" in handlers.pause(request)
+    assert "paused demo.mp4" in handlers.pause(request)[0]
     time.sleep(0.3)
     paused_at = tab.stats["frames_seen"]
     time.sleep(1.2)
     assert tab.stats["frames_seen"] == paused_at  # paused: nothing is fed, nothing queues up
     handlers.play(request)
     wait_for(lambda: tab.stats["frames_seen"] >= paused_at + 2, what="frames after resuming")
-    assert "stopped" in handlers.stop(request)
+    assert "stopped" in handlers.stop(request)[0]
     stopped_at = tab.stats["frames_seen"]
     time.sleep(0.8)
     assert tab.stats["frames_seen"] == stopped_at
@@ -162,13 +163,13 @@ def test_only_video_files_are_accepted(handlers, tmp_path):
     handlers.load(request)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    assert "is not a video file" in handlers.upload(str(text), request)[0]
+    assert "is not a video file" in named(handlers.upload(str(text), request))["video"]
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    assert "is empty" in handlers.upload(str(empty), request)[0]
-    assert "No video is chosen" in handlers.play(request)
-    words, status = handlers.upload(str(DEMO_VIDEO), request)
-    assert words == "Video: **demo.mp4**" and "ready" in status
+    assert "is empty" in named(handlers.upload(str(empty), request))["video"]
+    assert "No video is chosen" in handlers.play(request)[0]
+    shown = named(handlers.upload(str(DEMO_VIDEO), request))
+    assert shown["video"] == "Video: **demo.mp4**" and "ready" in shown["status"]
 
 
 # --- webcam --------------------------------------------------------------------------------------
@@ -194,8 +195,8 @@ def test_webcam_frames_are_fed_without_waiting_on_the_model(handlers, pool):
     assert "watching the webcam" in handlers.tick(request)[0]
     time.sleep(3.2)
     assert "webcam stopped" in handlers.tick(request)[0]  # the browser sent nothing for a while
-    label, status = handlers.toggle_webcam(request)
-    assert label["value"] == "Resume watching" and "webcam paused" in status
+    shown = named(handlers.toggle_webcam(request))
+    assert shown["webcam_pause"]["value"] == "Resume watching" and "webcam paused" in shown["status"]
     seen = tab.stats["frames_seen"]
     handlers.webcam_frame(frames[0], request)
     time.sleep(0.3)
@@ -223,46 +224,83 @@ def test_a_question_is_answered_while_the_file_plays(handlers, pool):
     assert tab.stats["turns"] == 1
 
 
-def test_an_empty_question_does_nothing(handlers):
-    handlers.load(tab_request())
-    assert all(is_skip(part) for part in next(handlers.ask("   ", tab_request())))
+def test_an_empty_question_gets_a_hint_beside_the_box_and_a_question_before_any_frame_a_plain_reply(handlers, pool):
+    request = tab_request()
+    handlers.load(request)
+    chat, box, hint = next(handlers.ask("   ", request))
+    assert is_skip(chat) and is_skip(box) and hint.startswith("Type a question first")
+    updates = list(handlers.ask("What colour was the box?", request))
+    assert updates[0][1:] == ("", "")  # the box and the hint are cleared at once
+    assert updates[-1][0][-1]["content"].startswith("I have not seen anything yet")
+    assert pool.get(request.session_hash).stats["turns"] == 0  # the model was not asked
+
+
+def applied(outputs: tuple) -> dict:
+    """apply_settings' outputs after the refresh, by name."""
+    names = ("chat", "mem_cap", "policy", "fps", "kv_bits", "cap_words", "mem_cap_error", "policy_error",
+             "kv_bits_error", "fps_error")
+    return {**named(outputs), **dict(zip(names, outputs[len(REFRESH):]))}
+
+
+def watch_a_little(pool, request, frames: int = 4) -> None:
+    """Feed a few frames straight into the tab's session, as its source would."""
+    from tests.conftest import random_frames
+
+    tab = pool.get(request.session_hash)
+    tab.session.feed(random_frames(frames))
+    tab.record(retention=True)
 
 
 # --- settings ------------------------------------------------------------------------------------
 def test_settings_apply_on_reset_and_bad_ones_change_nothing(handlers, pool):
     request = tab_request()
     handlers.load(request)
+    watch_a_little(pool, request)
     list(handlers.ask("Hello?", request))
-    outputs = handlers.apply_settings("10kB", "tar_van", 2, 16, request)
-    assert "⚠" in outputs[0] and "at least 75.89 kB" in outputs[0]
     tab = pool.get(request.session_hash)
+    assert tab.stats["turns"] == 1
+    out = applied(handlers.apply_settings("10kB", "tar_van", 2, 16, request))
+    # the error sits beside the field it concerns, in the page's words, and the field shows the cap in force
+    assert out["mem_cap_error"].startswith("⚠") and "at least 75.89 kB" in out["mem_cap_error"]
+    assert "raise the memory cap" in out["mem_cap_error"] and "--" not in out["mem_cap_error"]
+    assert out["mem_cap"] == SMALL_CAP and out["policy_error"] == out["fps_error"] == out["kv_bits_error"] == ""
+    assert "⚠" not in (out["status"] if not is_skip(out["status"]) else "")
     assert tab.session.cap_bytes == 400_000 and tab.chat  # unchanged
-    assert "frame rate" in handlers.apply_settings("1MB", "window", -1, 16, request)[0]
-    outputs = handlers.apply_settings("1MB", "window", 1, 16, request)
-    status, chat, cap_words, mem_cap, policy, fps, kv_bits = outputs[0], *outputs[5:]
-    assert "of 1.00 MB" in status and "⚠" not in status
-    assert chat == [] and "1.00 MB holds about" in cap_words and (mem_cap, policy, fps, kv_bits) == ("1MB", "window", 1.0, 16)
+    out = applied(handlers.apply_settings("1MB", "window", -1, 16, request))
+    assert "Frames per second" in out["fps_error"] and out["fps"] == 2.0 and out["mem_cap"] == SMALL_CAP
+    assert applied(handlers.apply_settings("lots", "window", 1, 16, request))["mem_cap_error"].startswith(
+        "⚠ Memory cap 'lots' is not a size")
+    out = applied(handlers.apply_settings("1MB", "window", 1, 16, request))
+    assert "of 1.00 MB" in out["status"] and "⚠" not in out["status"] and out["mem_cap_error"] == ""
+    assert out["chat"] == [] and "The cap 1.00 MB holds" in out["cap_words"]
+    assert (out["mem_cap"], out["policy"], out["fps"], out["kv_bits"]) == ("1MB", "window", 1.0, 16)
     assert tab.session.policy_name == "window" and tab.session.fps == 1.0 and tab.stats["turns"] == 0
     # quantised K/V: the same cap holds more tokens, and the words say so
-    outputs = handlers.apply_settings("1MB", "window", 1, "8", request)
-    assert outputs[-1] == 8 and "in 8 bits" in outputs[6] and tab.session.cache.quantized
+    out = applied(handlers.apply_settings("1MB", "window", 1, "8", request))
+    assert out["kv_bits"] == 8 and "in 8 bits" in out["cap_words"] and tab.session.cache.quantized
     assert tab.session.cache.capacity > replace(tab.session.geometry, kv_bits=16).tokens_for(1_000_000)
-    assert "kv-bits" in handlers.apply_settings("1MB", "window", 1, 5, request)[0]
+    out = applied(handlers.apply_settings("1MB", "window", 1, 5, request))
+    assert "Pick 16, 8 or 4 bits per key/value" in out["kv_bits_error"] and out["kv_bits"] == 8
     assert tab.session.kv_bits == 8  # a bad width changes nothing
+    out = applied(handlers.apply_settings("none", "window", 1, 8, request))
+    assert "need a memory cap" in out["kv_bits_error"] and out["mem_cap"] == "1MB"
 
 
 @pytest.mark.parametrize("policy", ["keep_merge", "adakv"])
 def test_the_slot_count_policies_apply_from_the_ui_beside_a_tab_of_another(handlers, pool, policy):
     """The model is shared: one tab on a policy with slot counts, another on tar_van, both answer."""
-    from potwatch.compression.policies.base import policy_names
+    from potwatch.app.ui_settings import policy_choices
 
-    assert policy in policy_names()  # what the policy dropdown lists
+    assert policy in [name for _, name in policy_choices()]  # what the policy dropdown lists
     first, second = tab_request("tab-a"), tab_request("tab-b")
     handlers.load(first)
     handlers.load(second)
-    assert "needs --kv-bits 16" in handlers.apply_settings("1MB", policy, 2, 8, first)[0]  # per-head slots: 16 bits
+    out = applied(handlers.apply_settings("1MB", policy, 2, 8, first))  # per-head slots: 16 bits
+    assert f"The policy {policy} needs 16 bits per key/value" in out["kv_bits_error"] and out["kv_bits"] == 16
     outputs = handlers.apply_settings("1MB", policy, 2, 16, first)
     assert "⚠" not in outputs[0]
+    for request in (first, second):
+        watch_a_little(pool, request)
     for request in (first, second):
         list(handlers.ask("Hello?", request))
     assert pool.get(first.session_hash).session.policy_name == policy
@@ -290,8 +328,11 @@ def test_retention_plot_shows_every_frame_seen():
     retention = {0: 0.25, 2: 0.0625, 6: 1.0}
     figure = retention_figure(retention, frames_seen=9, frames_per_group=2)
     axes = figure.axes[0]
-    assert axes.get_title(loc="left") == "Retention: 6 of 9 frames still held"
+    assert axes.get_title(loc="left") == "Retention: 6 of 9 frames in cache"
     assert axes.get_xlim() == (0.0, 10.0)
+    # frame 6's group was completed by repeating it (a question came): it holds one frame seen, not two
+    odd = retention_figure(retention, frames_seen=7, frames_per_group=2).axes[0]
+    assert odd.get_title(loc="left") == "Retention: 5 of 7 frames in cache"
 
 
 def test_history_is_bounded(pool):

@@ -31,6 +31,7 @@ class AdaKVPolicy(TarVanPolicy):
     and compactions come more often. Before any block was observed all heads count the same."""
 
     name: ClassVar[str] = "adakv"
+    description: ClassVar[str] = "like tar_van, but heads that barely look at the video give their share to heads that do"
     needs_queries: ClassVar[bool] = True
     slot_counts: ClassVar[bool] = True
     head_budgets: ClassVar[bool] = True

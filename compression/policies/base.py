@@ -69,6 +69,7 @@ class Policy:
     """Base of all policies. `evicts` is False only for `none`."""
 
     name: ClassVar[str] = ""
+    description: ClassVar[str] = ""  # one line for people (the web UI's policy list)
     evicts: ClassVar[bool] = True
     needs_queries: ClassVar[bool] = False  # the session captures each vision block's queries for it
     token_scores: ClassVar[bool] = False  # the cache keeps a float32 score per token, layer and head

@@ -31,6 +31,7 @@ class ExpectedAttentionPolicy(Policy):
     Before any block's queries were seen (or with use_variance=False and a zero mean) it is VaN."""
 
     name: ClassVar[str] = "expected_attention"
+    description: ClassVar[str] = "keeps the recent frames, then the tokens the next questions are expected to look at"
     needs_queries: ClassVar[bool] = True
 
     recent_ratio: float = 0.125

@@ -30,6 +30,7 @@ class GlobalScorePolicy(Policy):
     move with them on every compaction; their bytes count against the cap."""
 
     name: ClassVar[str] = "global_score"
+    description: ClassVar[str] = "keeps the recent frames, then the tokens that drew the most attention over the stream"
     needs_queries: ClassVar[bool] = True
     token_scores: ClassVar[bool] = True
 

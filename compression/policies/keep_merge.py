@@ -35,6 +35,7 @@ class KeepMergePolicy(TarVanPolicy):
     against tar_van's 1.3%; with it, 3.9%)."""
 
     name: ClassVar[str] = "keep_merge"
+    description: ClassVar[str] = "like tar_van, but what goes is merged into its most similar kept token, not dropped"
     slot_counts: ClassVar[bool] = True
 
     candidates: str = "patch"

@@ -18,6 +18,7 @@ class NoEvictionPolicy(Policy):
     it would ask for a cut, so a cut reaching `select` is a bug and fails loudly."""
 
     name: ClassVar[str] = "none"
+    description: ClassVar[str] = "never compresses: the stream stops when the cache is full"
     evicts: ClassVar[bool] = False
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ class TarPolicy(Policy):
     the same patch in the recent frames (Eqs. 4-6). Static background goes first."""
 
     name: ClassVar[str] = "tar"
+    description: ClassVar[str] = "keeps the recent frames, then the older patches most unlike their neighbours in time (TaR alone)"
 
     recent_ratio: float = 0.125
 

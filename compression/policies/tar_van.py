@@ -30,6 +30,7 @@ class TarVanPolicy(Policy):
     thresholds it does not publish)."""
 
     name: ClassVar[str] = "tar_van"
+    description: ClassVar[str] = "the default (InfiniPot-V): recent frames, then the most novel older patches, then the strongest values"
 
     alpha: float = 0.5
     recent_ratio: float = 0.125

@@ -23,6 +23,7 @@ class UniformPolicy(Policy):
     chosen frames' tokens are thinned evenly. Either way the result is exactly `keep` and deterministic."""
 
     name: ClassVar[str] = "uniform"
+    description: ClassVar[str] = "keeps evenly spaced frames, whatever they show (the content-blind baseline)"
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
         heads, n = tokens.heads, tokens.count

@@ -27,6 +27,7 @@ class VanPolicy(Policy):
     must always see its newest frames. (tar_van with alpha=0 has no window: VaN alone.)"""
 
     name: ClassVar[str] = "van"
+    description: ClassVar[str] = "keeps the recent frames, then the tokens with the strongest values (VaN alone)"
 
     recent_ratio: float = 0.125
     pool_kernel: int = 1

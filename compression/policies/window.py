@@ -18,6 +18,7 @@ class WindowPolicy(Policy):
     forgets everything older than the window."""
 
     name: ClassVar[str] = "window"
+    description: ClassVar[str] = "keeps only the newest frames: a sliding window"
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
         done = trivial_selection(tokens.heads, tokens.count, keep, tokens.device)

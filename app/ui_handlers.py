@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from potwatch.errors import UserError
+from potwatch.errors import DeviceMemoryError, UserError
 
 from potwatch.app.ui_chat import ChatHandlers
 from potwatch.app.ui_plots import memory_figure, retention_figure
@@ -244,6 +244,8 @@ class Handlers(ChatHandlers):
             return (*self._refused(error), *[SKIP()] * 10)
         try:
             tab.apply(check_fields(mem_cap, policy, fps, tab.settings.kv_bits if kv_bits is None else kv_bits))
+        except DeviceMemoryError as error:  # the session started afresh at its old settings: so does the page
+            return (*self._full_outputs(tab), [], *self.settings_outputs(tab, reset_error(error)))
         except UserError as error:
             return (*self._refresh(tab), SKIP(), *self.settings_outputs(tab, reset_error(error)))
         return (*self._full_outputs(tab), [], *self.settings_outputs(tab))

@@ -176,7 +176,8 @@ class StreamSession:
         )
 
     def describe_cap(self, tokens_per_frame: int | None = None) -> str:
-        """'2.00 GB holds about 69,754 tokens ≈ 536 frames at 130 tokens/frame' for this model."""
+        """'2.00 GB holds about 66,507 tokens (...) ≈ 1,020 frames at full detail (130 tokens per group of
+        2 frames)' for this model: frames counted as every display counts them (`frames_before_compression`)."""
         per_token = self.geometry.bytes_per_token
         if not self.cache.capped:
             return f"no cap: the cache grows with the stream ({per_token:,} bytes a token)"
@@ -189,9 +190,12 @@ class StreamSession:
             f"{format_bytes(self.cap_bytes)} holds about {self.cache.capacity:,} tokens "
             f"({kv} + {geometry.meta_bytes_per_token:,} B metadata)"
         )
-        per_frame = tokens_per_frame or getattr(self, "tokens_per_group", None)
-        if per_frame:
-            text += f" ≈ {self.cache.capacity // per_frame:,} frames at {per_frame} tokens/frame"
+        per_group = tokens_per_frame or getattr(self, "tokens_per_group", None)
+        if per_group:
+            frames = self.frames_before_compression(per_group)
+            group = self.adapter.frames_per_group
+            size = f"{per_group} tokens per group of {group} frames" if group > 1 else f"{per_group} tokens a frame"
+            text += f" ≈ {frames:,} frames at full detail ({size})"
         return text
 
     # --- feeding -------------------------------------------------------------------------------

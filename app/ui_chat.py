@@ -102,7 +102,11 @@ class ChatHandlers:
         playing_demo = (runner is not None and runner.kind == "file" and not runner.finished
                         and tab.video_path == self.demo_video)
         if not playing_demo and not tab.played_through(self.demo_video):
-            tab.apply(self.pool.settings)  # a fresh session under the settings the example is known to work with
+            try:
+                tab.apply(self.pool.settings)  # a fresh session under the settings the example is known to work with
+            except UserError as error:  # the memory budget has no room for the starting cap now, say
+                yield ([*tab.chat, {"role": "assistant", "content": f"⚠ {ui_words(error)}"}], "", *unchanged)
+                return
             tab.choose_video(self.demo_video, self.demo_video.name)
             tab.play()
             runner = tab.runner

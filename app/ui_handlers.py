@@ -48,7 +48,10 @@ class Handlers(ChatHandlers):
         return self.pool.open(request.session_hash)
 
     def cap_description(self, tab: TabSession) -> str:
-        return cap_words(tab.session)
+        """What the tab's cap holds, then what caps this server allows (when it limits them)."""
+        limits = self.pool.budget.limits
+        allowed = "" if limits.budget is None and limits.ceiling is None else f" {limits.describe()}"
+        return cap_words(tab.session) + allowed
 
     def settings_outputs(self, tab: TabSession, error: SettingError | None = None) -> tuple:
         """The settings fields as in force, the cap's description, and each field's error (one at most)."""

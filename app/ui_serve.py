@@ -12,7 +12,8 @@ import tempfile
 import threading
 import time
 
-from potwatch.errors import UserError
+from potwatch.compression.mem_cap import format_bytes, parse_mem_cap
+from potwatch.errors import MemCapError, UserError
 
 DEFAULT_PORT = 7860
 
@@ -29,6 +30,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     parser.add_argument("--max-sessions", type=int, default=4, help="browser tabs served at once, each with its own cache (default 4)")
+    parser.add_argument("--mem-budget", default=None, metavar="SIZE", help="memory for all tabs' KV caches together, e.g. 4GB; a new tab that would go beyond it waits for room, and a cap that would is refused (default: the starting cap x --max-sessions)")
+    parser.add_argument("--max-session-cap", default=None, metavar="SIZE", help="the largest cap a visitor may give a tab; above it, or 'none', is refused (default: the starting cap)")
+    parser.add_argument("--allow-any-cap", action="store_true", help="let visitors give a tab any cap, or none (an uncapped cache grows past the budget); off by default")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="longest answer, in tokens (default 48)")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU; the model's on CUDA, float16 where the GPU lacks bfloat16)")
@@ -46,6 +50,67 @@ def _check_port(host: str, port: int) -> None:
             probe.bind((host, port))
     except OSError as error:
         raise UserError(f"Port {port} on {host} is taken or cannot be bound ({error.strerror}); pick another with --port or --host.") from error
+
+
+def _size(option: str, text: str | None) -> int | None:
+    """Bytes in an operator's size option, or a one-sentence UserError naming the option."""
+    if text is None:
+        return None
+    try:
+        return parse_mem_cap(text)
+    except MemCapError as error:
+        raise UserError(str(error).replace("Memory cap", option, 1)) from None
+
+
+def memory_limits(args: argparse.Namespace, start_cap: str | None):
+    """The budget and the per-tab ceiling from --mem-budget, --max-session-cap and --allow-any-cap for tabs
+    starting at `start_cap` (None: only check the sizes are well formed); a UserError for limits that
+    cannot work together."""
+    from potwatch.app.ui_budget import MemoryLimits
+    from potwatch.app.ui_sessions import cap_value
+
+    budget = _size("--mem-budget", args.mem_budget)
+    ceiling = _size("--max-session-cap", args.max_session_cap)
+    if ceiling is not None and args.allow_any_cap:
+        raise UserError("--max-session-cap and --allow-any-cap contradict each other; give one of them.")
+    if start_cap is None:
+        return None
+    cap = cap_value(start_cap)
+    if cap is None:
+        if not args.allow_any_cap:
+            raise UserError("--mem-cap none lets every tab's cache grow without bound, past any memory budget; give a "
+                            "size such as 1GB, or add --allow-any-cap to allow it.")
+        return MemoryLimits(budget=budget, ceiling=None, allow_any_cap=True)
+    ceiling = cap if ceiling is None else ceiling
+    if ceiling < cap:
+        raise UserError(f"--max-session-cap {format_bytes(ceiling)} is below the starting cap {format_bytes(cap)}, so no "
+                        f"tab could start; give at least {format_bytes(cap)}, or a smaller --mem-cap.")
+    budget = cap * args.max_sessions if budget is None else budget
+    if budget < cap:
+        raise UserError(f"--mem-budget {format_bytes(budget)} is smaller than one tab's starting cap {format_bytes(cap)}; "
+                        f"give at least {format_bytes(cap)}, e.g. {format_bytes(cap * args.max_sessions)} for "
+                        f"{args.max_sessions} tabs, or a smaller --mem-cap.")
+    if not args.allow_any_cap and ceiling > budget:
+        raise UserError(f"--max-session-cap {format_bytes(ceiling)} is above --mem-budget {format_bytes(budget)}, a cap no "
+                        "tab could have; lower it or raise --mem-budget.")
+    return MemoryLimits(budget=budget, ceiling=None if args.allow_any_cap else ceiling, allow_any_cap=args.allow_any_cap)
+
+
+def limits_line(limits, start_cap: str, max_sessions: int) -> str:
+    """What the operator's memory limits are, printed at start."""
+    from potwatch.app.ui_sessions import cap_value
+
+    cap = cap_value(start_cap)
+    if limits.budget is None:
+        budget = "no memory budget (--mem-budget sets one)"
+    else:
+        room = "" if cap is None else f", room for {min(limits.budget // cap, max_sessions)} tabs at the starting cap"
+        budget = f"memory budget {format_bytes(limits.budget)} for all tabs' KV caches together{room}"
+    if limits.allow_any_cap:
+        each = "visitors may give a tab any cap, or none (--allow-any-cap; an uncapped cache grows past the budget)"
+    else:
+        each = f"each tab's cap at most {format_bytes(limits.ceiling)}, never none (--max-session-cap raises it)"
+    return f"{budget}; {each}"
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -93,6 +158,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError(f"--max-sessions {args.max_sessions} allows no session; give 1 or more.")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {args.max_new_tokens} allows no answer; give 1 or more, e.g. 48.")
+    memory_limits(args, None)  # a malformed size fails before the model loads
+    if args.mem_cap is not None:
+        memory_limits(args, settings.mem_cap)
     _check_port(args.host, args.port)
     print(f"potwatch: loading model {args.model} ...", file=sys.stderr, flush=True)
     from potwatch.models.registry import load_model
@@ -106,7 +174,10 @@ def _serve(args: argparse.Namespace) -> int:
         settings = replace(settings, mem_cap=default_mem_cap(adapter, settings.fps, args.max_new_tokens, settings.policy))
         print(f"potwatch: each tab starts with a {settings.mem_cap} cap (--mem-cap sets another)", file=sys.stderr,
               flush=True)
-    pool = SessionPool(adapter, max_sessions=args.max_sessions, settings=settings, max_new_tokens=args.max_new_tokens)
+    limits = memory_limits(args, settings.mem_cap)
+    print(f"potwatch: {limits_line(limits, settings.mem_cap, args.max_sessions)}", file=sys.stderr, flush=True)
+    pool = SessionPool(adapter, max_sessions=args.max_sessions, settings=settings, max_new_tokens=args.max_new_tokens,
+                       limits=limits)
     pool.check()
     from potwatch.app.ui import build_app, launch_options
 

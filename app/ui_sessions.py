@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from potwatch.compression.mem_cap import parse_optional_mem_cap
+from potwatch.compression.mem_cap import format_bytes, parse_optional_mem_cap
 from potwatch.compression.policies.base import make_policy
 from potwatch.compression.quantized_kv import check_kv_bits, check_policy_width
 from potwatch.errors import DeviceMemoryError, UserError
@@ -26,6 +26,7 @@ from potwatch.streaming.answer import Answer
 from potwatch.streaming.session import StreamSession
 from potwatch.streaming.sources import Frame
 
+from potwatch.app.ui_budget import MemoryBudget, MemoryLimits, cache_bytes
 from potwatch.app.ui_player import PacedFile, PushSource, SourceRunner
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ class PoolFullError(UserError):
 
 class TabClosedError(PoolFullError):
     """The tab closed while its session was being made; handled like a full pool: no session for it."""
+
+
+class BudgetFullError(PoolFullError):
+    """The memory budget has no room for another tab's cache now; handled like a full pool: the page
+    gets its session by itself once other tabs free memory."""
 
 
 class _Opening:
@@ -97,10 +103,12 @@ class MemorySample:
 class TabSession:
     """One browser tab's session and everything its page shows."""
 
-    def __init__(self, key: str, session: StreamSession, settings: TabSettings) -> None:
+    def __init__(self, key: str, session: StreamSession, settings: TabSettings,
+                 budget: MemoryBudget | None = None) -> None:
         self.key = key
         self.session = session
         self.settings = settings
+        self.budget = budget or MemoryBudget()  # the server's, shared by every tab; none: no limits
         self.history: deque[MemorySample] = deque(maxlen=HISTORY_SAMPLES)
         self.stats: dict = {}
         self.retention: dict[int, float] = {}
@@ -265,14 +273,16 @@ class TabSession:
 
     # --- settings and life ---------------------------------------------------------------------
     def apply(self, settings: TabSettings) -> None:
-        """Stop the source, forget the stream and the dialogue, and take the new settings."""
+        """Stop the source, forget the stream and the dialogue, and take the new settings. A cap the
+        server does not allow (above its ceiling, 'none', beyond its memory budget) changes nothing."""
         settings = settings.checked()
-        with self._control:
+        cap = cap_value(settings.mem_cap)
+        self.budget.check_cap(cap)
+        with self._control, self.budget.resizing(self.key, cap):
             watching = self.source_kind == "webcam"
             self._stop_runner()
             try:
-                self.session.reset(mem_cap=cap_value(settings.mem_cap), policy=settings.policy, fps=settings.fps,
-                                   kv_bits=settings.kv_bits)
+                self.session.reset(mem_cap=cap, policy=settings.policy, fps=settings.fps, kv_bits=settings.kv_bits)
             except UserError as error:
                 if isinstance(error, DeviceMemoryError) and not self.session.closed:
                     self._forget_stream()  # the session started afresh at its old settings: so does the page
@@ -308,13 +318,16 @@ class SessionPool:
     """The server's sessions, one per browser tab, at most `max_sessions` at once, all on one model."""
 
     def __init__(self, adapter, max_sessions: int = 4, settings: TabSettings | None = None,
-                 max_new_tokens: int = 48) -> None:
+                 max_new_tokens: int = 48, limits: MemoryLimits | None = None) -> None:
+        """limits: the memory budget and the per-tab ceiling (`potwatch serve` always gives them; none:
+        no limits, as for tests and programs that make their own pool)."""
         if max_sessions < 1:
             raise UserError(f"--max-sessions {max_sessions} allows no session; give 1 or more.")
         self.adapter = adapter
         self.max_sessions = max_sessions
         self.settings = (settings or TabSettings()).checked()
         self.max_new_tokens = max_new_tokens
+        self.budget = MemoryBudget(limits)
         self._tabs: dict[str, TabSession] = {}
         self._opening: dict[str, _Opening] = {}  # tabs whose session is being made
         self._lock = threading.Lock()
@@ -355,14 +368,17 @@ class SessionPool:
                             f"This server already watches for as many tabs as it may ({limit} at once); this "
                             "page gets its own session by itself as soon as another tab closes."
                         )
+                    self._reserve(key)
                     pending = self._opening[key] = _Opening()
                     break
             pending.done.wait(OPEN_WAIT_S)  # the same tab's first request is making the session
             if pending.closed:
                 raise TabClosedError("This page was closed; reload it to start a session.")
         try:  # the cache is allocated outside the pool's lock: other tabs need not wait for it
-            tab = TabSession(key, self.new_session(self.settings), self.settings)
+            tab = TabSession(key, self.new_session(self.settings), self.settings, self.budget)
+            self.budget.track(key, cache_bytes(tab.session))
         except BaseException:
+            self.budget.release(key)
             with self._lock:
                 del self._opening[key]
             pending.done.set()
@@ -374,6 +390,7 @@ class SessionPool:
         pending.done.set()
         if pending.closed:  # the tab went away while its session was made: free it at once
             tab.close()
+            self.budget.release(key)
             raise TabClosedError("This page was closed; reload it to start a session.")
         log.info("session %s opened (%d of %d)", key, len(self._tabs), self.max_sessions)
         return tab
@@ -386,8 +403,21 @@ class SessionPool:
         if tab is None:
             return False
         tab.close()
+        self.budget.release(key)
         log.info("session %s closed (%d of %d)", key, len(self._tabs), self.max_sessions)
         return True
+
+    def _reserve(self, key: str) -> None:
+        """Reserve a new tab's starting cap in the budget (under the pool's lock); BudgetFullError if it has no room."""
+        cap = cap_value(self.settings.mem_cap)
+        left = self.budget.reserve_new(key, cap)
+        if left is not None:
+            budget = format_bytes(self.budget.limits.budget)
+            raise BudgetFullError(
+                f"This server's memory budget ({budget} for all tabs' caches) has {format_bytes(left)} left, too little "
+                f"for another tab's {format_bytes(cap)} cache; this page waits and gets its own session by itself as "
+                "soon as other tabs free memory (close or lower their caps)."
+            )
 
     def close_all(self) -> None:
         for key in list(self._tabs):

@@ -2,7 +2,8 @@
 
 The session ties the parts together: the adapter turns frames and text into blocks with explicit
 positions, the monitor makes room before every block, question and answer, and the capped cache holds
-the K/V. One lock serialises model work, so `ask` from one thread while another feeds is safe."""
+the K/V. One lock serialises model work, so `ask` from one thread while another feeds is safe; and
+sessions sharing a model take turns with it (`model_turns.py`), so they never oversubscribe the cores."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from potwatch.models.block_pieces import split_block
 from potwatch.models.count_attention import install_count_attention
 from potwatch.streaming.answer import Answer
 from potwatch.streaming.frame_input import check_frame_size, frames_in
+from potwatch.streaming.model_turns import ANSWER, BLOCK, model_turns
 from potwatch.streaming.oom_retry import is_out_of_memory, piece_sizes, release_device_memory
 from potwatch.streaming.question_text import clean_question
 from potwatch.streaming.sources import check_rate
@@ -119,7 +121,8 @@ class StreamSession:
         self.ingest_seconds = 0.0
         self.blocks = 0
         self._recent_block_seconds: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
-        self._run(system, logits=False)
+        with model_turns(self.adapter).turn(BLOCK):
+            self._run(system, logits=False)
 
     def _plan_cache(self, frame_size: tuple[int, int] | None) -> tuple[int | None, Block]:
         """(capacity in tokens, None for no cap; the system block) for the current settings, with fresh
@@ -246,16 +249,17 @@ class StreamSession:
     def _ingest_pending(self, real_frames: int | None = None) -> None:
         frames, first = self._pending, self._pending_first
         self._pending = []
-        started = time.perf_counter()
-        if self.monitor.make_room(self.block_tokens, headroom=self._question_headroom()):  # first: ids follow
-            self._after_compaction()
-        try:
-            self._ingest_block(frames, first, piece_tokens=None)
-        except Exception as error:  # noqa: BLE001 - only running out of memory is retried
-            if not is_out_of_memory(error):
-                raise
-            self._ingest_in_pieces(frames, first)
-        elapsed = time.perf_counter() - started
+        with model_turns(self.adapter).turn(BLOCK):  # the time waited for the model is not this block's cost
+            started = time.perf_counter()
+            if self.monitor.make_room(self.block_tokens, headroom=self._question_headroom()):  # first: ids follow
+                self._after_compaction()
+            try:
+                self._ingest_block(frames, first, piece_tokens=None)
+            except Exception as error:  # noqa: BLE001 - only running out of memory is retried
+                if not is_out_of_memory(error):
+                    raise
+                self._ingest_in_pieces(frames, first)
+            elapsed = time.perf_counter() - started
         self.frames_ingested += len(frames) if real_frames is None else real_frames
         self.blocks += 1
         self.ingest_seconds += elapsed
@@ -387,7 +391,7 @@ class StreamSession:
     def _answer(self, question: str, max_new_tokens: int | None) -> Iterator[str | Answer]:
         self._check_open()
         question = clean_question(question)
-        with self._lock:
+        with self._lock, model_turns(self.adapter).turn(ANSWER):  # the whole answer is one turn on the model
             started = time.perf_counter()
             self.flush()  # the question sees every frame fed so far
             turn = self.turns

@@ -105,7 +105,7 @@ def limits_line(limits, start_cap: str, max_sessions: int) -> str:
         budget = "no memory budget (--mem-budget sets one)"
     else:
         room = "" if cap is None else f", room for {min(limits.budget // cap, max_sessions)} tabs at the starting cap"
-        budget = f"memory budget {format_bytes(limits.budget)} for all tabs' KV caches together{room}"
+        budget = f"memory budget {format_bytes(limits.budget)} for all tabs' KV caches together{room} (--mem-budget sets it)"
     if limits.allow_any_cap:
         each = "visitors may give a tab any cap, or none (--allow-any-cap; an uncapped cache grows past the budget)"
     else:

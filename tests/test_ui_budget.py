@@ -138,7 +138,7 @@ def test_the_caches_allocated_never_sum_past_the_budget_while_tabs_apply_at_once
     def sample():
         while not done.is_set():
             sums.append(sum(cache.nbytes for cache in live()))
-            time.sleep(0.001)
+            time.sleep(0.0002)
 
     def visitor(name):
         def run():
@@ -156,7 +156,7 @@ def test_the_caches_allocated_never_sum_past_the_budget_while_tabs_apply_at_once
     done.set()
     sampler.join(10)
     assert not errors, errors
-    assert len(sums) > 100 and max(sums) <= budget, (len(sums), max(sums))
+    assert len(sums) > 20 and max(sums) <= budget, (len(sums), max(sums))
     assert outcomes["applied"] >= 6 and outcomes["refused"] >= 3, outcomes  # the budget was pressed, and held
     assert pool.budget.used() == sum(tab.session.cache.nbytes for tab in pool.tabs()) == sum(c.nbytes for c in live())
 
@@ -172,7 +172,8 @@ def test_the_budget_defaults_to_the_starting_cap_times_the_tabs_and_is_printed()
     limits = memory_limits(serve_args("--max-sessions", "3"), "900kB")
     assert limits == MemoryLimits(budget=2_700_000, ceiling=900_000, allow_any_cap=False)
     assert limits_line(limits, "900kB", 3) == (
-        "memory budget 2.70 MB for all tabs' KV caches together, room for 3 tabs at the starting cap; each tab's cap "
+        "memory budget 2.70 MB for all tabs' KV caches together, room for 3 tabs at the starting cap (--mem-budget sets "
+        "it); each tab's cap "
         "at most 900.00 kB, never none (--max-session-cap raises it)")
     limits = memory_limits(serve_args("--mem-budget", "4MB", "--max-session-cap", "2MB"), "1MB")
     assert limits == MemoryLimits(budget=4_000_000, ceiling=2_000_000)

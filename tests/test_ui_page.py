@@ -6,8 +6,6 @@ answers on the `tiny` model."""
 from __future__ import annotations
 
 import re
-import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -26,25 +24,9 @@ from potwatch.compression.policies.base import policy_names  # noqa: E402
 from potwatch.models.registry import load_model  # noqa: E402
 from potwatch.streaming.sources import FileSource, Frame  # noqa: E402
 from tests.conftest import random_frames  # noqa: E402
+from tests.test_ui_handlers import is_skip, tab_request, wait_for  # noqa: E402
 
 FPS = 2.0
-
-
-def tab_request(name: str = "tab-a") -> SimpleNamespace:
-    return SimpleNamespace(session_hash=name)
-
-
-def is_skip(value) -> bool:
-    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
-
-
-def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -25,20 +26,34 @@ import time
 from pathlib import Path
 
 TARGET_RATIO = 2.0
+OWN_WAIT = "OpenMP's own"
 CLEARED = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 CONFIGS = {
-    "potwatch": "what `potwatch watch` chooses: usable cores - 1 threads, OMP_WAIT_POLICY=PASSIVE",
-    "torch": "torch's defaults: a thread per CPU, OpenMP's own wait policy",
-    "1": "1 thread (torch.set_num_threads(1))",
-    "passive": "torch's threads, OMP_WAIT_POLICY=PASSIVE",
+    "potwatch": "what `potwatch watch` chooses",
+    "torch": "torch's defaults (a thread per CPU)",
 }
 
 
+def parse_config(config: str) -> tuple[str, dict[str, str]]:
+    """'potwatch', 'torch', 'N' (threads), each optionally '-passive' or '-spinK' (OMP_WAIT_POLICY=PASSIVE,
+    GOMP_SPINCOUNT=K): (threads part, environment to set before torch loads)."""
+    threads, _, wait = ("torch-passive" if config == "passive" else config).partition("-")
+    if threads not in CONFIGS and not threads.isdigit():
+        raise SystemExit(f"busy_machine: unknown configuration '{config}'; use potwatch, torch or N, "
+                         "optionally with -passive or -spinK")
+    if wait == "passive":
+        return threads, {"OMP_WAIT_POLICY": "PASSIVE"}
+    if wait.startswith("spin") and wait[4:].isdigit():
+        return threads, {"GOMP_SPINCOUNT": wait[4:]}
+    if wait:
+        raise SystemExit(f"busy_machine: unknown wait '{wait}' in '{config}'; use -passive or -spinK")
+    return threads, {}
+
+
 def describe(config: str) -> str:
-    if config in CONFIGS:
-        return CONFIGS[config]
-    threads, _, wait = config.partition("-")
-    return f"{threads} threads" + (f", OMP_WAIT_POLICY={wait.upper()}" if wait else "")
+    threads, env = parse_config(config)
+    text = CONFIGS.get(threads) or f"{threads} thread{'s' if threads != '1' else ''}"
+    return text
 
 
 # --- the worker: one measurement in a fresh process ---------------------------------------------------
@@ -51,20 +66,20 @@ def busy_seconds() -> float:
 
 
 def worker(config: str, model: str, frames: int, size: tuple[int, int], warmup: int) -> dict:
-    if config == "potwatch":
+    threads, env = parse_config(config)
+    os.environ.update(env)
+    if threads == "potwatch":
         from potwatch.threads import prefer_passive_wait
 
         prefer_passive_wait()  # what the CLI does before anything imports torch
-    elif config == "passive" or config.endswith("-passive"):
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import torch
 
-    if config == "potwatch":
+    if threads == "potwatch":
         from potwatch.threads import use_threads
 
         use_threads(None)
-    elif config not in ("torch", "passive"):
-        torch.set_num_threads(int(config.partition("-")[0]))
+    elif threads != "torch":
+        torch.set_num_threads(int(threads))
     from potwatch.models.registry import load_model
     from potwatch.streaming.session import StreamSession
     from potwatch.streaming.synthetic_scene import render_frame
@@ -76,16 +91,31 @@ def worker(config: str, model: str, frames: int, size: tuple[int, int], warmup: 
     session.feed(pictures[warmup:])
     wall = time.perf_counter() - wall0
     others = (busy_seconds() - busy0 - (time.process_time() - cpu0)) / wall
-    return {"config": config, "threads": torch.get_num_threads(), "wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    wait = os.environ.get("OMP_WAIT_POLICY") or (f"GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}"
+                                                 if os.environ.get("GOMP_SPINCOUNT") else None)
+    return {"config": config, "threads": torch.get_num_threads(), "wait_policy": wait,
             "ms_per_frame": 1000 * wall / frames, "other_cores": max(others, 0.0)}
 
 
 # --- the driver ------------------------------------------------------------------------------------------
+def wait_for_quiet(noise: float, seconds: float, window: float = 2.0) -> float:
+    """Wait (at most `seconds`) until the machine kept at most `noise` cores busy over `window` seconds;
+    returns the last figure."""
+    deadline = time.monotonic() + seconds
+    while True:
+        before = busy_seconds()
+        time.sleep(window)
+        busy = (busy_seconds() - before) / window
+        if busy <= noise or time.monotonic() >= deadline:
+            return busy
+
+
 def measure(config: str, competitors: int, args) -> dict:
     """One run; again (up to --retries times) while the rest of the machine kept more than --noise cores
     busy beside the competitors, so quiet means quiet. The least disturbed run is kept."""
     runs = []
     for _ in range(args.retries + 1):
+        wait_for_quiet(args.noise, args.wait)
         runs.append(_run_once(config, competitors, args))
         if runs[-1]["other_cores"] - competitors <= args.noise:
             break
@@ -152,13 +182,13 @@ def markdown(summary: dict) -> str:
         f"than {s['noise']} cores busy beside the competitor was run again (up to {s['retries']} times) and the "
         "least disturbed kept.",
         "",
-        "| configuration | threads | OMP_WAIT_POLICY | quiet ms/frame | busy ms/frame | busy ÷ quiet "
+        "| configuration | threads | OpenMP wait | quiet ms/frame | busy ms/frame | busy ÷ quiet "
         "| busy ÷ best quiet | load quiet / busy | others quiet / busy |",
         "|---|---:|---|---:|---:|---:|---:|---|---|",
     ]
     for row in s["rows"]:
         lines.append(
-            f"| {row['config']}: {row['what']} | {row['threads']} | {row['wait_policy'] or '(unset)'} "
+            f"| {row['config']}: {row['what']} | {row['threads']} | {row['wait_policy'] or OWN_WAIT} "
             f"| {row['quiet_ms']:.1f} | {row['busy_ms']:.1f} | {row['ratio']:.2f} | {row['ratio_to_best_quiet']:.2f} "
             f"| {row['quiet_load']:.2f} / {row['busy_load']:.2f} | {row['quiet_others']:.2f} / {row['busy_others']:.2f} |")
     mine = next((row for row in s["rows"] if row["config"] == "potwatch"), None)
@@ -172,7 +202,8 @@ def markdown(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="potwatch,torch,1",
-                        help="comma-separated: potwatch, torch, passive, N (threads) or N-passive (default potwatch,torch,1)")
+                        help="comma-separated: potwatch, torch or N (threads), each optionally with -passive or -spinK "
+                             "(OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=K) (default potwatch,torch,1)")
     parser.add_argument("--model", default="demo-2b")
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--size", default="640x360", help="WIDTHxHEIGHT of the synthetic frames (default 640x360)")
@@ -181,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each, the median reported (default 1)")
     parser.add_argument("--noise", type=float, default=0.3,
                         help="cores other programs may keep busy during a run before it is run again (default 0.3)")
+    parser.add_argument("--wait", type=float, default=120,
+                        help="seconds to wait before each run for the machine to calm down below --noise (default 120)")
     parser.add_argument("--retries", type=int, default=3, help="runs again at most this often when disturbed (default 3)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds one measurement may take")
     parser.add_argument("--out", default="benchmarks/results")
@@ -193,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from potwatch.cgroup import cpu_quota
     from potwatch.threads import affinity_cores, usable_cores
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the competitors are stopped on the way out
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     runs = []
     for _ in range(args.repeat):

@@ -201,3 +201,17 @@ def choose_auto_cap(adapter, geometry, frame_size: tuple[int, int] | None, fps: 
     return decide_cap(free, weight_bytes(adapter.model), activations, geometry.bytes_per_token, where,
                       ceiling=ceiling, ceiling_text=ceiling_text or "", horizon_tokens=horizon_tokens,
                       horizon_text=horizon_text, sessions=sessions)
+
+
+def auto_cap_for(adapter, policy="tar_van", kv_bits: int = 16, fps: float = 2.0,
+                 frame_size: tuple[int, int] | None = None, groups_per_block: int = 1, freed: int = 0,
+                 sessions: int = 1) -> AutoCap:
+    """The auto cap for a session of these settings (`policy`: a name or a policy object; its per-token
+    score or slot count costs bytes). `serve` asks with `sessions` = the sessions that may run at once,
+    for each one's share of the free memory."""
+    from potwatch.compression.policies.base import make_policy
+
+    policy = make_policy(policy) if isinstance(policy, str) else policy
+    geometry = dataclasses.replace(adapter.geometry(), token_scores=policy.token_scores,
+                                   slot_counts=policy.slot_counts, kv_bits=kv_bits)
+    return choose_auto_cap(adapter, geometry, frame_size, fps, groups_per_block, freed, sessions)

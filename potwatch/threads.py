@@ -14,6 +14,10 @@ benchmarks/reference/busy_machine.md). So potwatch
 - asks OpenMP to sleep rather than spin while it waits (OMP_WAIT_POLICY=PASSIVE), which only works
   before torch is imported: the CLI does it first thing, a program can call `prefer_passive_wait()`.
 
+torch.set_num_threads reaches the calling thread and every thread that has not yet run a torch
+operator; a thread that already ran one keeps its count until it calls set_num_threads itself. So
+`serve` chooses once, at start, before its worker threads exist (or each worker sets its own).
+
 What a user says wins: `--threads N` (or `threads=N`), then OMP_NUM_THREADS / MKL_NUM_THREADS in the
 environment, then a `torch.set_num_threads` the program made before its first session; only when
 nobody chose does potwatch choose. Imports no torch at module level."""

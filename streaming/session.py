@@ -109,12 +109,11 @@ class StreamSession:
 
     def _choose_auto_cap(self, frame_size: tuple[int, int] | None, freed: int = 0) -> None:
         """Set the cap to the largest that fits on the device now (`freed`: bytes about to be freed first)."""
-        from potwatch.compression.auto_cap import choose_auto_cap
+        from potwatch.compression.auto_cap import auto_cap_for
 
         check_policy_width(self.policy, self.kv_bits)
-        geometry = dataclasses.replace(self.adapter.geometry(), token_scores=self.policy.token_scores,
-                                       slot_counts=self.policy.slot_counts, kv_bits=self.kv_bits)
-        self.auto_cap = choose_auto_cap(self.adapter, geometry, frame_size, self.fps, self.groups_per_block, freed)
+        self.auto_cap = auto_cap_for(self.adapter, self.policy, self.kv_bits, self.fps, frame_size,
+                                     self.groups_per_block, freed)
         self.cap_bytes = self.auto_cap.cap_bytes
 
     # --- set-up -------------------------------------------------------------------------------

@@ -120,6 +120,19 @@ def test_reset_to_auto_and_back(demo_adapter):
     assert session.auto_cap is None and session.cap_bytes == 400_000
 
 
+def test_serve_gets_each_sessions_share(demo_adapter, monkeypatch):
+    from potwatch.compression.auto_cap import auto_cap_for
+
+    monkeypatch.setattr(auto_cap, "HORIZON_S", 1e12)  # no hour bound: the memory alone decides
+    monkeypatch.setattr(auto_cap, "free_memory", lambda device: (8 * GB, "free"))
+    one = auto_cap_for(demo_adapter, "tar_van", 16, 2.0, (240, 320))
+    four = auto_cap_for(demo_adapter, "tar_van", 16, 2.0, (240, 320), sessions=4)
+    per_token = one.cap_bytes // one.tokens
+    assert 0.8 * one.cap_bytes / 4 <= four.cap_bytes <= one.cap_bytes / 4 + per_token
+    scored = auto_cap_for(demo_adapter, "global_score", 16, 2.0, (240, 320))
+    assert scored.cap_bytes // scored.tokens > per_token  # a per-token score costs bytes: fewer tokens fit
+
+
 def test_auto_too_small_for_a_block_says_so(demo_adapter, monkeypatch):
     session = StreamSession(demo_adapter, mem_cap="400kB", threads=None)
     per_token = session.geometry.bytes_per_token

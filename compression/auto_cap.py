@@ -6,21 +6,27 @@ not subtracted twice):
 - CPU: MemAvailable from /proc/meminfo, or the cgroup's room (limit − usage + inactive page cache) when
   that is smaller (a container).
 
-Activations of one block and one answer, for a cache of L tokens, counted as the plain "math" kernels
-need them (flash kernels need less, so this errs on the safe side):
+The peak beside the cache, for a cache of L tokens, is the larger of two phases: a block's forward
+(and an answer), and the compression pass. Both are counted on the safe side:
 
     vision   = P·(4·d_v + 3·m_v)·b + P²·h_v·4     one vision layer over the block's P patches, its scores in float32
     language = T·(4·d + 3·m)·b                     one language layer over the block's T tokens
-             + T·(L + T)·h·4                       that layer's attention scores, float32
+             + T·(L + T)·h·4                       that layer's attention scores in float32 (flash kernels need less)
              + 2·(L + T)·(h + h_kv)·d_h·b          its K/V as read from the cache and repeated to every query head
     answer   = V·(b + 4)                           the last token's logits, then again in float32
-    peak(L)  = max(vision, language) + answer
+    forward  = max(vision, language) + answer
+    compress = 2·16 MiB + L·layers·h_kv·192 B      the policies' chunked scratch, and per token, layer and KV head
+               + L·(bytes per token)/64            the scores, norms and indices of a pass; the compaction's scratch
+    peak(L)  = max(forward, compress)
 
 T is the block's tokens at the stream's frame size (1280x720 when unknown), P = T × the patches a token
 merges (Qwen's spatial merge², SmolVLM's scale factor², else 4); d, m, h, h_kv, d_h are the language
 model's width, MLP width, query and KV heads and head width, d_v, m_v, h_v the vision tower's, b the
-bytes of the model's dtype, V the vocabulary. peak(L) = fixed + per_token·L, so the cap C is solved in
-closed form:  C + peak(C / bytes per token) ≤ (1 − MARGIN)·free.
+bytes of the model's dtype, V the vocabulary. The 192 B is measured with torch's profiler on demo-2b for
+every policy at 60 MB and 240 MB caps (the largest growth, adakv's, was 157 B; the pass peaked at
+9-35 MB on a 240 MB cache, a block's forward at 1-19 MB, an answer at under 1 MB). Each phase is
+fixed + per_token·L, so the cap C is solved in closed form for each and the smaller taken:
+C + phase(C / bytes per token) ≤ (1 − MARGIN)·free.
 
 Then two bounds keep the cap sane, and the line it prints says which one chose it:
 - on CPU, at most CPU_SHARE (a quarter) of the available RAM: the RAM is also the system's, the
@@ -50,13 +56,17 @@ SCORE_BYTES = 4  # attention scores and logits are computed in float32
 
 @dataclasses.dataclass(frozen=True)
 class Activations:
-    """Peak activation bytes for a cache of L tokens: fixed + per_token·L."""
+    """Peak bytes beside a cache of L tokens: the largest of its phases, each (fixed, per_token) as
+    fixed + per_token·L."""
 
-    fixed: int
-    per_token: int
+    phases: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, fixed: int, per_token: int) -> "Activations":
+        return cls(((fixed, per_token),))
 
     def at(self, tokens: int) -> int:
-        return self.fixed + self.per_token * tokens
+        return max(fixed + per_token * tokens for fixed, per_token in self.phases)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +98,9 @@ def decide_cap(free: int, weights: int, activations: Activations, bytes_per_toke
     `sessions` sessions (each with its own activations), cut to `ceiling` bytes and `horizon_tokens`.
     Pure: every figure is given. A MemCapError when not even one token fits."""
     sessions = max(sessions, 1)
-    room = (1 - margin) * free / sessions - activations.fixed
-    fits = int(room / (1 + activations.per_token / bytes_per_token)) if room > 0 else 0
+    room = (1 - margin) * free / sessions
+    fits = min(int((room - fixed) / (1 + per_token / bytes_per_token)) for fixed, per_token in activations.phases)
+    fits = max(fits, 0)
     cap, bound, text = fits, "fits", ""
     if ceiling is not None and ceiling // sessions < cap:
         cap, bound, text = ceiling // sessions, "CPU share", ceiling_text
@@ -99,7 +110,7 @@ def decide_cap(free: int, weights: int, activations: Activations, bytes_per_toke
     if tokens < 1:
         raise MemCapError(
             f"--mem-cap auto found {format_bytes(free)} {where} after the weights ({format_bytes(weights)}), "
-            f"too little for the activations ({format_bytes(activations.fixed)}) and any cache; free memory "
+            f"too little for the activations ({format_bytes(activations.at(0))}) and any cache; free memory "
             "(close other programs), pick a smaller model, or give a cap such as --mem-cap 256MB."
         )
     cap = tokens * bytes_per_token
@@ -152,8 +163,15 @@ def _first(config, *names, default=None):
     return default
 
 
-def estimate_activations(model: torch.nn.Module, block_tokens: int, dtype: torch.dtype) -> Activations:
-    """The formula in the module docstring, from the model's configuration."""
+SCRATCH_BYTES = 2 * 16 * 2**20  # the policies bound their float32 scratch to 16 MiB chunks; two may be alive
+PASS_BYTES = 192  # per token, layer and KV head: a compression pass's scores, norms and indices (measured <= 157)
+COMPACT_SHARE = 64  # the compaction moves rows through a scratch of at most 1/64 of the cache
+
+
+def estimate_activations(model: torch.nn.Module, block_tokens: int, dtype: torch.dtype,
+                         geometry=None) -> Activations:
+    """The formula in the module docstring, from the model's configuration and the cache's geometry
+    (None: the model's own, for the forward alone)."""
     config = model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     b = torch.empty(0, dtype=dtype).element_size()
@@ -177,7 +195,12 @@ def estimate_activations(model: torch.nn.Module, block_tokens: int, dtype: torch
         vision_peak = P * (4 * d_v + 3 * m_v) * b + P * P * h_v * SCORE_BYTES
     answer = vocab * (b + SCORE_BYTES)
     # max(vision, language(L)): the language term grows with L, so the vision peak can only add to the fixed part
-    return Activations(max(vision_peak, language_fixed) + answer, per_token)
+    forward = (max(vision_peak, language_fixed) + answer, per_token)
+    if geometry is None:
+        return Activations((forward,))
+    layers_heads = geometry.layers * geometry.kv_heads
+    compress = (SCRATCH_BYTES, layers_heads * PASS_BYTES + geometry.bytes_per_token // COMPACT_SHARE)
+    return Activations((forward, compress))
 
 
 def choose_auto_cap(adapter, geometry, frame_size: tuple[int, int] | None, fps: float, groups_per_block: int = 1,
@@ -188,7 +211,7 @@ def choose_auto_cap(adapter, geometry, frame_size: tuple[int, int] | None, fps: 
     height, width = frame_size or DEFAULT_FRAME
     per_group = adapter.tokens_per_group(int(height), int(width))
     block_tokens = per_group * groups_per_block
-    activations = estimate_activations(adapter.model, block_tokens, adapter.dtype)
+    activations = estimate_activations(adapter.model, block_tokens, adapter.dtype, geometry)
     free, where = free_memory(adapter.device)
     free += freed
     ceiling = ceiling_text = None

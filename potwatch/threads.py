@@ -19,8 +19,9 @@ operator; a thread that already ran one keeps its count until it calls set_num_t
 `serve` chooses once, at start, before its worker threads exist (or each worker sets its own).
 
 What a user says wins: `--threads N` (or `threads=N`), then OMP_NUM_THREADS / MKL_NUM_THREADS in the
-environment, then a `torch.set_num_threads` the program made before its first session; only when
-nobody chose does potwatch choose. Imports no torch at module level."""
+environment; only when neither is given does potwatch choose. The commands choose; in the API a
+program asks (`use_threads()`, or `StreamSession(threads="auto")`), since a library must not change a
+process-wide setting the program may have made itself. Imports no torch at module level."""
 
 from __future__ import annotations
 
@@ -33,8 +34,6 @@ from potwatch.errors import UserError
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 WAIT_VARIABLE = "OMP_WAIT_POLICY"
-
-_chosen = False  # set once potwatch, or a user through potwatch, chose the threads in this process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,38 +112,26 @@ def _environment_choice(environ) -> ThreadChoice | None:
 def use_threads(threads: int | None = None, sessions: int = 1) -> ThreadChoice:
     """Choose (see `choose_threads`) and set torch's intra-op threads for this process. For the CLI,
     `serve` (sessions = sessions that may run at once) and programs that want potwatch's choice."""
-    global _chosen
     choice = choose_threads(threads, sessions)
     if choice.threads is not None:
         import torch
 
         torch.set_num_threads(choice.threads)
-    _chosen = True
     return choice
 
 
-def default_session_threads(threads: int | str | None = "auto") -> ThreadChoice:
-    """What a new `StreamSession` does with its `threads` argument: an int sets them; None leaves torch
-    alone; "auto" applies potwatch's choice for one session, only if nobody chose yet: no earlier choice
-    in this process (the CLI's, `serve`'s, a `use_threads` call), no OMP_NUM_THREADS / MKL_NUM_THREADS,
-    and torch still at its own default of one thread per CPU of the affinity (else the program called
-    `torch.set_num_threads` itself, and that stands)."""
+def session_threads(threads: int | str | None = None) -> ThreadChoice:
+    """What a new `StreamSession` does with its `threads` argument. None (the default) leaves torch's
+    threads alone: a library does not change a process-wide setting unasked, and a program's own
+    `torch.set_num_threads` cannot be told from torch's default. "auto" applies potwatch's choice for
+    one session (OMP_NUM_THREADS / MKL_NUM_THREADS, when set, still win); an int sets them."""
     if threads is None:
-        return ThreadChoice(None, "left as they were (threads=None)")
-    if threads != "auto":
-        if isinstance(threads, str):
-            raise UserError(f"Threads {threads!r} is not a number of threads; give a whole number, 'auto' or None.")
-        return use_threads(check_threads(threads))
-    if _chosen:
-        return ThreadChoice(None, "chosen earlier in this process")
-    told = _environment_choice(os.environ)
-    if told is not None:
-        return told
-    import torch
-
-    if torch.get_num_threads() != affinity_cores():
-        return ThreadChoice(None, f"torch.set_num_threads({torch.get_num_threads()}) was set by the program")
-    return use_threads(None)
+        return ThreadChoice(None, "left as they were")
+    if threads == "auto":
+        return use_threads(None)
+    if isinstance(threads, str):
+        raise UserError(f"Threads {threads!r} is not a number of threads; give a whole number, 'auto' or None.")
+    return use_threads(check_threads(threads))
 
 
 def prefer_passive_wait(environ=None) -> bool:

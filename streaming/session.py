@@ -54,10 +54,9 @@ class StreamSession:
     compaction (rotating their keys to match), so positions stay bounded on endless streams at the cost
     of the time that evicted stretches took (default: what the model family needs). kv_bits: 16 keeps
     K/V as the model computes them; 8 or 4 quantises them so the same cap holds more tokens (every head
-    of a layer then keeps the same tokens; see compression/quantized_kv.py). threads: torch's CPU threads
-    for the process: "auto" applies potwatch's choice (usable cores - 1) unless something chose before
-    (OMP_NUM_THREADS, torch.set_num_threads, an earlier `potwatch.use_threads`); an int sets them; None
-    leaves torch alone (see potwatch/threads.py)."""
+    of a layer then keeps the same tokens; see compression/quantized_kv.py). threads: torch's CPU threads,
+    process-wide: None (the default) leaves them alone; "auto" applies potwatch's choice (usable cores
+    less one; OMP_NUM_THREADS, when set, wins); an int sets them (see potwatch/threads.py)."""
 
     def __init__(
         self,
@@ -73,11 +72,11 @@ class StreamSession:
         policy_options: dict | None = None,
         positions: str | None = None,
         kv_bits: int = 16,
-        threads: int | str | None = "auto",
+        threads: int | str | None = None,
     ):
-        from potwatch.threads import default_session_threads
+        from potwatch.threads import session_threads
 
-        self.thread_choice = default_session_threads(threads)  # before any torch work of this session
+        self.thread_choice = session_threads(threads)  # before any torch work of this session
         if isinstance(model, str):
             from potwatch.models.registry import load_model
 

@@ -15,8 +15,8 @@ from potwatch import threads as pw_threads
 from potwatch.cgroup import (cpu_quota, group_dirs, memory_room, own_groups, parse_cfs, parse_cpu_max,
                              parse_inactive_file, parse_memory_limit)
 from potwatch.errors import UserError
-from potwatch.threads import (ThreadChoice, choose_threads, default_session_threads, prefer_passive_wait,
-                              threads_for, usable_cores, use_threads)
+from potwatch.threads import (ThreadChoice, choose_threads, prefer_passive_wait, session_threads, threads_for,
+                              usable_cores, use_threads)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_VIDEO = ROOT / "assets" / "demo.mp4"
@@ -24,11 +24,10 @@ DEMO_VIDEO = ROOT / "assets" / "demo.mp4"
 
 @pytest.fixture
 def torch_threads_back():
-    """Tests here set torch's threads and potwatch's record of a choice: put both back."""
-    saved, chosen = torch.get_num_threads(), pw_threads._chosen
+    """Tests here set torch's threads: put them back."""
+    saved = torch.get_num_threads()
     yield
     torch.set_num_threads(saved)
-    pw_threads._chosen = chosen
 
 
 # --- cgroup files ------------------------------------------------------------------------------------
@@ -150,25 +149,29 @@ def test_use_threads_sets_torch(torch_threads_back):
     assert torch.get_num_threads() == 1 and choice.threads == 1
 
 
-def test_session_default_applies_only_when_nobody_chose(torch_threads_back, monkeypatch):
+def test_a_session_leaves_threads_alone_unless_asked(torch_threads_back, monkeypatch):
     for name in pw_threads.THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    pw_threads._chosen = False
-    torch.set_num_threads(pw_threads.affinity_cores())  # torch's own default
-    choice = default_session_threads("auto")
-    assert choice.threads == threads_for(usable_cores())
-    assert torch.get_num_threads() == choice.threads
-    assert default_session_threads("auto").threads is None  # once chosen, later sessions keep it
-    pw_threads._chosen = False
-    torch.set_num_threads(pw_threads.affinity_cores() + 1)  # as if the program had set its own
-    assert default_session_threads("auto").threads is None
-    assert torch.get_num_threads() == pw_threads.affinity_cores() + 1
+    torch.set_num_threads(pw_threads.affinity_cores())  # a program's own choice, which looks like torch's default
+    assert session_threads(None).threads is None
+    assert torch.get_num_threads() == pw_threads.affinity_cores()
+    choice = session_threads("auto")
+    assert choice.threads == threads_for(usable_cores()) == torch.get_num_threads()
+    assert session_threads(1).threads == 1 and torch.get_num_threads() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert "OMP_NUM_THREADS=1" in default_session_threads("auto").reason
-    assert default_session_threads(None).threads is None
-    assert default_session_threads(1).threads == 1 and torch.get_num_threads() == 1
+    assert "OMP_NUM_THREADS=1" in session_threads("auto").reason
     with pytest.raises(UserError):
-        default_session_threads("many")
+        session_threads("many")
+
+
+def test_a_stream_session_takes_threads(demo_adapter, torch_threads_back):
+    from potwatch.streaming.session import StreamSession
+
+    torch.set_num_threads(2)
+    session = StreamSession(demo_adapter, mem_cap="400kB")
+    assert session.thread_choice.threads is None and torch.get_num_threads() == 2
+    session = StreamSession(demo_adapter, mem_cap="400kB", threads=1)
+    assert session.thread_choice.threads == 1 and torch.get_num_threads() == 1
 
 
 def test_passive_wait_only_before_torch_and_never_over_the_users():

@@ -28,7 +28,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full-cache-frames", type=int, default=None,
                         help="frames the full cache (no cap) runs before it stops growing (default 600; 240 with --quick; 0: all)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 helps on a busy machine)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads torch uses (default: as `watch`, the usable cores less one, or OMP_NUM_THREADS "
+                             "when set; 1 for the fidelity table)")
     add_trust_remote_code_argument(parser)
     parser.add_argument("--kv-bits", default=None, metavar="WIDTHS",
                         help="K/V widths to run the first policy at beside 16 bits, e.g. 8,4 (default 8,4; 16 for none)")
@@ -64,6 +66,13 @@ def command_line() -> str:
 
 
 def run_bench(args) -> int:
+    from potwatch.compression.mem_cap import is_auto
+    from potwatch.threads import use_threads
+
+    if is_auto(args.mem_cap):
+        raise UserError("The benchmark compares configurations under one fixed cap, and 'auto' differs from machine "
+                        "to machine; give a size such as --mem-cap 80MB.")
+    use_threads(args.threads)  # the same choice as `watch`, checked before anything loads
     if args.ratios is not None and not args.accuracy:
         raise UserError(
             "--ratios makes the fidelity table of a question set; add --accuracy QUESTIONS.json and --videos DIR."
@@ -142,10 +151,6 @@ def _run_accuracy(args) -> int:
     items = load_questions(args.accuracy)
     text = args.mem_cap or "1GB"
     mem_cap = None if parse_optional_mem_cap(text) is None else text  # validated; the report keeps it as typed
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     adapter = load_model(args.model or "tiny", device=args.device, trust_remote_code=args.trust_remote_code)
     summary = run_accuracy(adapter, items, args.videos, mem_cap, args.policy, args.fps, args.max_frames)
     out = Path(args.out)

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = commands.add_parser("watch", help="watch a video file or webcam and answer questions")
     watch.add_argument("video", help="a video file, or webcam:N for camera N")
-    watch.add_argument("--mem-cap", default="1GB", help="cap on the KV cache: 2GB, 1.5GiB, 512MB, 64MiB, 300kB, bytes, or 'none' (default 1GB)")
+    watch.add_argument("--mem-cap", default="1GB", help="cap on the KV cache: 2GB, 1.5GiB, 512MB, 64MiB, 300kB, bytes; 'auto' (the largest that fits beside the model, said when it starts); or 'none' (default 1GB)")
     watch.add_argument("--model", default="demo", help=f"a demo model ({', '.join(demo_names())}), a hub id or a local folder (default demo)")
     watch.add_argument("--policy", default="tar_van", help=f"compression policy: {', '.join(policy_names())} (default tar_van)")
     watch.add_argument("--kv-bits", default="16", metavar="16|8|4", help="bits a cached key or value is stored in: 16 (as the model computes it), 8 or 4 (quantised: the same cap holds more tokens) (default 16)")
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--max-new-tokens", type=int, default=48, help="longest answer, in tokens (default 48)")
     watch.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU; the model's on CUDA, float16 where the GPU lacks bfloat16)")
     watch.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    add_threads_argument(watch)
     add_trust_remote_code_argument(watch)
 
     from potwatch.app.bench import add_bench_arguments
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """--threads for every command that runs the model (see potwatch/threads.py)."""
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads torch uses (default: the cores this process may use, less one left for the "
+                             "rest of the machine; OMP_NUM_THREADS, when set, is kept)")
+
+
 def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
     """Off unless given: a checkpoint's own Python code would run with the user's rights."""
     parser.add_argument("--trust-remote-code", action="store_true",
@@ -69,6 +77,9 @@ def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from potwatch.threads import prefer_passive_wait
+
+    prefer_passive_wait()  # first: OpenMP reads its wait policy once, when torch loads it
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

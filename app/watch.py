@@ -24,20 +24,24 @@ class WatchRun:
     """The state of one `watch` command: the session, the pending questions, the answers so far."""
 
     def __init__(self, args):
-        from potwatch.compression.mem_cap import parse_optional_mem_cap
+        from potwatch.compression.mem_cap import is_auto, parse_optional_mem_cap
         from potwatch.compression.policies.base import make_policy
         from potwatch.compression.quantized_kv import check_kv_bits, check_policy_width
         from potwatch.streaming.sources import open_source
 
         self.args = args
         self.json = args.json
-        mem_cap = parse_optional_mem_cap(args.mem_cap)  # fail on a bad cap before loading anything
+        # fail on a bad cap before loading anything; 'auto' is chosen by the session once the model is loaded
+        mem_cap = "auto" if is_auto(args.mem_cap) else parse_optional_mem_cap(args.mem_cap)
         self.kv_bits = check_kv_bits(args.kv_bits, mem_cap is not None)
         check_policy_width(make_policy(args.policy), self.kv_bits)
         self.timed = sorted(((parse_time(t), clean_question(q)) for t, q in args.ask_at), key=lambda item: item[0])
         self.questions = [clean_question(question) for question in args.ask]
         self.source = open_source(args.video, fps=args.fps, realtime=args.realtime or args.video.startswith("webcam:"),
                                   max_frames=args.max_frames)
+        from potwatch.threads import use_threads
+
+        self.threads = use_threads(getattr(args, "threads", None))  # before the model does any work
         self._say(f"loading model {args.model} ...")
         from potwatch.models.registry import load_model
         from potwatch.streaming.session import StreamSession
@@ -48,7 +52,7 @@ class WatchRun:
         self.session = StreamSession(
             adapter, mem_cap=mem_cap, policy=args.policy, fps=args.fps, max_new_tokens=args.max_new_tokens,
             positions=args.positions, kv_bits=self.kv_bits,
-            frame_size=size if all(size) else None,
+            frame_size=size if all(size) else None, threads=None,
         )
         for question in self.questions + [question for _, question in self.timed]:
             self.session.check_question(question)  # too long for the cap: say so before the video plays
@@ -92,6 +96,9 @@ class WatchRun:
                       "(--model tiny answers about potwatch's synthetic world, such as assets/demo.mp4)")
         if session.adapter.label:
             self._say(f"potwatch: model {session.adapter.label}")
+        self._say(f"potwatch: {self.threads.describe()}")
+        if session.auto_cap is not None:
+            self._say(f"potwatch: mem-cap {session.auto_cap.describe()}")
         self._say(f"potwatch: mem-cap {session.describe_cap()}")
         if self.args.interactive:
             threading.Thread(target=self._read_stdin, daemon=True).start()
@@ -184,6 +191,8 @@ class WatchRun:
             "policy": stats["policy"],
             "fps": stats["fps"],
             "mem_cap_bytes": cap,
+            "mem_cap_auto": self.session.auto_cap.describe() if self.session.auto_cap else None,
+            "threads": _torch_threads(),
             "capacity_tokens": stats["capacity_tokens"],
             "kv_bits": stats["kv_bits"],
             "frames": stats["frames_seen"],
@@ -237,6 +246,12 @@ def run_watch(args) -> int:
         return EXIT_INTERRUPTED
     run.print_summary(run.summary())
     return EXIT_USER_ERROR if run.refused else 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _clock(seconds: float) -> str:

@@ -54,10 +54,20 @@ def parse_mem_cap(text: str | int | float) -> int:
 
 
 NO_CAP_WORDS = ("none", "off", "unlimited")
+AUTO_WORD = "auto"  # the largest cap that fits on the device: compression/auto_cap.py
+
+
+def is_auto(text) -> bool:
+    """True for 'auto' (any case, any spaces around it)."""
+    return isinstance(text, str) and text.strip().lower() == AUTO_WORD
 
 
 def parse_optional_mem_cap(text: str | int | float | None) -> int | None:
-    """Bytes in a cap, or None for 'none', 'off' or 'unlimited': no cap, the cache grows (for comparisons)."""
+    """Bytes in a cap, or None for 'none', 'off' or 'unlimited': no cap, the cache grows (for comparisons).
+    'auto' is chosen by the session, which knows the model and the device: a MemCapError here."""
+    if is_auto(text):
+        raise MemCapError("A cap of 'auto' is not taken here; give a size such as 1GB ('auto' works for "
+                          "potwatch watch --mem-cap auto and StreamSession(mem_cap='auto')).")
     if text is None or (isinstance(text, str) and text.strip().lower() in NO_CAP_WORDS):
         return None
     return parse_mem_cap(text)

@@ -22,7 +22,7 @@ import torch
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.compression.quantized_kv import check_kv_bits, check_policy_width
-from potwatch.compression.mem_cap import format_bytes, parse_mem_cap
+from potwatch.compression.mem_cap import format_bytes, is_auto, parse_mem_cap
 from potwatch.compression.monitor import CompressionMonitor
 from potwatch.compression.policies.base import make_policy
 from potwatch.compression.query_capture import QueryCapture
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 NOMINAL_QUESTION_TOKENS = 48  # used to size the minimum cap before any question is known
 RECENT_BLOCKS = 100  # blocks averaged for the recent ingest speed
 # What `reset` may change, and goes back to when the device cannot hold the cache of the new values.
-RESET_SETTINGS = ("cap_bytes", "policy_name", "policy_options", "fps", "kv_bits", "frame_size")
+RESET_SETTINGS = ("cap_bytes", "auto_cap", "policy_name", "policy_options", "fps", "kv_bits", "frame_size")
 
 
 class StreamSession:
@@ -56,7 +56,9 @@ class StreamSession:
     compaction (rotating their keys to match), so positions stay bounded on endless streams at the cost
     of the time that evicted stretches took (default: what the model family needs). kv_bits: 16 keeps
     K/V as the model computes them; 8 or 4 quantises them so the same cap holds more tokens (every head
-    of a layer then keeps the same tokens; see compression/quantized_kv.py)."""
+    of a layer then keeps the same tokens; see compression/quantized_kv.py). threads: torch's CPU threads,
+    process-wide: None (the default) leaves them alone; "auto" applies potwatch's choice (usable cores
+    less one; OMP_NUM_THREADS, when set, wins); an int sets them (see potwatch/threads.py)."""
 
     def __init__(
         self,
@@ -72,7 +74,11 @@ class StreamSession:
         policy_options: dict | None = None,
         positions: str | None = None,
         kv_bits: int = 16,
+        threads: int | str | None = None,
     ):
+        from potwatch.threads import session_threads
+
+        self.thread_choice = session_threads(threads)  # before any torch work of this session
         if isinstance(model, str):
             from potwatch.models.registry import load_model
 
@@ -90,14 +96,26 @@ class StreamSession:
         self.policy_name = policy
         self.policy_options = dict(policy_options or {})
         self.policy = make_policy(policy, **self.policy_options)
-        self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
-        self.kv_bits = check_kv_bits(kv_bits, self.cap_bytes is not None)
+        self.auto_cap = None  # what mem_cap="auto" chose, and why (compression/auto_cap.py)
+        self.cap_bytes = None if mem_cap is None or is_auto(mem_cap) else parse_mem_cap(mem_cap)
+        self.kv_bits = check_kv_bits(kv_bits, self.cap_bytes is not None or is_auto(mem_cap))
         self.geometry: KVGeometry = model.geometry()  # set again with the policy's needs in _setup_cache
         self._lock = threading.RLock()
         self._drop_lock = threading.Lock()
         self._closed = False
         self.frame_size: tuple[int, int] | None = None
+        if is_auto(mem_cap):
+            self._choose_auto_cap(frame_size)
         self._setup_cache(frame_size)
+
+    def _choose_auto_cap(self, frame_size: tuple[int, int] | None, freed: int = 0) -> None:
+        """Set the cap to the largest that fits on the device now (`freed`: bytes about to be freed first)."""
+        from potwatch.compression.auto_cap import auto_cap_for
+
+        check_policy_width(self.policy, self.kv_bits)
+        self.auto_cap = auto_cap_for(self.adapter, self.policy, self.kv_bits, self.fps, frame_size,
+                                     self.groups_per_block, freed)
+        self.cap_bytes = self.auto_cap.cap_bytes
 
     # --- set-up -------------------------------------------------------------------------------
     def _setup_cache(self, frame_size: tuple[int, int] | None = None) -> None:
@@ -172,6 +190,12 @@ class StreamSession:
 
     def _cap_too_small(self, tokens: int, capacity: int) -> MemCapError:
         need = self.geometry.bytes_for(tokens)
+        if self.auto_cap is not None:
+            return MemCapError(
+                f"--mem-cap auto found room for {capacity} tokens ({self.auto_cap.describe()}), but the system "
+                f"prompt, one block of frames and an answer need {tokens} tokens ({format_bytes(need)}); free memory "
+                "(close other programs), pick a smaller model or lower the frame size."
+            )
         return MemCapError(
             f"Memory cap {format_bytes(self.cap_bytes)} holds {capacity} tokens of this model, but the system "
             f"prompt, one block of frames and an answer need at least {tokens} tokens; raise --mem-cap to at least "
@@ -531,9 +555,14 @@ class StreamSession:
                 self.policy = make_policy(self.policy_name, **self.policy_options)
                 if fps is not None:
                     self.fps = check_rate(fps)
-                if mem_cap is not ...:
+                auto = mem_cap is not ... and is_auto(mem_cap)
+                if mem_cap is not ... and not auto:
                     self.cap_bytes = None if mem_cap is None else parse_mem_cap(mem_cap)
-                self.kv_bits = check_kv_bits(self.kv_bits if kv_bits is None else kv_bits, self.cap_bytes is not None)
+                    self.auto_cap = None
+                self.kv_bits = check_kv_bits(self.kv_bits if kv_bits is None else kv_bits,
+                                             self.cap_bytes is not None or auto)
+                if auto:  # measured as if the old cache were gone: it is freed before the new one is made
+                    self._choose_auto_cap(self.frame_size, freed=self.cache.nbytes)
                 self._plan_cache(self.frame_size)  # every check, nothing allocated
             except BaseException:
                 self.__dict__.update(saved)

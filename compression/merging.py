@@ -23,13 +23,14 @@ CANDIDATES = ("patch", "all")
 
 def merge_evicted(keys: torch.Tensor, values: torch.Tensor, counts: torch.Tensor, at: torch.Tensor,
                   chosen: torch.Tensor, coordinate: torch.Tensor, candidates: str = "patch",
-                  min_similarity: float = -1.0) -> int:
+                  min_similarity: float = -1.0, value_norms: torch.Tensor | None = None) -> int:
     """Fold the visual tokens not `chosen` into the chosen ones, in place.
 
     keys/values [R, N, D] and counts [R, N] are the cache's rows; `at` [R, n] says where the visual
     tokens lie in them, `chosen` [R, m] which of those stay (indices into `at`), `coordinate` [R, n] each
     visual token's patch id. A token whose best cosine is below `min_similarity` (or that has no
-    candidate) is dropped as in plain eviction. Returns how many tokens were merged."""
+    candidate) is dropped as in plain eviction. `value_norms` [R, N], the cache's stored |v| when it keeps
+    them, are taken again for the slots whose value changed. Returns how many tokens were merged."""
     rows, n = at.shape
     m = chosen.shape[1]
     if m == 0 or m >= n:
@@ -43,7 +44,7 @@ def merge_evicted(keys: torch.Tensor, values: torch.Tensor, counts: torch.Tensor
         target, similarity = _nearest_same_patch(keys, kept_at, evicted_at, coordinate.gather(1, chosen),
                                                  coordinate.gather(1, evicted))
     weight = counts.gather(1, evicted_at) * (similarity >= min_similarity)
-    _fold(keys, values, counts, kept_at, evicted_at, target, weight)
+    _fold(keys, values, counts, kept_at, evicted_at, target, weight, value_norms)
     return int((weight > 0).sum())
 
 
@@ -128,7 +129,7 @@ def _scatter_table(vectors: torch.Tensor, slot: torch.Tensor, size: int) -> torc
     return table.scatter_(1, slot.unsqueeze(-1).expand_as(vectors), vectors)
 
 
-def _fold(keys, values, counts, kept_at, evicted_at, target, weight) -> None:
+def _fold(keys, values, counts, kept_at, evicted_at, target, weight, value_norms=None) -> None:
     """slot <- (count * slot + sum of weight * merged) / (count + sum of weight), for K and V; counts add.
     Only the slots that receive a token are read and written, so the pass costs O(merged tokens) and
     the other slots keep their bits."""
@@ -152,3 +153,5 @@ def _fold(keys, values, counts, kept_at, evicted_at, target, weight) -> None:
             summed = (flat[slots].float() * total[:, None]).index_add_(0, into, flat[source].float() * w[:, None])
             flat[slots] = (summed / (total + added)[:, None]).to(flat.dtype)
         flat_counts[slots] = (total + added).to(flat_counts.dtype)
+        if value_norms is not None:
+            value_norms.view(-1)[slots] = torch.linalg.vector_norm(flat_values[slots], dim=-1, dtype=value_norms.dtype)

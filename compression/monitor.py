@@ -138,7 +138,10 @@ class CompressionMonitor:
         holes up to the longest, whose places in the kept rows come back as the second result."""
         cache, n = self.cache, self.cache.length
         turn = cache.rows("turn")[:, :n]
-        keep = ~torch.isin(turn, torch.tensor(dropped_turns, dtype=turn.dtype, device=turn.device))
+        if dropped_turns:
+            keep = ~torch.isin(turn, torch.tensor(dropped_turns, dtype=turn.dtype, device=turn.device))
+        else:
+            keep = torch.ones(turn.shape, dtype=torch.bool, device=turn.device)
         if keep_visual is None:
             return indices_where(keep), None
         kind = cache.rows("kind")[:, :n]
@@ -170,7 +173,7 @@ class CompressionMonitor:
         """The visual tokens of `rows` (all by default). The cache's own K/V rows unless `keys`/`values`
         are given: policies read what they need where it lies."""
         cache, n = self.cache, self.cache.length
-        scores, counts = cache.score_rows(), cache.count_rows()
+        scores, counts, norms = cache.score_rows(), cache.count_rows(), cache.value_norm_rows()
         return VisualTokens(
             keys=cache.rows("keys") if keys is None else keys,
             values=cache.rows("values") if values is None else values,
@@ -182,6 +185,7 @@ class CompressionMonitor:
             history=None if scores is None else torch.gather(scores[rows, :n], 1, visual_at),
             valid=valid,
             counts=None if counts is None else torch.gather(counts[rows, :n], 1, visual_at),
+            value_norm_rows=None if norms is None else norms[rows],
         )
 
     def _layer_rows(self):

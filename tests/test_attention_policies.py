@@ -184,7 +184,7 @@ def test_only_policies_that_need_queries_get_them(demo_adapter):
 
 
 def test_global_score_pays_for_its_scores_under_the_cap(demo_adapter):
-    plain = StreamSession(demo_adapter, mem_cap="400kB", policy="tar_van")
+    plain = StreamSession(demo_adapter, mem_cap="400kB", policy="uniform")  # keeps nothing beside K/V and metadata
     scored = StreamSession(demo_adapter, mem_cap="400kB", policy="global_score")
     g = scored.geometry
     assert g.bytes_per_token == plain.geometry.bytes_per_token + g.layers * g.kv_heads * 4

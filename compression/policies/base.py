@@ -37,6 +37,9 @@ class VisualTokens:
     # rows that keep fewer tokens (frame, row, col -1); they are never kept. None: every entry is a token.
     valid: torch.Tensor | None = None
     counts: torch.Tensor | None = None  # [heads, n] float32 slot counts, when the cache keeps them
+    # [heads, N] float32, the |v| stored for each row of `values` when the cache keeps value norms
+    # (`Policy.value_norms`): the same numbers `value_norms` would compute, without reading V.
+    value_norm_rows: torch.Tensor | None = None
 
     @property
     def heads(self) -> int:
@@ -61,7 +64,10 @@ class VisualTokens:
         return per_row if self.at is None else per_row.gather(1, self.at)
 
     def value_norms(self) -> torch.Tensor:
-        """L2 norm of each visual token's value (VaN, Eq. 7), in float32, without copying the values."""
+        """L2 norm of each visual token's value (VaN, Eq. 7), in float32: the stored norms when the cache
+        keeps them, else computed from the values (without copying them)."""
+        if self.value_norm_rows is not None:
+            return self.pick(self.value_norm_rows)
         return self.pick(torch.linalg.vector_norm(self.values, dim=-1, dtype=torch.float32))
 
 
@@ -78,6 +84,9 @@ class Policy:
     # Each (layer, KV head) row keeps its own number of visual tokens (`select_budgets`); rows that keep
     # fewer than the longest are padded with holes. Needs `slot_counts` (a hole counts 0).
     head_budgets: ClassVar[bool] = False
+    # The cache stores each token's value norm (float32 per token, layer and KV head, counted in the cap)
+    # when it arrives, so ranking by VaN does not read every value again at each compression.
+    value_norms: ClassVar[bool] = False
 
     def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int,
                 visual: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> None:

@@ -32,6 +32,7 @@ class ExpectedAttentionPolicy(Policy):
 
     name: ClassVar[str] = "expected_attention"
     needs_queries: ClassVar[bool] = True
+    value_norms: ClassVar[bool] = True
 
     recent_ratio: float = 0.125
     use_variance: bool = True

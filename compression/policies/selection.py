@@ -7,7 +7,6 @@ is what keeps patch coordinates aligned after any number of compressions."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from potwatch.compression.policies.base import VisualTokens
 from potwatch.errors import PolicyOptionError
@@ -19,9 +18,9 @@ from potwatch.kernels.triton_dispatch import triton_ready
 # new resolution), which is when old content is least likely to be repeated.
 NOVEL_SCORE = 1.0
 
-# Most bytes of mean-key rows TaR looks up at once (one head's worth when a head alone is larger): small
-# enough to stay in the CPU's cache between the lookup and the dot products.
-TAR_LOOKUP_BYTES = 1 << 20
+# Key rows TaR scores at once: their looked-up table rows (1 MB of float32 at head_dim 128) stay in the
+# CPU's cache between the lookup and the dot products.
+TAR_CHUNK_ROWS = 2048
 
 # Most of a budget the recent window may take in the policies that have no TaR share of their own (van,
 # expected_attention, global_score): its share in tar_van at the paper's alpha.
@@ -54,10 +53,11 @@ def ranking_key(score: torch.Tensor) -> torch.Tensor:
 
     Unique within a row, so an unsorted top-k returns exactly the set a stable sort would, on every
     device, at a fraction of a full sort's cost."""
-    bits = (score.float() + 0.0).view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats count down
+    bits = (score.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats count down (32-bit ops: cheap)
     n = score.shape[1]
-    return ordered * (1 << 32) + (n - 1 - torch.arange(n, device=score.device))
+    key = ordered.long().bitwise_left_shift_(32)  # the order in the high half, the index in the low
+    return key.add_(n - 1 - torch.arange(n, device=score.device))
 
 
 def top_indices(score: torch.Tensor, keep: int) -> torch.Tensor:
@@ -143,52 +143,95 @@ def tar_scores(tokens: VisualTokens, in_recent: torch.Tensor) -> torch.Tensor:
 
     Uses mean-of-cosines = dot(k, mean of recent unit keys at that coordinate) / |k|, so it costs one
     [coordinates, D] table per head and one dot product per token instead of a frames x frames
-    comparison. The dot products run over the rows where the keys lie (no copy of the keys), a group
-    of heads at a time so the looked-up table rows stay small; rows that are not visual tokens look up
-    an all-zero table row and are never read back. On CUDA with triton one fused kernel
-    (kernels/tar_similarity_triton.py) does the dot products and norms instead."""
+    comparison. The keys are read where they lie (the cache's rows) and once only: a chunk of rows at
+    a time gets its table rows, dot products and norms while it is in the CPU's cache (`key_similarity`);
+    rows that are not visual tokens look up an all-zero table row and are never read back. On CUDA with
+    triton one fused kernel (kernels/tar_similarity_triton.py) does the dot products and norms instead."""
     heads, n = tokens.frame.shape
-    fused = triton_ready(tokens.keys)  # CUDA with triton: the kernel reads 16-bit keys as they are
-    keys = tokens.keys if fused else tokens.keys.float()  # [heads, N, D]; a no-op for float32 caches
-    rows_per_head, dim = keys.shape[1], keys.shape[2]
+    keys = tokens.keys  # [heads, N, D], the cache's rows at the cache's dtype
+    rows_per_head = keys.shape[1]
     coordinate, coordinates = patch_coordinates(tokens.row, tokens.col)
     table = coordinates + 1  # the last row of each head's table stays zero
     rows = tokens.rows()
-    slot = coordinate + torch.arange(heads, device=tokens.device)[:, None] * table  # [heads, n]
+    first_slot = torch.arange(heads, device=tokens.device)[:, None] * table
+    slot = coordinate + first_slot  # [heads, n]
     recent_slot = slot[in_recent]
-    recent_keys = keys[torch.nonzero(in_recent, as_tuple=True)[0], rows[in_recent]].float()
-    sums = recent_keys.new_zeros(heads * table, dim).index_add_(0, recent_slot, F.normalize(recent_keys, dim=-1))
+    recent_at = (rows + torch.arange(heads, device=tokens.device)[:, None] * rows_per_head)[in_recent]
+    sums = unit_key_sums(keys, recent_at, recent_slot, heads * table)
     counts = torch.bincount(recent_slot, minlength=heads * table)
     mean = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
-    slot_of_row = (torch.arange(heads, device=tokens.device)[:, None] * table + coordinates).expand(heads, rows_per_head)
-    slot_of_row = slot_of_row.scatter(1, rows, slot)
-    if fused:
+    slot_of_row = (first_slot + coordinates).expand(heads, rows_per_head).scatter(1, rows, slot)
+    if triton_ready(keys):  # CUDA with triton: the kernel reads 16-bit keys as they are
         from potwatch.kernels.tar_similarity_triton import tar_similarity
 
         per_row = tar_similarity(keys, mean, slot_of_row)[0]
     else:
-        dot = torch.empty(heads, rows_per_head, dtype=keys.dtype, device=keys.device)
-        group = max(1, TAR_LOOKUP_BYTES // (rows_per_head * dim * keys.element_size()))
-        scratch = keys.new_empty(min(group, heads) * rows_per_head, dim)  # reused: no page faults per group
-        for first in range(0, heads, group):
-            last = min(heads, first + group)
-            looked_up = scratch[: (last - first) * rows_per_head]
-            torch.index_select(mean, 0, slot_of_row[first:last].reshape(-1), out=looked_up)
-            part = keys[first:last].reshape(-1, 1, dim)  # a view when the rows are one block, as the monitor's are
-            torch.bmm(part, looked_up.unsqueeze(2), out=dot[first:last].view(-1, 1, 1))
-        norm = torch.linalg.vector_norm(keys, dim=-1).clamp(min=1e-12)
-        per_row = dot / norm
+        per_row = key_similarity(keys, mean, slot_of_row)
     similarity = per_row.gather(1, rows)
     score = torch.where(counts[slot] > 0, -similarity, NOVEL_SCORE)
     return score.masked_fill(in_recent, float("inf"))
 
 
+def row_blocks(keys: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """Key rows [heads, N, D] as 2-D blocks of whole rows without a copy: (index of the block's first row
+    in the [heads * N] numbering, rows [r, D]). One block when the heads lie back to back (the cache's
+    own storage), else one per head (a quantised layer's workspace, cut to the tokens held)."""
+    heads, rows_per_head, dim = keys.shape
+    if keys.is_contiguous():
+        return [(0, keys.view(heads * rows_per_head, dim))]
+    return [(head * rows_per_head, keys[head]) for head in range(heads)]
+
+
+def unit_key_sums(keys: torch.Tensor, index: torch.Tensor, slot: torch.Tensor, size: int) -> torch.Tensor:
+    """Sums [size, D] float32 of the unit-length key rows at `index` (ascending, in the [heads * N]
+    numbering), each added into its row `slot` of the table. The keys go through a small reused
+    scratch, `TAR_CHUNK_ROWS` at a time, so no copy of all of them is ever made."""
+    dim = keys.shape[2]
+    sums = torch.zeros(size, dim, dtype=torch.float32, device=keys.device)
+    scratch = sums.new_empty(min(TAR_CHUNK_ROWS, max(1, index.numel())), dim)
+    blocks = row_blocks(keys)
+    for first, block in blocks:
+        at, into = index, slot
+        if len(blocks) > 1:  # this block's rows only
+            inside = (index >= first) & (index < first + block.shape[0])
+            at, into = index[inside] - first, slot[inside]
+        for start in range(0, at.shape[0], TAR_CHUNK_ROWS):
+            end = min(at.shape[0], start + TAR_CHUNK_ROWS)
+            part = scratch[: end - start]
+            if block.dtype == part.dtype:
+                torch.index_select(block, 0, at[start:end], out=part)
+            else:
+                part.copy_(torch.index_select(block, 0, at[start:end]))
+            part.div_(torch.linalg.vector_norm(part, dim=-1, keepdim=True).clamp_(min=1e-12))  # F.normalize
+            sums.index_add_(0, into[start:end], part)
+    return sums
+
+
+def key_similarity(keys: torch.Tensor, table: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """dot(k, table[slot]) / max(|k|, 1e-12) for every key row [heads, N, D], float32 [heads, N]: what
+    kernels/tar_similarity.py spells out, reading each key once. `TAR_CHUNK_ROWS` rows at a time get
+    their table rows, dot products and norms while they sit in the CPU's cache."""
+    heads, rows_per_head, dim = keys.shape
+    dot = torch.empty(heads * rows_per_head, dtype=torch.float32, device=keys.device)
+    norm = torch.empty_like(dot)
+    slot = slot.reshape(-1)
+    scratch = table.new_empty(min(TAR_CHUNK_ROWS, rows_per_head * heads), dim)  # reused: no page faults
+    for first, block in row_blocks(keys):
+        for start in range(0, block.shape[0], TAR_CHUNK_ROWS):
+            end = min(block.shape[0], start + TAR_CHUNK_ROWS)
+            part = block[start:end].float()  # a no-op for a float32 cache
+            looked_up = torch.index_select(table, 0, slot[first + start : first + end], out=scratch[: end - start])
+            torch.sum(looked_up.mul_(part), dim=-1, out=dot[first + start : first + end])  # not bmm: slow for 1 x D rows
+            torch.linalg.vector_norm(part, dim=-1, out=norm[first + start : first + end])
+    return (dot / norm.clamp_(min=1e-12)).view(heads, rows_per_head)
+
+
 def patch_coordinates(row: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, int]:
     """A dense id per (row, col) [H, n] and how many ids there are. Grids are small, so the id is
     simply row * width + col; the unique() fallback only guards against absurd coordinates."""
-    r = row.long() - row.min()
-    c = col.long() - col.min()
-    coordinate = r * (int(c.max()) + 1) + c
+    r = row.int() - row.min()  # 32-bit arithmetic, widened once
+    c = col.int() - col.min()
+    coordinate = (r * (int(c.max()) + 1) + c).long()
     coordinates = int(coordinate.max()) + 1
     if coordinates > 4 * coordinate.numel() + 1024:
         _, coordinate = torch.unique(coordinate, return_inverse=True)

@@ -30,6 +30,7 @@ class TarVanPolicy(Policy):
     thresholds it does not publish)."""
 
     name: ClassVar[str] = "tar_van"
+    value_norms: ClassVar[bool] = True
 
     alpha: float = 0.5
     recent_ratio: float = 0.125

@@ -27,6 +27,7 @@ class VanPolicy(Policy):
     must always see its newest frames. (tar_van with alpha=0 has no window: VaN alone.)"""
 
     name: ClassVar[str] = "van"
+    value_norms: ClassVar[bool] = True
 
     recent_ratio: float = 0.125
     pool_kernel: int = 1

@@ -131,11 +131,14 @@ def fill_synthetic(cache: CappedKVCache, layout: BlockLayout, system_tokens: int
     row, col = layout.row.repeat(blocks), layout.col.repeat(blocks)
     pos = (system_tokens + torch.arange(blocks * layout.tokens)).expand(geometry.pos_rows, -1)  # never read
     cache.write_meta(system_tokens, TokenMeta.vision(frame, row, col, pos))
+    scores = cache.score_rows()
+    if scores is not None:  # a running score per token, as a stream leaves them: all different
+        scores[:, :n] = torch.rand(scores[:, :n].shape, generator=generator).to(scores.device)
 
 
 def synthetic_queries(geometry: KVGeometry, block_tokens: int, device: str) -> QueryStats:
-    """Random query statistics in the monitor's row layout, for policies that read them. (A policy's
-    running per-token scores are not synthesised: the pass then ranks by value norm, which costs the same.)"""
+    """Random query statistics in the monitor's row layout, for policies that read them (a policy's running
+    per-token scores are random too: see `fill_synthetic`)."""
     rows, dim = geometry.layers * geometry.kv_heads, geometry.head_dim
     offsets = sample_offsets(block_tokens)
     return QueryStats(torch.randn(rows, dim, device=device), torch.rand(rows, dim, device=device),
@@ -147,17 +150,20 @@ def compression_at_scale(geometry: KVGeometry, tokens: int, policies: list[str],
     """One compression pass (to 0.75 of the cache, as the monitor does) per configuration on a cache of
     `tokens` tokens, against copy_ and clone of the same K/V bytes; a quantised configuration
     (`tar_van@8bit`) is also held against the copy of its own, smaller, stored bytes. The cache keeps slot
-    counts when a policy needs them (a merging policy's pass includes its merge); policies that do not
-    ignore them."""
-    counts = any(make_policy(configuration(name)[0]).slot_counts for name in policies)
-    norms = any(make_policy(configuration(name)[0]).value_norms for name in policies)
+    counts, running scores and value norms when a policy needs them (a merging policy's pass includes its
+    merge); policies that do not ignore them. Each configuration's figure is the median of `repeats`
+    passes over the same refilled cache: one pass on a shared machine is one sample of its noise."""
+    needs = [make_policy(configuration(name)[0]) for name in policies]
+    counts = any(policy.slot_counts for policy in needs)
+    scores = any(policy.token_scores for policy in needs)
+    norms = any(policy.value_norms for policy in needs)
     by_width: dict[int, list[str]] = {}
     for name in policies:
         by_width.setdefault(configuration(name)[1], []).append(name)
     result = None
     for bits, names in by_width.items():
         shaped = replace(geometry, kv_bits=bits, slot_counts=geometry.slot_counts or (counts and bits == 16),
-                         value_norms=geometry.value_norms or norms)
+                         token_scores=geometry.token_scores or scores, value_norms=geometry.value_norms or norms)
         cache = synthetic_cache(shaped, tokens, layout, system_tokens, device)
         held = cache.length
         if result is None:
@@ -171,18 +177,22 @@ def compression_at_scale(geometry: KVGeometry, tokens: int, policies: list[str],
             }
         own_copy_ms = copy_floor_ms(cache, held, repeats)
         for index, name in enumerate(names):
-            if index:
-                fill_synthetic(cache, layout, system_tokens)
-            policy = make_policy(configuration(name)[0])
-            monitor = CompressionMonitor(cache, policy)
-            if policy.needs_queries:  # what a session would hold: the latest block's query statistics
-                monitor.queries = synthetic_queries(geometry, layout.tokens, device)
-            event = monitor.make_room(cache.capacity - held + layout.tokens)
+            passes = []
+            for attempt in range(repeats):
+                if index or attempt:
+                    fill_synthetic(cache, layout, system_tokens)
+                policy = make_policy(configuration(name)[0])
+                monitor = CompressionMonitor(cache, policy)
+                if policy.needs_queries:  # what a session would hold: the latest block's query statistics
+                    monitor.queries = synthetic_queries(geometry, layout.tokens, device)
+                passes.append(monitor.make_room(cache.capacity - held + layout.tokens))
+            ms = statistics.median(event.ms for event in passes)
             result["policies"][name] = {
-                "ms": event.ms,
-                "tokens_after": event.tokens_after,
-                "vs_copy": event.ms / result["copy_ms"] if result["copy_ms"] else None,
-                "vs_own_copy": event.ms / own_copy_ms if own_copy_ms else None,
+                "ms": ms,
+                "passes_ms": [event.ms for event in passes],
+                "tokens_after": passes[-1].tokens_after,
+                "vs_copy": ms / result["copy_ms"] if result["copy_ms"] else None,
+                "vs_own_copy": ms / own_copy_ms if own_copy_ms else None,
             }
         del cache
     return result

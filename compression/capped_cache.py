@@ -91,12 +91,13 @@ class CappedLayer(CacheLayerMixin):
         self.keys = self.key_buffer[:, :, : self.length]
         self.values = self.value_buffer[:, :, : self.length]
 
-    def dequantized(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def dequantized(self, values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """K and V of the held tokens at the model's dtype, [1, heads, length, head_dim]. For a quantised
-        layer they are decoded into the workspace the layers share: use them before the next layer reads."""
+        layer they are decoded into the workspace the layers share: use them before the next layer reads.
+        `values=False` decodes only the keys of a quantised layer (V comes back None)."""
         if self.quantized is None:
             return self.keys, self.values
-        return self.quantized.read(self.length)
+        return self.quantized.read(self.length, values)
 
     # --- the transformers layer interface -------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:

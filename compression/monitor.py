@@ -62,8 +62,10 @@ class CompressionMonitor:
         if not cache.quantized:
             self.policy.observe(queries, cache.rows("keys"), scores, n, visual=visual, counts=counts)
             return
+        if type(self.policy).observe is Policy.observe:  # keeps nothing between blocks: decode nothing
+            return
         for rows, layer in self._layer_rows():  # a quantised cache is decoded one layer at a time
-            keys = layer.dequantized()[0][0]
+            keys = layer.dequantized(values=False)[0][0]
             self.policy.observe(queries.rows(rows), keys, None if scores is None else scores[rows], n,
                                 visual=visual[rows], counts=None if counts is None else counts[rows])
 
@@ -168,15 +170,17 @@ class CompressionMonitor:
         keep.scatter_(1, torch.gather(visual_at, 1, chosen), True)
         return indices_where(keep), None
 
-    def _visual_tokens(self, visual_at: torch.Tensor, rows: slice = slice(None), keys=None, values=None,
+    def _visual_tokens(self, visual_at: torch.Tensor, rows: slice = slice(None), decoded=None,
                        valid: torch.Tensor | None = None) -> VisualTokens:
-        """The visual tokens of `rows` (all by default). The cache's own K/V rows unless `keys`/`values`
-        are given: policies read what they need where it lies."""
+        """The visual tokens of `rows` (all by default). The cache's own K/V rows unless `decoded` gives
+        (keys, values) decoded from a quantised layer (values None when only stored norms are read):
+        policies read what they need where it lies."""
         cache, n = self.cache, self.cache.length
         scores, counts, norms = cache.score_rows(), cache.count_rows(), cache.value_norm_rows()
+        keys, values = decoded if decoded is not None else (cache.rows("keys"), cache.rows("values"))
         return VisualTokens(
-            keys=cache.rows("keys") if keys is None else keys,
-            values=cache.rows("values") if values is None else values,
+            keys=keys,
+            values=values,
             frame=torch.gather(cache.rows("frame")[rows, :n], 1, visual_at),
             row=torch.gather(cache.rows("row")[rows, :n], 1, visual_at),
             col=torch.gather(cache.rows("col")[rows, :n], 1, visual_at),
@@ -201,9 +205,11 @@ class CompressionMonitor:
         count = visual_at.shape[1]
         order = torch.arange(count, device=visual_at.device)
         chosen = torch.empty((visual_at.shape[0], keep), dtype=torch.long, device=visual_at.device)
+        stored_norms = self.cache.value_norm_rows() is not None  # V need not be decoded for VaN
         for rows, layer in self._layer_rows():
-            keys, values = (t[0] for t in layer.dequantized())
-            picks = self.policy.select(self._visual_tokens(visual_at[rows], rows, keys, values), keep)
+            keys, values = layer.dequantized(values=not stored_norms)
+            tokens = self._visual_tokens(visual_at[rows], rows, (keys[0], None if values is None else values[0]))
+            picks = self.policy.select(tokens, keep)
             votes = torch.bincount(picks.reshape(-1), minlength=count)
             rank = votes * count + order  # unique; ties go to the newer token
             chosen[rows] = torch.topk(rank, keep, sorted=False).indices.sort().values

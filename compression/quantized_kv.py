@@ -132,15 +132,17 @@ class QuantizedRows:
         self.key_scales[:, :, start:end] = q.scale
         self.key_mean[:, start:end] = q.mean
 
-    def read(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(self, length: int, values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """K and V of slots [0, length) at the model's dtype: views of the workspace, valid until another
-        layer reads (layers run one after another, so attention always sees its own)."""
+        layer reads (layers run one after another, so attention always sees its own). `values=False`
+        decodes the keys alone (V comes back None): a policy that ranks by stored value norms needs no V."""
         for start in range(0, length, DEQUANT_CHUNK_TOKENS):
             end = min(length, start + DEQUANT_CHUNK_TOKENS)
             keys = kv_quant.QuantizedKV(self.key_codes[:, :, start:end], self.key_scales[:, :, start:end],
                                         self.key_mean[:, start:end], self.bits, self.group)
-            values = kv_quant.QuantizedKV(self.value_codes[:, :, start:end], self.value_scales[:, :, start:end],
-                                          None, self.bits, self.group)
             dequantize_into(self.work_keys[:, :, start:end], keys)
-            dequantize_into(self.work_values[:, :, start:end], values)
-        return self.work_keys[:, :, :length], self.work_values[:, :, :length]
+            if values:
+                part = kv_quant.QuantizedKV(self.value_codes[:, :, start:end], self.value_scales[:, :, start:end],
+                                            None, self.bits, self.group)
+                dequantize_into(self.work_values[:, :, start:end], part)
+        return self.work_keys[:, :, :length], self.work_values[:, :, :length] if values else None

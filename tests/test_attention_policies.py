@@ -244,6 +244,6 @@ def test_expected_attention_scores_in_chunks_without_touching_the_keys(monkeypat
                           queries=stats(torch.randn(3, DIM, generator=g), torch.rand(3, DIM, generator=g)))
     keys = tokens.keys.clone()
     whole = make_policy("expected_attention").score(tokens)
-    monkeypatch.setattr(expected_attention, "SCORE_CHUNK_BYTES", 1)  # one head at a time
+    monkeypatch.setattr(expected_attention, "SCORE_CHUNK_ROWS", 5)  # chunks that split every head
     assert torch.allclose(make_policy("expected_attention").score(tokens), whole)
     assert torch.equal(tokens.keys, keys)

@@ -25,7 +25,7 @@ class VisualTokens:
     pays for a copy of K/V it does not read. With `at=None` every entry is a visual token."""
 
     keys: torch.Tensor  # [heads, N >= n, head_dim], cached keys (after RoPE)
-    values: torch.Tensor  # [heads, N, head_dim]
+    values: torch.Tensor | None  # [heads, N, head_dim]; None for a quantised layer whose norms are stored
     frame: torch.Tensor  # [heads, n] int, index of the frame each token came from
     row: torch.Tensor  # [heads, n] int, patch row inside its frame's grid
     col: torch.Tensor  # [heads, n] int, patch column inside its frame's grid

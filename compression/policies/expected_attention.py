@@ -15,7 +15,7 @@ from potwatch.compression.policies.selection import check_ratio, top_indices, tr
 from potwatch.compression.query_stats import QueryStats
 
 VALUE_NORM_FLOOR = 1e-6  # keeps log(|v|) finite for an all-zero value
-SCORE_CHUNK_BYTES = 16 << 20  # float32 keys scored at once: a few heads, never a copy of the whole cache
+SCORE_CHUNK_ROWS = 2048  # keys of one head scored at once: with their squares they stay in the CPU's cache
 
 
 @register
@@ -51,16 +51,17 @@ class ExpectedAttentionPolicy(Policy):
             return log_value
         keys = tokens.keys  # [heads, N, d], the cache's own rows
         heads, rows, dim = keys.shape
-        mean = tokens.queries.mean.to(keys.device, torch.float32).unsqueeze(2) / math.sqrt(dim)
-        var = tokens.queries.var.to(keys.device, torch.float32).unsqueeze(2) / (2 * dim)
+        mean = tokens.queries.mean.to(keys.device, torch.float32) / math.sqrt(dim)
+        var = tokens.queries.var.to(keys.device, torch.float32) / (2 * dim)
         logit = torch.empty(heads, rows, dtype=torch.float32, device=keys.device)
-        group = max(1, SCORE_CHUNK_BYTES // (rows * dim * 4))  # float32 copies of a few heads at a time
-        for first in range(0, heads, group):
-            part = keys[first : first + group].float()
-            out = torch.bmm(part, mean[first : first + group])
-            if self.use_variance:
-                out += torch.bmm(part.square(), var[first : first + group])  # not in place: part may be the cache
-            logit[first : first + group] = out.squeeze(2)
+        squares = torch.empty(min(rows, SCORE_CHUNK_ROWS), dim, dtype=torch.float32, device=keys.device)
+        for head in range(heads):  # each key is read once, a cache-sized chunk at a time
+            for start in range(0, rows, SCORE_CHUNK_ROWS):
+                end = min(rows, start + SCORE_CHUNK_ROWS)
+                part = keys[head, start:end].float()  # a no-op for a float32 cache
+                out = torch.mv(part, mean[head], out=logit[head, start:end])
+                if self.use_variance:  # into a scratch, not in place: part may be the cache
+                    out.addmv_(torch.mul(part, part, out=squares[: end - start]), var[head])
         return tokens.pick(logit) + log_value
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:

@@ -163,8 +163,10 @@ def test_reset_and_close(demo_adapter):
 def test_the_cap_in_tokens_and_frames_for_the_2b_geometry():
     session = StreamSession(load_test_model("demo-2b", dtype="bfloat16"), mem_cap="2GB")
     text = session.describe_cap(tokens_per_frame=130)
-    assert "2.00 GB holds about 66,507 tokens (28,672 B/token K+V + 1,400 B metadata)" in text
-    assert text.endswith("≈ 511 frames at 130 tokens/frame")
+    # metadata: 1,400 B of kinds, frames, turns, patch coordinates and positions, and tar_van's value norms
+    # (4 B for each of 28 layers x 2 KV heads)
+    assert "2.00 GB holds about 66,015 tokens (28,672 B/token K+V + 1,624 B metadata)" in text
+    assert text.endswith("≈ 507 frames at 130 tokens/frame")
     assert session.cache.nbytes <= 2 * 10**9
     session.close()
 

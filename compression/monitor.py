@@ -17,6 +17,7 @@ import torch
 
 from potwatch.compression.capped_cache import CappedKVCache, indices_where
 from potwatch.compression.head_budgets import pad_with_holes
+from potwatch.compression.quantized_kv import QuantizedView
 from potwatch.compression.policies.base import Policy, VisualTokens
 from potwatch.compression.query_stats import QueryStats
 from potwatch.compression.token_meta import TokenKind
@@ -173,8 +174,8 @@ class CompressionMonitor:
     def _visual_tokens(self, visual_at: torch.Tensor, rows: slice = slice(None), decoded=None,
                        valid: torch.Tensor | None = None) -> VisualTokens:
         """The visual tokens of `rows` (all by default). The cache's own K/V rows unless `decoded` gives
-        (keys, values) decoded from a quantised layer (values None when only stored norms are read):
-        policies read what they need where it lies."""
+        (keys, values) to read instead (a quantised cache's, decoded where they are read): policies read
+        what they need where it lies."""
         cache, n = self.cache, self.cache.length
         scores, counts, norms = cache.score_rows(), cache.count_rows(), cache.value_norm_rows()
         keys, values = decoded if decoded is not None else (cache.rows("keys"), cache.rows("values"))
@@ -199,21 +200,20 @@ class CompressionMonitor:
             yield slice(index * heads, (index + 1) * heads), layer
 
     def _select_by_layer_vote(self, visual_at: torch.Tensor, keep: int) -> torch.Tensor:
-        """For a quantised cache (every head of a layer holds the same tokens): the policy chooses per head
-        from that layer's decoded K/V, and the `keep` tokens most heads chose stay in all of them (the
-        newer one on a tie). Returns indices into the visual tokens [layers * heads, keep], ascending."""
-        count = visual_at.shape[1]
-        order = torch.arange(count, device=visual_at.device)
-        chosen = torch.empty((visual_at.shape[0], keep), dtype=torch.long, device=visual_at.device)
-        stored_norms = self.cache.value_norm_rows() is not None  # V need not be decoded for VaN
-        for rows, layer in self._layer_rows():
-            keys, values = layer.dequantized(values=not stored_norms)
-            tokens = self._visual_tokens(visual_at[rows], rows, (keys[0], None if values is None else values[0]))
-            picks = self.policy.select(tokens, keep)
-            votes = torch.bincount(picks.reshape(-1), minlength=count)
-            rank = votes * count + order  # unique; ties go to the newer token
-            chosen[rows] = torch.topk(rank, keep, sorted=False).indices.sort().values
-        return chosen
+        """For a quantised cache (every head of a layer holds the same tokens): the policy chooses per head,
+        once over every row, reading K and V decoded where it reads them (`QuantizedView`: VaN reads the
+        stored value norms, so V is decoded only for a cache without them), and the `keep` tokens most heads
+        of a layer chose stay in all of them (the newer one on a tie). Returns indices into the visual
+        tokens [layers * heads, keep], ascending."""
+        cache, geometry = self.cache, self.cache.geometry
+        decoded = (QuantizedView.of(cache, "key"), QuantizedView.of(cache, "value"))
+        picks = self.policy.select(self._visual_tokens(visual_at, decoded=decoded), keep)  # [rows, keep]
+        count, layers, heads = visual_at.shape[1], geometry.layers, geometry.kv_heads
+        layer_of_row = torch.arange(layers, device=picks.device).repeat_interleave(heads)
+        votes = torch.bincount((picks + (layer_of_row * count)[:, None]).view(-1), minlength=layers * count)
+        rank = votes.view(layers, count) * count + torch.arange(count, device=picks.device)  # unique; ties: newer
+        chosen = torch.topk(rank, keep, dim=1, sorted=False).indices.sort(dim=1).values
+        return chosen.repeat_interleave(heads, dim=0)
 
     def _compact(self, reason: str, keep_rows) -> CompressionEvent:
         started = time.perf_counter()

@@ -24,8 +24,10 @@ class VisualTokens:
     entries are the visual tokens: the monitor hands over the cache's own storage that way, so no policy
     pays for a copy of K/V it does not read. With `at=None` every entry is a visual token."""
 
-    keys: torch.Tensor  # [heads, N >= n, head_dim], cached keys (after RoPE)
-    values: torch.Tensor | None  # [heads, N, head_dim]; None for a quantised layer whose norms are stored
+    # [heads, N >= n, head_dim], cached keys (after RoPE); for a quantised cache a `QuantizedView` that
+    # decodes them where they are read (policies go through selection.key_chunks / select_keys)
+    keys: torch.Tensor
+    values: torch.Tensor  # [heads, N, head_dim] (a `QuantizedView` for a quantised cache, read by value_norms)
     frame: torch.Tensor  # [heads, n] int, index of the frame each token came from
     row: torch.Tensor  # [heads, n] int, patch row inside its frame's grid
     col: torch.Tensor  # [heads, n] int, patch column inside its frame's grid
@@ -68,6 +70,8 @@ class VisualTokens:
         keeps them, else computed from the values (without copying them)."""
         if self.value_norm_rows is not None:
             return self.pick(self.value_norm_rows)
+        if not isinstance(self.values, torch.Tensor):  # a quantised cache's values, decoded a chunk at a time
+            return self.pick(self.values.norms())
         return self.pick(torch.linalg.vector_norm(self.values, dim=-1, dtype=torch.float32))
 
 

@@ -11,7 +11,7 @@ import torch
 
 from potwatch.compression.policies.base import Policy, VisualTokens, register
 from potwatch.compression.policies.recent_first import recent_then_best
-from potwatch.compression.policies.selection import check_ratio, top_indices, trivial_selection
+from potwatch.compression.policies.selection import check_ratio, key_chunks, top_indices, trivial_selection
 from potwatch.compression.query_stats import QueryStats
 
 VALUE_NORM_FLOOR = 1e-6  # keeps log(|v|) finite for an all-zero value
@@ -55,13 +55,11 @@ class ExpectedAttentionPolicy(Policy):
         var = tokens.queries.var.to(keys.device, torch.float32) / (2 * dim)
         logit = torch.empty(heads, rows, dtype=torch.float32, device=keys.device)
         squares = torch.empty(min(rows, SCORE_CHUNK_ROWS), dim, dtype=torch.float32, device=keys.device)
-        for head in range(heads):  # each key is read once, a cache-sized chunk at a time
-            for start in range(0, rows, SCORE_CHUNK_ROWS):
-                end = min(rows, start + SCORE_CHUNK_ROWS)
-                part = keys[head, start:end].float()  # a no-op for a float32 cache
-                out = torch.mv(part, mean[head], out=logit[head, start:end])
-                if self.use_variance:  # into a scratch, not in place: part may be the cache
-                    out.addmv_(torch.mul(part, part, out=squares[: end - start]), var[head])
+        for head, start, part in key_chunks(keys, SCORE_CHUNK_ROWS):  # each key read once, a chunk at a time
+            end = start + part.shape[0]
+            out = torch.mv(part, mean[head], out=logit[head, start:end])
+            if self.use_variance:  # into a scratch, not in place: part may be the cache
+                out.addmv_(torch.mul(part, part, out=squares[: end - start]), var[head])
         return tokens.pick(logit) + log_value
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from potwatch.compression.policies.base import VisualTokens
+from potwatch.compression.quantized_kv import QuantizedView
 from potwatch.errors import PolicyOptionError
 from potwatch.kernels.triton_dispatch import triton_ready
 
@@ -161,7 +162,7 @@ def tar_scores(tokens: VisualTokens, in_recent: torch.Tensor) -> torch.Tensor:
     counts = torch.bincount(recent_slot, minlength=heads * table)
     mean = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
     slot_of_row = (first_slot + coordinates).expand(heads, rows_per_head).scatter(1, rows, slot)
-    if triton_ready(keys):  # CUDA with triton: the kernel reads 16-bit keys as they are
+    if isinstance(keys, torch.Tensor) and triton_ready(keys):  # CUDA with triton: reads 16-bit keys as they are
         from potwatch.kernels.tar_similarity_triton import tar_similarity
 
         per_row = tar_similarity(keys, mean, slot_of_row)[0]
@@ -172,58 +173,57 @@ def tar_scores(tokens: VisualTokens, in_recent: torch.Tensor) -> torch.Tensor:
     return score.masked_fill(in_recent, float("inf"))
 
 
-def row_blocks(keys: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-    """Key rows [heads, N, D] as 2-D blocks of whole rows without a copy: (index of the block's first row
-    in the [heads * N] numbering, rows [r, D]). One block when the heads lie back to back (the cache's
-    own storage), else one per head (a quantised layer's workspace, cut to the tokens held)."""
-    heads, rows_per_head, dim = keys.shape
-    if keys.is_contiguous():
-        return [(0, keys.view(heads * rows_per_head, dim))]
-    return [(head * rows_per_head, keys[head]) for head in range(heads)]
-
-
-def unit_key_sums(keys: torch.Tensor, index: torch.Tensor, slot: torch.Tensor, size: int) -> torch.Tensor:
-    """Sums [size, D] float32 of the unit-length key rows at `index` (ascending, in the [heads * N]
-    numbering), each added into its row `slot` of the table. The keys go through a small reused
-    scratch, `TAR_CHUNK_ROWS` at a time, so no copy of all of them is ever made."""
-    dim = keys.shape[2]
-    sums = torch.zeros(size, dim, dtype=torch.float32, device=keys.device)
-    scratch = sums.new_empty(min(TAR_CHUNK_ROWS, max(1, index.numel())), dim)
-    blocks = row_blocks(keys)
-    for first, block in blocks:
-        at, into = index, slot
-        if len(blocks) > 1:  # this block's rows only
-            inside = (index >= first) & (index < first + block.shape[0])
-            at, into = index[inside] - first, slot[inside]
-        for start in range(0, at.shape[0], TAR_CHUNK_ROWS):
-            end = min(at.shape[0], start + TAR_CHUNK_ROWS)
-            part = scratch[: end - start]
-            if block.dtype == part.dtype:
-                torch.index_select(block, 0, at[start:end], out=part)
+def key_chunks(keys, size: int):
+    """(row, start, float32 keys [r, D]) for consecutive slots of each row of `keys` [rows, N, D], at most
+    `size` at a time: views of a float32 tensor (a copy of one chunk for another dtype), or the chunk
+    decoded from a quantised cache (`QuantizedView`). A chunk never spans two rows."""
+    rows, n, _ = keys.shape
+    for row in range(rows):
+        for start in range(0, n, size):
+            end = min(n, start + size)
+            if isinstance(keys, QuantizedView):
+                yield row, start, keys.rows(row, start, end)
             else:
-                part.copy_(torch.index_select(block, 0, at[start:end]))
-            part.div_(torch.linalg.vector_norm(part, dim=-1, keepdim=True).clamp_(min=1e-12))  # F.normalize
-            sums.index_add_(0, into[start:end], part)
+                yield row, start, keys[row, start:end].float()  # a no-op for a float32 cache
+
+
+def select_keys(keys, index: torch.Tensor) -> torch.Tensor:
+    """float32 copies [k, D] of the key rows at `index` (ascending, in the [rows * N] numbering)."""
+    if isinstance(keys, QuantizedView):
+        return keys.select(index)
+    rows, n, dim = keys.shape
+    if keys.is_contiguous():
+        return torch.index_select(keys.view(rows * n, dim), 0, index).float()
+    row, slot = index // n, index % n  # any other layout: one row at a time
+    return torch.cat([torch.index_select(keys[r], 0, slot[row == r]).float() for r in range(rows)])
+
+
+def unit_key_sums(keys, index: torch.Tensor, slot: torch.Tensor, size: int) -> torch.Tensor:
+    """Sums [size, D] float32 of the unit-length key rows at `index` (ascending, in the [heads * N]
+    numbering), each added into its row `slot` of the table, `TAR_CHUNK_ROWS` keys at a time, so no
+    copy of all of them is ever made."""
+    sums = torch.zeros(size, keys.shape[2], dtype=torch.float32, device=keys.device)
+    for start in range(0, index.shape[0], TAR_CHUNK_ROWS):
+        part = select_keys(keys, index[start : start + TAR_CHUNK_ROWS])
+        part.div_(torch.linalg.vector_norm(part, dim=-1, keepdim=True).clamp_(min=1e-12))  # F.normalize
+        sums.index_add_(0, slot[start : start + TAR_CHUNK_ROWS], part)
     return sums
 
 
-def key_similarity(keys: torch.Tensor, table: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+def key_similarity(keys, table: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
     """dot(k, table[slot]) / max(|k|, 1e-12) for every key row [heads, N, D], float32 [heads, N]: what
     kernels/tar_similarity.py spells out, reading each key once. `TAR_CHUNK_ROWS` rows at a time get
     their table rows, dot products and norms while they sit in the CPU's cache."""
     heads, rows_per_head, dim = keys.shape
-    dot = torch.empty(heads * rows_per_head, dtype=torch.float32, device=keys.device)
+    dot = torch.empty(heads, rows_per_head, dtype=torch.float32, device=keys.device)
     norm = torch.empty_like(dot)
-    slot = slot.reshape(-1)
-    scratch = table.new_empty(min(TAR_CHUNK_ROWS, rows_per_head * heads), dim)  # reused: no page faults
-    for first, block in row_blocks(keys):
-        for start in range(0, block.shape[0], TAR_CHUNK_ROWS):
-            end = min(block.shape[0], start + TAR_CHUNK_ROWS)
-            part = block[start:end].float()  # a no-op for a float32 cache
-            looked_up = torch.index_select(table, 0, slot[first + start : first + end], out=scratch[: end - start])
-            torch.sum(looked_up.mul_(part), dim=-1, out=dot[first + start : first + end])  # not bmm: slow for 1 x D rows
-            torch.linalg.vector_norm(part, dim=-1, out=norm[first + start : first + end])
-    return (dot / norm.clamp_(min=1e-12)).view(heads, rows_per_head)
+    scratch = table.new_empty(min(TAR_CHUNK_ROWS, rows_per_head), dim)  # reused: no page faults
+    for row, start, part in key_chunks(keys, TAR_CHUNK_ROWS):
+        end = start + part.shape[0]
+        looked_up = torch.index_select(table, 0, slot[row, start:end], out=scratch[: end - start])
+        torch.sum(looked_up.mul_(part), dim=-1, out=dot[row, start:end])  # not bmm: slow for 1 x D rows
+        torch.linalg.vector_norm(part, dim=-1, out=norm[row, start:end])
+    return dot / norm.clamp_(min=1e-12)
 
 
 def patch_coordinates(row: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -62,22 +62,61 @@ def clone_ms(cache: CappedKVCache, tokens: int) -> float:
     return elapsed
 
 
-def synthetic_cache(geometry: KVGeometry, tokens: int, tokens_per_group: int, grid: tuple[int, int],
-                    system_tokens: int, device: str = "cpu", seed: int = 0) -> CappedKVCache:
-    """A cache filled to `tokens` with random K/V: a system prompt, then whole frames of visual tokens."""
+@dataclass
+class BlockLayout:
+    """What one vision block of a model puts in the cache beside its K/V: for each of its tokens the frame
+    (counted from the block's first), the patch row and column (-1 and a slot number for the text a
+    family wraps its frames in, as SmolVLM2's timestamps), taken from a real block of the model."""
+
+    frame: torch.Tensor  # [t] frame offset inside the block
+    row: torch.Tensor  # [t]
+    col: torch.Tensor  # [t]
+    frames: int  # frames a block covers
+
+    @property
+    def tokens(self) -> int:
+        return self.frame.shape[0]
+
+
+def block_layout(adapter, frame_size: tuple[int, int], fps: float) -> tuple[BlockLayout, int]:
+    """The layout of one vision block of `adapter` for frames of `frame_size` (width, height), and the
+    system prompt's token count: read from an uncapped session fed one block of synthetic frames."""
+    from potwatch.streaming.session import StreamSession
+    from potwatch.streaming.synthetic_scene import render_frame
+
+    session = StreamSession(adapter, mem_cap=None, policy="none", fps=fps)
+    try:
+        frames = adapter.frames_per_group * session.groups_per_block
+        session.feed([render_frame(i / fps, frame_size, 60.0) for i in range(frames)])
+        system, layer = session.system_tokens, session.cache.layers[0]
+        meta = {name: layer.meta[name][0, system : layer.length].long() for name in ("frame", "row", "col")}
+        layout = BlockLayout(meta["frame"] - meta["frame"].min(), meta["row"], meta["col"], frames)
+        return layout, system
+    finally:
+        session.close()
+
+
+def qwen_layout(grid: tuple[int, int], frames_per_group: int = 2) -> BlockLayout:
+    """A Qwen-style block: one temporal group whose tokens are its patch grid in raster order."""
+    rows, cols = grid
+    k = torch.arange(rows * cols)
+    return BlockLayout(torch.zeros_like(k), k // cols, k % cols, frames_per_group)
+
+
+def synthetic_cache(geometry: KVGeometry, tokens: int, layout: BlockLayout, system_tokens: int,
+                    device: str = "cpu", seed: int = 0) -> CappedKVCache:
+    """A cache filled to `tokens` with random K/V: a system prompt, then whole blocks of visual tokens."""
     cache = CappedKVCache(geometry, tokens, device)
-    fill_synthetic(cache, tokens_per_group, grid, system_tokens, seed)
+    fill_synthetic(cache, layout, system_tokens, seed)
     return cache
 
 
-def fill_synthetic(cache: CappedKVCache, tokens_per_group: int, grid: tuple[int, int], system_tokens: int,
-                   seed: int = 0) -> None:
+def fill_synthetic(cache: CappedKVCache, layout: BlockLayout, system_tokens: int, seed: int = 0) -> None:
     """(Re)fill `cache` to capacity with the same random K/V and layout every time for a given seed."""
     generator = torch.Generator().manual_seed(seed)
     geometry = cache.geometry
-    n = cache.capacity
-    groups = (n - system_tokens) // tokens_per_group
-    n = system_tokens + groups * tokens_per_group
+    blocks = (cache.capacity - system_tokens) // layout.tokens
+    n = system_tokens + blocks * layout.tokens
     shape = (1, geometry.kv_heads, n, geometry.head_dim)
     for layer in cache.layers:
         layer.truncate(0)
@@ -87,38 +126,45 @@ def fill_synthetic(cache: CappedKVCache, tokens_per_group: int, grid: tuple[int,
         del keys, values
     positions = torch.arange(system_tokens).expand(geometry.pos_rows, system_tokens)
     cache.write_meta(0, TokenMeta.text(TokenKind.SYSTEM, positions))
-    rows, cols = grid
-    k = torch.arange(groups * tokens_per_group)
-    group, within = k // tokens_per_group, k % tokens_per_group
-    row, col = within // cols % rows, within % cols
-    pos = torch.stack([system_tokens + group, system_tokens + row, system_tokens + col])
-    cache.write_meta(system_tokens, TokenMeta.vision(2 * group, row, col, pos))
+    block = torch.arange(blocks).repeat_interleave(layout.tokens)
+    frame = block * layout.frames + layout.frame.repeat(blocks)
+    row, col = layout.row.repeat(blocks), layout.col.repeat(blocks)
+    pos = (system_tokens + torch.arange(blocks * layout.tokens)).expand(geometry.pos_rows, -1)  # never read
+    cache.write_meta(system_tokens, TokenMeta.vision(frame, row, col, pos))
+    scores = cache.score_rows()
+    if scores is not None:  # a running score per token, as a stream leaves them: all different
+        scores[:, :n] = torch.rand(scores[:, :n].shape, generator=generator).to(scores.device)
 
 
 def synthetic_queries(geometry: KVGeometry, block_tokens: int, device: str) -> QueryStats:
-    """Random query statistics in the monitor's row layout, for policies that read them. (A policy's
-    running per-token scores are not synthesised: the pass then ranks by value norm, which costs the same.)"""
+    """Random query statistics in the monitor's row layout, for policies that read them (a policy's running
+    per-token scores are random too: see `fill_synthetic`)."""
     rows, dim = geometry.layers * geometry.kv_heads, geometry.head_dim
     offsets = sample_offsets(block_tokens)
     return QueryStats(torch.randn(rows, dim, device=device), torch.rand(rows, dim, device=device),
                       torch.randn(rows, len(offsets), dim, device=device), offsets, block_tokens)
 
 
-def compression_at_scale(geometry: KVGeometry, tokens: int, policies: list[str], tokens_per_group: int,
-                         grid: tuple[int, int], system_tokens: int, device: str = "cpu", repeats: int = 3) -> dict:
+def compression_at_scale(geometry: KVGeometry, tokens: int, policies: list[str], layout: BlockLayout,
+                         system_tokens: int, device: str = "cpu", repeats: int = 3) -> dict:
     """One compression pass (to 0.75 of the cache, as the monitor does) per configuration on a cache of
     `tokens` tokens, against copy_ and clone of the same K/V bytes; a quantised configuration
     (`tar_van@8bit`) is also held against the copy of its own, smaller, stored bytes. The cache keeps slot
-    counts when a policy needs them (a merging policy's pass includes its merge); policies that do not
-    ignore them."""
-    counts = any(make_policy(configuration(name)[0]).slot_counts for name in policies)
+    counts, running scores and value norms when a policy needs them (a merging policy's pass includes its
+    merge); policies that do not ignore them. Each configuration's figure is the median of `repeats`
+    passes over the same refilled cache: one pass on a shared machine is one sample of its noise."""
+    needs = [make_policy(configuration(name)[0]) for name in policies]
+    counts = any(policy.slot_counts for policy in needs)
+    scores = any(policy.token_scores for policy in needs)
+    norms = any(policy.value_norms for policy in needs)
     by_width: dict[int, list[str]] = {}
     for name in policies:
         by_width.setdefault(configuration(name)[1], []).append(name)
     result = None
     for bits, names in by_width.items():
-        shaped = replace(geometry, kv_bits=bits, slot_counts=geometry.slot_counts or (counts and bits == 16))
-        cache = synthetic_cache(shaped, tokens, tokens_per_group, grid, system_tokens, device)
+        shaped = replace(geometry, kv_bits=bits, slot_counts=geometry.slot_counts or (counts and bits == 16),
+                         token_scores=geometry.token_scores or scores, value_norms=geometry.value_norms or norms)
+        cache = synthetic_cache(shaped, tokens, layout, system_tokens, device)
         held = cache.length
         if result is None:
             allocating = clone_ms(cache, held)  # before copy_floor_ms frees buffers of this size for reuse
@@ -131,18 +177,22 @@ def compression_at_scale(geometry: KVGeometry, tokens: int, policies: list[str],
             }
         own_copy_ms = copy_floor_ms(cache, held, repeats)
         for index, name in enumerate(names):
-            if index:
-                fill_synthetic(cache, tokens_per_group, grid, system_tokens)
-            policy = make_policy(configuration(name)[0])
-            monitor = CompressionMonitor(cache, policy)
-            if policy.needs_queries:  # what a session would hold: the latest block's query statistics
-                monitor.queries = synthetic_queries(geometry, tokens_per_group, device)
-            event = monitor.make_room(cache.capacity - held + tokens_per_group)
+            passes = []
+            for attempt in range(repeats):
+                if index or attempt:
+                    fill_synthetic(cache, layout, system_tokens)
+                policy = make_policy(configuration(name)[0])
+                monitor = CompressionMonitor(cache, policy)
+                if policy.needs_queries:  # what a session would hold: the latest block's query statistics
+                    monitor.queries = synthetic_queries(geometry, layout.tokens, device)
+                passes.append(monitor.make_room(cache.capacity - held + layout.tokens))
+            ms = statistics.median(event.ms for event in passes)
             result["policies"][name] = {
-                "ms": event.ms,
-                "tokens_after": event.tokens_after,
-                "vs_copy": event.ms / result["copy_ms"] if result["copy_ms"] else None,
-                "vs_own_copy": event.ms / own_copy_ms if own_copy_ms else None,
+                "ms": ms,
+                "passes_ms": [event.ms for event in passes],
+                "tokens_after": passes[-1].tokens_after,
+                "vs_copy": ms / result["copy_ms"] if result["copy_ms"] else None,
+                "vs_own_copy": ms / own_copy_ms if own_copy_ms else None,
             }
         del cache
     return result

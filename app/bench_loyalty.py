@@ -38,7 +38,8 @@ def observed_cache(adapter, frames: list, fps: float, policy: str, tokens: int):
     keeps slot counts has them (and the attention that reads them): returns its cache, the last
     block's query statistics and the policy as the stream left it (adakv's shares)."""
     needs = make_policy(policy)
-    geometry = dataclasses.replace(adapter.geometry(), token_scores=needs.token_scores, slot_counts=needs.slot_counts)
+    geometry = dataclasses.replace(adapter.geometry(), token_scores=needs.token_scores, slot_counts=needs.slot_counts,
+                                   value_norms=needs.value_norms)
     session = StreamSession(adapter, mem_cap=geometry.bytes_for(2 * tokens + 256), policy=policy, fps=fps)
     session.feed(frames)
     assert session.monitor.event_count == 0, "the observing session compressed"
@@ -100,7 +101,7 @@ def measure_loyalty(adapter, frames: list, fps: float = 2.0, policies=POLICIES, 
     results: dict[str, list[dict]] = {}
     streamed: dict[str, dict] = {}
     plain = adapter.geometry()
-    heaviest = dataclasses.replace(plain, token_scores=True, slot_counts=True)  # every policy must fit a block in it
+    heaviest = dataclasses.replace(plain, token_scores=True, slot_counts=True, value_norms=True)  # every policy must fit a block in it
     cap_bytes = max(plain.bytes_for(protected + math.ceil(STREAMED_SHARE * visual) + session.block_tokens),
                     heaviest.bytes_for(session.min_tokens()))
     cap_tokens = plain.tokens_for(cap_bytes)

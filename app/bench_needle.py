@@ -75,7 +75,8 @@ def kept_counts(cache, table: torch.Tensor, event_groups: torch.Tensor, frames_p
         group = layer.meta["frame"][:, :n][vision].long() // frames_per_group
         row = layer.meta["row"][:, :n][vision].long()
         col = layer.meta["col"][:, :n][vision].long()
-        classes = torch.bincount(table[group, row, col], minlength=3)
+        patch = row >= 0  # not the text some families wrap a frame in (SmolVLM2's timestamps: row -1)
+        classes = torch.bincount(table[group[patch], row[patch], col[patch]], minlength=3)
         for i, name in enumerate(CLASS_NAMES):
             counts[name] += int(classes[i])
         counts["event_frames"] += int(torch.isin(group, event_groups).sum())
@@ -131,6 +132,9 @@ def needle_probe(adapter, seconds: float, fps: float = 2.0, size: tuple[int, int
 
 def token_grid(adapter, size: tuple[int, int]) -> tuple[int, int]:
     """(rows, cols) of language-model tokens per temporal group for frames of `size` (width, height)."""
+    side = getattr(adapter, "grid_side", None)
+    if side is not None:  # LLaVA-OneVision, SmolVLM2: every frame is resized to one square grid of tokens
+        return side, side
     processor = adapter.processor
     grid_h, grid_w = processor.grid_for(size[1], size[0])
     return grid_h // processor.merge_size, grid_w // processor.merge_size

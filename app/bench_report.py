@@ -7,8 +7,8 @@ from fractions import Fraction
 
 from potwatch.compression.mem_cap import format_bytes
 
-GOALS = {  # figure: (goal, lower is better) — goals apply to the capped configurations
-    "flatness": 1.10,
+GOALS = {  # figure: goal (lower is better) — goals apply to the capped configurations
+    "flatness": 1.05,
     "compression_vs_copy": 3.0,
     "ttft_ratio": 1.10,
     "peak_kv_over_cap": 1.0,
@@ -50,11 +50,21 @@ def _mb(value) -> str:
     return "—" if value is None else format_bytes(value)
 
 
-def _goal(name: str, value, capped: bool) -> str:
+# The default policy's pass is held to a tighter goal: it reads K once and moves what it keeps, no more.
+DEFAULT_POLICY_COMPRESSION_GOAL = ("tar_van", 2.0)
+
+
+def goal_for(name: str, configuration: str | None = None) -> float:
+    """The goal of figure `name` for one configuration (tar_van's compression_vs_copy is tighter)."""
+    policy, goal = DEFAULT_POLICY_COMPRESSION_GOAL
+    return goal if name == "compression_vs_copy" and configuration == policy else GOALS[name]
+
+
+def _goal(name: str, value, capped: bool, configuration: str | None = None) -> str:
     text = _num(value)
     if not capped or value is None or name not in GOALS:
         return text
-    return f"{text} {'✓' if value <= GOALS[name] else '✗'}"
+    return f"{text} {'✓' if value <= goal_for(name, configuration) else '✗'}"
 
 
 def _ratio_label(ratio: float) -> str:
@@ -123,15 +133,16 @@ def _cost(results: dict) -> list[str]:
         lines.append(
             f"| {label} | {f['frames']:,} | {_num(f['ms_per_frame_early'])} | {_num(f['ms_per_frame_late'])} | "
             f"{_goal('flatness', f['flatness'], capped)} | {f['compressions']} | {_num(f['compression_ms_median'])} | "
-            f"{_num(f['copy_ms'])} | {_goal('compression_vs_copy', f['compression_vs_copy'], capped)} | "
+            f"{_num(f['copy_ms'])} | {_goal('compression_vs_copy', f['compression_vs_copy'], capped, name)} | "
             f"{_pct(f['compression_overhead'])} | {_num(ttft.get(ref))} | {_num(end_ttft)} | "
             f"{_goal('ttft_ratio', f['ttft_ratio'], capped)} | {_goal('peak_kv_over_cap', f['peak_kv_over_cap'], capped)} | "
             f"{_mb(f['rss_at_end_bytes'])} | {_goal('rss_ratio', f['rss_ratio'], capped)} |"
         )
     lines += [
         "",
-        "Goals under the cap (✓/✗): flatness ≤ 1.10, compression_vs_copy ≤ 3, ttft_ratio ≤ 1.10, peak KV / cap ≤ 1, "
-        "rss_ratio ≤ 1.02. `compression_overhead` is compression ms ÷ ingest ms; the InfiniPot-V paper reports about "
+        "Goals under the cap (✓/✗): flatness ≤ 1.05, compression_vs_copy ≤ 2 for tar_van and ≤ 3 for the others "
+        "(a quantised cache's copy_ is of its own stored codes, scales and means), ttft_ratio ≤ 1.10, "
+        "peak KV / cap ≤ 1, rss_ratio ≤ 1.02. `compression_overhead` is compression ms ÷ ingest ms; the InfiniPot-V paper reports about "
         "0.5% on a GPU with a real model (see below why the demo model over-states it).",
         "",
         "TTFT includes making room for the question when its turn does not fit in the free room (blocks leave "
@@ -214,17 +225,22 @@ def _scale(scale: dict) -> list[str]:
     lines = [
         "## One compression pass against the copy floor, at scale",
         "",
-        f"A cache of {scale['tokens']:,} tokens of random K/V ({_mb(scale['kv_bytes'])} of K+V) is compressed once to "
-        f"0.75 of itself. copy_ of the same bytes into preallocated memory: {_num(scale['copy_ms'])} ms; `clone` into new "
-        f"tensors: {_num(scale['clone_ms'])} ms.",
+        f"A cache of {scale['tokens']:,} tokens of random K/V ({_mb(scale['kv_bytes'])} of K+V) is compressed to 0.75 "
+        f"of itself (each figure the median of {_passes(scale)} passes over the same refilled cache). copy_ of the same "
+        f"bytes into preallocated memory: {_num(scale['copy_ms'])} ms; `clone` into new tensors: "
+        f"{_num(scale['clone_ms'])} ms.",
         "",
         "| policy | ms per pass | ÷ copy_ | ÷ copy_ of its own stored bytes |",
         "|---|---|---|---|",
     ]
     for name, row in scale["policies"].items():
-        lines.append(f"| {name} | {_num(row['ms'])} | {_goal('compression_vs_copy', row['vs_copy'], True)} | "
+        lines.append(f"| {name} | {_num(row['ms'])} | {_goal('compression_vs_copy', row['vs_copy'], True, name)} | "
                      f"{_num(row.get('vs_own_copy'))} |")
     return lines + [""]
+
+
+def _passes(scale: dict) -> int:
+    return max((len(row.get("passes_ms", [])) for row in scale["policies"].values()), default=1) or 1
 
 
 def _loyalty(loyalty: dict) -> list[str]:

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from potwatch.app.bench_configurations import quantised_variants
-from potwatch.app.bench_copy_floor import compression_at_scale, copy_floor_ms
+from potwatch.app.bench_copy_floor import block_layout, compression_at_scale, copy_floor_ms
 from potwatch.app.bench_cost import CostSettings, cost_figures, median_between, ratio, stream_configuration, synthetic_stream, value_at
 from potwatch.app.bench_machine import describe_machine
-from potwatch.app.bench_needle import needle_probe, token_grid
+from potwatch.app.bench_needle import needle_probe
 from potwatch.app.bench_report import markdown_report
 from potwatch.compression.mem_cap import parse_mem_cap
 
@@ -153,7 +153,7 @@ def _run(config: BenchConfig, out: Path, command: str, progress: bool) -> dict:
     records, results["cost"] = _cost_runs(adapter, config, settings, cap_bytes, full_frames, progress, timings)
     if "none" in records and config.policies:
         results["cost"]["none"]["vs_capped"] = _full_against_capped(records, results["cost"], settings, config)
-    results.update(_fidelity_runs(adapter, config, per_group, timings))
+    results.update(_fidelity_runs(adapter, config, timings))
     results["timings_s"] = timings
     results["elapsed_s"] = time.perf_counter() - started
     results["files"] = _write_outputs(results, records, out, cap_bytes, config.model)
@@ -183,15 +183,15 @@ def _cost_runs(adapter, config: BenchConfig, settings: CostSettings, cap_bytes: 
     return records, cost
 
 
-def _fidelity_runs(adapter, config: BenchConfig, per_group: int, timings: dict) -> dict:
+def _fidelity_runs(adapter, config: BenchConfig, timings: dict) -> dict:
     """The at-scale compression pass, loyalty and the needle probe, each only if `config` asks for it."""
     results = {}
     if config.scale_tokens:
         _say(f"one compression pass over {config.scale_tokens:,} tokens against copy_")
         tick = time.perf_counter()
+        layout, system_tokens = block_layout(adapter, config.frame_size, config.fps)
         results["compression_at_scale"] = compression_at_scale(
-            adapter.geometry(), config.scale_tokens, config.configurations, per_group,
-            token_grid(adapter, config.frame_size), _system_tokens(adapter, config.fps), str(adapter.device),
+            adapter.geometry(), config.scale_tokens, config.configurations, layout, system_tokens, str(adapter.device),
         )
         timings["compression_at_scale"] = time.perf_counter() - tick
     if config.loyalty_frames:
@@ -226,15 +226,6 @@ def _cost_settings(config: BenchConfig) -> CostSettings:
 def _median_tokens(record: dict) -> int | None:
     visual = [e["tokens_before"] for e in record["compression_events"] if e["reason"] == "visual"]
     return int(statistics.median(visual)) if visual else None
-
-
-def _system_tokens(adapter, fps: float) -> int:
-    from potwatch.streaming.session import StreamSession
-
-    session = StreamSession(adapter, mem_cap=None, policy="none", fps=fps)
-    tokens = session.system_tokens
-    session.close()
-    return tokens
 
 
 def _full_against_capped(records: dict, cost: dict, settings: CostSettings, config: BenchConfig) -> dict:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from potwatch.compression.token_meta import COUNT_DTYPE, SCORE_DTYPE, meta_bytes_per_token_head
+from potwatch.compression.token_meta import COUNT_DTYPE, SCORE_DTYPE, VALUE_NORM_DTYPE, meta_bytes_per_token_head
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class KVGeometry:
     pos_rows: int = 3  # 3 for Qwen's M-RoPE, 1 for plain RoPE
     token_scores: bool = False  # a policy's running score per token, layer and KV head (global_score)
     slot_counts: bool = False  # how many tokens each slot stands for, per layer and KV head (keep_merge)
+    value_norms: bool = False  # each token's |v|, per layer and KV head, taken on arrival (policies using VaN)
     kv_bits: int = 16  # 16: K/V as the model computes them; 8 or 4: quantised (compression/quantized_kv.py)
 
     @property
@@ -61,13 +62,15 @@ class KVGeometry:
 
     @property
     def meta_bytes_per_token(self) -> int:
-        """Per-token metadata, stored per layer and KV head (with the policy's score and the slot count
-        when the policy keeps them)."""
+        """Per-token metadata, stored per layer and KV head (with the policy's score, the slot count and
+        the value norm when the policy keeps them)."""
         per_head = meta_bytes_per_token_head(self.pos_rows)
         if self.token_scores:
             per_head += torch.empty(0, dtype=SCORE_DTYPE).element_size()
         if self.slot_counts:
             per_head += torch.empty(0, dtype=COUNT_DTYPE).element_size()
+        if self.value_norms:
+            per_head += torch.empty(0, dtype=VALUE_NORM_DTYPE).element_size()
         return self.layers * self.kv_heads * per_head
 
     @property

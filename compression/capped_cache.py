@@ -14,7 +14,8 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.quantized_kv import DEQUANT_CHUNK_TOKENS, QUANTIZED_FIELDS, QuantizedRows, allocate_quantized
-from potwatch.compression.token_meta import COUNT_DTYPE, META_FIELDS, POS_DTYPE, SCORE_DTYPE, TokenKind, TokenMeta
+from potwatch.compression.token_meta import (COUNT_DTYPE, META_FIELDS, POS_DTYPE, SCORE_DTYPE, VALUE_NORM_DTYPE,
+                                             TokenKind, TokenMeta)
 from potwatch.kernels.rope_shift import move_rotary_
 from potwatch.kernels.triton_dispatch import triton_ready
 
@@ -32,8 +33,9 @@ class CacheOverflowError(RuntimeError):
 def allocate_storage(geometry: KVGeometry, layers: int, capacity: int, device: torch.device | str) -> dict:
     """Zero-filled K, V, metadata and positions for `layers` layers: `keys`/`values` [layers, heads,
     capacity, head_dim], each metadata field [layers, heads, capacity], `pos` [layers, rows, heads, capacity],
-    `score` [layers, heads, capacity] when the geometry keeps a policy score per token, and `count` (the
-    tokens each slot stands for) alike when it keeps slot counts."""
+    `score` [layers, heads, capacity] when the geometry keeps a policy score per token, `count` (the
+    tokens each slot stands for) alike when it keeps slot counts, and `value_norm` (|v| of each token,
+    taken on arrival) alike when it keeps value norms."""
     heads = geometry.kv_heads
     shape = (layers, heads, capacity, geometry.head_dim)
     if geometry.quantized:  # codes, scales and key means instead (compression/quantized_kv.py)
@@ -50,6 +52,8 @@ def allocate_storage(geometry: KVGeometry, layers: int, capacity: int, device: t
         storage["score"] = torch.zeros((layers, heads, capacity), dtype=SCORE_DTYPE, device=device)
     if geometry.slot_counts:
         storage["count"] = torch.ones((layers, heads, capacity), dtype=COUNT_DTYPE, device=device)
+    if geometry.value_norms:
+        storage["value_norm"] = torch.zeros((layers, heads, capacity), dtype=VALUE_NORM_DTYPE, device=device)
     return storage
 
 
@@ -75,6 +79,7 @@ class CappedLayer(CacheLayerMixin):
         self.pos = storage["pos"][index]  # [rows, heads, capacity]
         self.score = storage["score"][index] if "score" in storage else None  # [heads, capacity]
         self.count = storage["count"][index] if "count" in storage else None  # [heads, capacity]
+        self.value_norm = storage["value_norm"][index] if "value_norm" in storage else None  # [heads, capacity]
         self.capacity = self.key_buffer.shape[2]
         self.device = self.key_buffer.device
         self.length = 0
@@ -86,12 +91,13 @@ class CappedLayer(CacheLayerMixin):
         self.keys = self.key_buffer[:, :, : self.length]
         self.values = self.value_buffer[:, :, : self.length]
 
-    def dequantized(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def dequantized(self, values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """K and V of the held tokens at the model's dtype, [1, heads, length, head_dim]. For a quantised
-        layer they are decoded into the workspace the layers share: use them before the next layer reads."""
+        layer they are decoded into the workspace the layers share: use them before the next layer reads.
+        `values=False` decodes only the keys of a quantised layer (V comes back None)."""
         if self.quantized is None:
             return self.keys, self.values
-        return self.quantized.read(self.length)
+        return self.quantized.read(self.length, values)
 
     # --- the transformers layer interface -------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -110,11 +116,13 @@ class CappedLayer(CacheLayerMixin):
             self._grow(max(end, 2 * self.capacity))
         if self.quantized is not None:
             self.quantized.write(self.length, key_states, value_states)
-            self.length = end
+            start, self.length = self.length, end
             self.keys, self.values = self.quantized.read(end)
+            self._store_value_norms(start, end)  # of the decoded values, as a policy reading them would see
             return self.keys, self.values
         self.key_buffer[:, :, self.length : end].copy_(key_states)
         self.value_buffer[:, :, self.length : end].copy_(value_states)
+        self._store_value_norms(self.length, end)
         if self.count is not None:
             self.count[:, self.length : end] = 1
             attention_kwargs = kwargs.get("kwargs")
@@ -123,6 +131,13 @@ class CappedLayer(CacheLayerMixin):
         self.length = end
         self._refresh_views()
         return self.keys, self.values
+
+    def _store_value_norms(self, start: int, end: int) -> None:
+        """|v| of the tokens in slots [start, end), from the values as stored, while they are still in the
+        CPU's cache: VaN then never reads V again."""
+        if self.value_norm is not None:
+            values = self.value_buffer[0, :, start:end]
+            self.value_norm[:, start:end] = torch.linalg.vector_norm(values, dim=-1, dtype=VALUE_NORM_DTYPE)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.length + query_length, 0
@@ -180,12 +195,14 @@ class CappedLayer(CacheLayerMixin):
             self.score = bigger(self.score, 1)
         if self.count is not None:
             self.count = bigger(self.count, 1, 1)
+        if self.value_norm is not None:
+            self.value_norm = bigger(self.value_norm, 1)
         self.capacity = capacity
 
     @property
     def nbytes(self) -> int:
         tensors = [self.key_buffer, self.value_buffer, self.pos, *self.meta.values()]
-        tensors += [t for t in (self.score, self.count) if t is not None]
+        tensors += [t for t in (self.score, self.count, self.value_norm) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -194,34 +211,42 @@ def indices_where(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero()[:, 1].view(mask.shape[0], -1)
 
 
-def move_rows(rows: torch.Tensor, keep: torch.Tensor) -> None:
-    """rows[b, j] = rows[b, keep[b, j]] for every row b of `rows` [B, capacity, D] (contiguous) and j < m.
+def move_rows(rows: torch.Tensor | list[torch.Tensor], keep: torch.Tensor) -> None:
+    """rows[b, j] = rows[b, keep[b, j]] for every row b of `rows` [B, capacity, D] (contiguous) and j < m;
+    `rows` may be a list of such tensors with the same B and capacity (K and V, say), moved together.
 
     `keep` [B, m] is ascending, so keep[b, j] >= j: moving the kept rows front to back in chunks
     never overwrites a row a later chunk still has to read. Each chunk is read into a small scratch
     with one index_select over all rows, then written into place; a leading run that already sits
-    where it belongs in every row is skipped (dropping one old turn leaves everything before it)."""
-    if triton_ready(rows):  # CUDA with triton: one kernel, no scratch beyond a chunk of registers
+    where it belongs in every row is skipped (dropping one old turn leaves everything before it).
+    The fields share the chunks' indices and one scratch, which is allocated once per call."""
+    fields = [rows] if isinstance(rows, torch.Tensor) else list(rows)
+    if triton_ready(fields[0]):  # CUDA with triton: one kernel, no scratch beyond a chunk of registers
         from potwatch.kernels.move_rows_triton import move_rows as move_rows_triton
 
-        return move_rows_triton(rows, keep)
-    batch, capacity, dim = rows.shape
+        for field in fields:
+            move_rows_triton(field, keep)
+        return
+    batch, capacity = fields[0].shape[:2]
     m = keep.shape[1]
     in_place = (keep == torch.arange(m, device=keep.device)).all(dim=0)
     start = int(in_place.long().cumprod(dim=0).sum())
     if start >= m:
         return
+    row_bytes = max(field.shape[2] * field.element_size() for field in fields)
     # Scratch-sized chunks, but at most COMPACT_MAX_CHUNKS of them: every op is a chance to wait on a
     # busy core, so a huge cache moves in fewer, larger chunks.
-    chunk = max(1, COMPACT_SCRATCH_BYTES // (batch * dim * rows.element_size()), -(-(m - start) // COMPACT_MAX_CHUNKS))
-    flat = rows.view(batch * capacity, dim)
+    chunk = max(1, COMPACT_SCRATCH_BYTES // (batch * row_bytes), -(-(m - start) // COMPACT_MAX_CHUNKS))
     first_row = torch.arange(batch, device=keep.device)[:, None] * capacity
-    scratch = torch.empty((batch * min(chunk, m - start), dim), dtype=rows.dtype, device=rows.device)
+    scratch = torch.empty(batch * min(chunk, m - start) * row_bytes, dtype=torch.uint8, device=keep.device)
     for begin in range(start, m, chunk):
         end = min(m, begin + chunk)
-        moved = scratch[: batch * (end - begin)]
-        torch.index_select(flat, 0, (keep[:, begin:end] + first_row).view(-1), out=moved)
-        rows[:, begin:end].copy_(moved.view(batch, end - begin, dim))
+        index = (keep[:, begin:end] + first_row).view(-1)
+        for field in fields:
+            width = field.shape[2]
+            moved = scratch[: index.shape[0] * width * field.element_size()].view(field.dtype).view(-1, width)
+            torch.index_select(field.view(batch * capacity, width), 0, index, out=moved)
+            field[:, begin:end].copy_(moved.view(batch, end - begin, width))
 
 
 class CappedKVCache(Cache):
@@ -284,6 +309,10 @@ class CappedKVCache(Cache):
         """How many tokens each slot stands for, [layers * heads, capacity]; None when the cache keeps no counts."""
         return self.rows("count") if self.capped and "count" in self.storage else None
 
+    def value_norm_rows(self) -> torch.Tensor | None:
+        """Each slot's stored |v|, [layers * heads, capacity]; None when the cache keeps no value norms."""
+        return self.rows("value_norm") if self.capped and "value_norm" in self.storage else None
+
     def compact(self, keep: torch.Tensor) -> None:
         """Keep, in every (layer, head) row, the tokens at `keep` [layers * heads, m] (ascending), in one pass."""
         m, n = keep.shape[1], self.length
@@ -291,13 +320,12 @@ class CappedKVCache(Cache):
             by_layer = keep.view(self.geometry.layers, self.geometry.kv_heads, m)
             if not bool((by_layer == by_layer[:, :1]).all()):
                 raise ValueError("a quantised cache keeps the same tokens in every head of a layer")
-            for name in QUANTIZED_FIELDS:
-                move_rows(self.rows(name), keep)
+            move_rows([self.rows(name) for name in QUANTIZED_FIELDS], keep)
             move_rows(self.storage["key_mean"], by_layer[:, 0].contiguous())
         else:
-            move_rows(self.rows("keys"), keep)
-            move_rows(self.rows("values"), keep)
-        for name in [name for name, _ in META_FIELDS] + [name for name in ("score", "count") if name in self.storage]:
+            move_rows([self.rows("keys"), self.rows("values")], keep)
+        per_slot = [name for name in ("score", "count", "value_norm") if name in self.storage]
+        for name in [name for name, _ in META_FIELDS] + per_slot:
             meta = self.rows(name)
             meta[:, :m] = torch.gather(meta[:, :n], 1, keep)
         pos = self.storage["pos"]  # [layers, rows, heads, capacity]
@@ -349,7 +377,7 @@ class CappedKVCache(Cache):
         gives them no weight), no frame, patch or turn. Only for caches that keep slot counts."""
         n = holes.shape[1]
         for name, value in (("kind", int(TokenKind.HOLE)), ("frame", -1), ("turn", -1), ("row", -1), ("col", -1),
-                            ("count", 0), ("score", 0)):
+                            ("count", 0), ("score", 0), ("value_norm", 0)):
             if name in self.storage:
                 self.rows(name)[:, :n].masked_fill_(holes, value)
 

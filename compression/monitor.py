@@ -17,6 +17,7 @@ import torch
 
 from potwatch.compression.capped_cache import CappedKVCache, indices_where
 from potwatch.compression.head_budgets import pad_with_holes
+from potwatch.compression.quantized_kv import QuantizedView
 from potwatch.compression.policies.base import Policy, VisualTokens
 from potwatch.compression.query_stats import QueryStats
 from potwatch.compression.token_meta import TokenKind
@@ -62,8 +63,10 @@ class CompressionMonitor:
         if not cache.quantized:
             self.policy.observe(queries, cache.rows("keys"), scores, n, visual=visual, counts=counts)
             return
+        if type(self.policy).observe is Policy.observe:  # keeps nothing between blocks: decode nothing
+            return
         for rows, layer in self._layer_rows():  # a quantised cache is decoded one layer at a time
-            keys = layer.dequantized()[0][0]
+            keys = layer.dequantized(values=False)[0][0]
             self.policy.observe(queries.rows(rows), keys, None if scores is None else scores[rows], n,
                                 visual=visual[rows], counts=None if counts is None else counts[rows])
 
@@ -138,7 +141,10 @@ class CompressionMonitor:
         holes up to the longest, whose places in the kept rows come back as the second result."""
         cache, n = self.cache, self.cache.length
         turn = cache.rows("turn")[:, :n]
-        keep = ~torch.isin(turn, torch.tensor(dropped_turns, dtype=turn.dtype, device=turn.device))
+        if dropped_turns:
+            keep = ~torch.isin(turn, torch.tensor(dropped_turns, dtype=turn.dtype, device=turn.device))
+        else:
+            keep = torch.ones(turn.shape, dtype=torch.bool, device=turn.device)
         if keep_visual is None:
             return indices_where(keep), None
         kind = cache.rows("kind")[:, :n]
@@ -165,15 +171,17 @@ class CompressionMonitor:
         keep.scatter_(1, torch.gather(visual_at, 1, chosen), True)
         return indices_where(keep), None
 
-    def _visual_tokens(self, visual_at: torch.Tensor, rows: slice = slice(None), keys=None, values=None,
+    def _visual_tokens(self, visual_at: torch.Tensor, rows: slice = slice(None), decoded=None,
                        valid: torch.Tensor | None = None) -> VisualTokens:
-        """The visual tokens of `rows` (all by default). The cache's own K/V rows unless `keys`/`values`
-        are given: policies read what they need where it lies."""
+        """The visual tokens of `rows` (all by default). The cache's own K/V rows unless `decoded` gives
+        (keys, values) to read instead (a quantised cache's, decoded where they are read): policies read
+        what they need where it lies."""
         cache, n = self.cache, self.cache.length
-        scores, counts = cache.score_rows(), cache.count_rows()
+        scores, counts, norms = cache.score_rows(), cache.count_rows(), cache.value_norm_rows()
+        keys, values = decoded if decoded is not None else (cache.rows("keys"), cache.rows("values"))
         return VisualTokens(
-            keys=cache.rows("keys") if keys is None else keys,
-            values=cache.rows("values") if values is None else values,
+            keys=keys,
+            values=values,
             frame=torch.gather(cache.rows("frame")[rows, :n], 1, visual_at),
             row=torch.gather(cache.rows("row")[rows, :n], 1, visual_at),
             col=torch.gather(cache.rows("col")[rows, :n], 1, visual_at),
@@ -182,6 +190,7 @@ class CompressionMonitor:
             history=None if scores is None else torch.gather(scores[rows, :n], 1, visual_at),
             valid=valid,
             counts=None if counts is None else torch.gather(counts[rows, :n], 1, visual_at),
+            value_norm_rows=None if norms is None else norms[rows],
         )
 
     def _layer_rows(self):
@@ -191,19 +200,20 @@ class CompressionMonitor:
             yield slice(index * heads, (index + 1) * heads), layer
 
     def _select_by_layer_vote(self, visual_at: torch.Tensor, keep: int) -> torch.Tensor:
-        """For a quantised cache (every head of a layer holds the same tokens): the policy chooses per head
-        from that layer's decoded K/V, and the `keep` tokens most heads chose stay in all of them (the
-        newer one on a tie). Returns indices into the visual tokens [layers * heads, keep], ascending."""
-        count = visual_at.shape[1]
-        order = torch.arange(count, device=visual_at.device)
-        chosen = torch.empty((visual_at.shape[0], keep), dtype=torch.long, device=visual_at.device)
-        for rows, layer in self._layer_rows():
-            keys, values = (t[0] for t in layer.dequantized())
-            picks = self.policy.select(self._visual_tokens(visual_at[rows], rows, keys, values), keep)
-            votes = torch.bincount(picks.reshape(-1), minlength=count)
-            rank = votes * count + order  # unique; ties go to the newer token
-            chosen[rows] = torch.topk(rank, keep, sorted=False).indices.sort().values
-        return chosen
+        """For a quantised cache (every head of a layer holds the same tokens): the policy chooses per head,
+        once over every row, reading K and V decoded where it reads them (`QuantizedView`: VaN reads the
+        stored value norms, so V is decoded only for a cache without them), and the `keep` tokens most heads
+        of a layer chose stay in all of them (the newer one on a tie). Returns indices into the visual
+        tokens [layers * heads, keep], ascending."""
+        cache, geometry = self.cache, self.cache.geometry
+        decoded = (QuantizedView.of(cache, "key"), QuantizedView.of(cache, "value"))
+        picks = self.policy.select(self._visual_tokens(visual_at, decoded=decoded), keep)  # [rows, keep]
+        count, layers, heads = visual_at.shape[1], geometry.layers, geometry.kv_heads
+        layer_of_row = torch.arange(layers, device=picks.device).repeat_interleave(heads)
+        votes = torch.bincount((picks + (layer_of_row * count)[:, None]).view(-1), minlength=layers * count)
+        rank = votes.view(layers, count) * count + torch.arange(count, device=picks.device)  # unique; ties: newer
+        chosen = torch.topk(rank, keep, dim=1, sorted=False).indices.sort(dim=1).values
+        return chosen.repeat_interleave(heads, dim=0)
 
     def _compact(self, reason: str, keep_rows) -> CompressionEvent:
         started = time.perf_counter()

@@ -132,15 +132,73 @@ class QuantizedRows:
         self.key_scales[:, :, start:end] = q.scale
         self.key_mean[:, start:end] = q.mean
 
-    def read(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(self, length: int, values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """K and V of slots [0, length) at the model's dtype: views of the workspace, valid until another
-        layer reads (layers run one after another, so attention always sees its own)."""
+        layer reads (layers run one after another, so attention always sees its own). `values=False`
+        decodes the keys alone (V comes back None): a policy that ranks by stored value norms needs no V."""
         for start in range(0, length, DEQUANT_CHUNK_TOKENS):
             end = min(length, start + DEQUANT_CHUNK_TOKENS)
             keys = kv_quant.QuantizedKV(self.key_codes[:, :, start:end], self.key_scales[:, :, start:end],
                                         self.key_mean[:, start:end], self.bits, self.group)
-            values = kv_quant.QuantizedKV(self.value_codes[:, :, start:end], self.value_scales[:, :, start:end],
-                                          None, self.bits, self.group)
             dequantize_into(self.work_keys[:, :, start:end], keys)
-            dequantize_into(self.work_values[:, :, start:end], values)
-        return self.work_keys[:, :, :length], self.work_values[:, :, :length]
+            if values:
+                part = kv_quant.QuantizedKV(self.value_codes[:, :, start:end], self.value_scales[:, :, start:end],
+                                            None, self.bits, self.group)
+                dequantize_into(self.work_values[:, :, start:end], part)
+        return self.work_keys[:, :, :length], self.work_values[:, :, :length] if values else None
+
+
+class QuantizedView:
+    """The keys or values of every (layer, KV head) row of a quantised cache as a policy reads them, rows
+    [layers * heads, length, head_dim], decoded where they are read: a chunk of one row (`rows`), the
+    rows at given indices (`select`), or every row's norms (`norms`). A pass then runs the policy once
+    over every row, as at 16 bits, with no layer-wide workspace and no float copy of all of them; each
+    row decodes exactly as the workspace would decode it (the same codes, scale and key mean, rounded to
+    the model's dtype)."""
+
+    def __init__(self, storage: dict, side: str, bits: int, group: int, length: int, dtype: torch.dtype):
+        self.codes, self.scales = storage[f"{side}_codes"], storage[f"{side}_scales"]
+        self.mean = storage["key_mean"] if side == "key" else None  # [layers, capacity, head_dim]
+        self.bits, self.group, self.dtype = bits, group, dtype
+        layers, self.heads, self.capacity, width = self.codes.shape
+        self.shape = torch.Size((layers * self.heads, length, width * 8 // bits))
+        self.device = self.codes.device
+
+    @classmethod
+    def of(cls, cache, side: str) -> "QuantizedView":
+        """The keys (`side="key"`) or values (`"value"`) a quantised `CappedKVCache` holds now."""
+        geometry = cache.geometry
+        return cls(cache.storage, side, geometry.kv_bits, geometry.quant_group, cache.length, geometry.dtype)
+
+    def rows(self, row: int, start: int, end: int) -> torch.Tensor:
+        """float32 rows [end - start, head_dim] of slots [start, end) of one (layer, head) row."""
+        layer, head = divmod(row, self.heads)
+        mean = None if self.mean is None else self.mean[layer, start:end]
+        return self._decode(self.codes[layer, head, start:end], self.scales[layer, head, start:end], mean)
+
+    def select(self, index: torch.Tensor) -> torch.Tensor:
+        """float32 rows [k, head_dim] at `index` (in the [rows * length] numbering)."""
+        row, slot = index // self.shape[1], index % self.shape[1]
+        at = row * self.capacity + slot
+        mean = None
+        if self.mean is not None:
+            mean = self.mean.view(-1, self.mean.shape[-1]).index_select(0, (row // self.heads) * self.capacity + slot)
+        return self._decode(self.codes.view(-1, self.codes.shape[-1]).index_select(0, at),
+                            self.scales.view(-1, self.scales.shape[-1]).index_select(0, at), mean)
+
+    def norms(self, chunk: int = DEQUANT_CHUNK_TOKENS) -> torch.Tensor:
+        """float32 L2 norm of every decoded row [rows, length], a chunk at a time."""
+        rows, length, _ = self.shape
+        out = torch.empty(rows, length, dtype=torch.float32, device=self.device)
+        for row in range(rows):
+            for start in range(0, length, chunk):
+                end = min(length, start + chunk)
+                out[row, start:end] = torch.linalg.vector_norm(self.rows(row, start, end), dim=-1)
+        return out
+
+    def _decode(self, codes: torch.Tensor, scales: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+        out = torch.empty((1, 1, codes.shape[0], self.shape[2]), dtype=self.dtype, device=self.device)
+        quantized = kv_quant.QuantizedKV(codes[None, None], scales[None, None], None if mean is None else mean[None],
+                                         self.bits, self.group)
+        dequantize_into(out, quantized)
+        return out[0, 0].float()

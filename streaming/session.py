@@ -148,7 +148,8 @@ class StreamSession:
         Allocates no cache: `reset` checks new settings with it before freeing the old cache."""
         check_policy_width(self.policy, self.kv_bits)
         self.geometry = dataclasses.replace(self.adapter.geometry(), token_scores=self.policy.token_scores,
-                                            slot_counts=self.policy.slot_counts, kv_bits=self.kv_bits)
+                                            slot_counts=self.policy.slot_counts, kv_bits=self.kv_bits,
+                                            value_norms=self.policy.value_norms)
         capacity = None if self.cap_bytes is None else self.geometry.tokens_for(self.cap_bytes)
         if capacity is not None and capacity < 1:
             raise MemCapError(

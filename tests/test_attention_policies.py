@@ -184,7 +184,7 @@ def test_only_policies_that_need_queries_get_them(demo_adapter):
 
 
 def test_global_score_pays_for_its_scores_under_the_cap(demo_adapter):
-    plain = StreamSession(demo_adapter, mem_cap="400kB", policy="tar_van")
+    plain = StreamSession(demo_adapter, mem_cap="400kB", policy="uniform")  # keeps nothing beside K/V and metadata
     scored = StreamSession(demo_adapter, mem_cap="400kB", policy="global_score")
     g = scored.geometry
     assert g.bytes_per_token == plain.geometry.bytes_per_token + g.layers * g.kv_heads * 4
@@ -244,6 +244,6 @@ def test_expected_attention_scores_in_chunks_without_touching_the_keys(monkeypat
                           queries=stats(torch.randn(3, DIM, generator=g), torch.rand(3, DIM, generator=g)))
     keys = tokens.keys.clone()
     whole = make_policy("expected_attention").score(tokens)
-    monkeypatch.setattr(expected_attention, "SCORE_CHUNK_BYTES", 1)  # one head at a time
+    monkeypatch.setattr(expected_attention, "SCORE_CHUNK_ROWS", 5)  # chunks that split every head
     assert torch.allclose(make_policy("expected_attention").score(tokens), whole)
     assert torch.equal(tokens.keys, keys)

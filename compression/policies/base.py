@@ -24,8 +24,10 @@ class VisualTokens:
     entries are the visual tokens: the monitor hands over the cache's own storage that way, so no policy
     pays for a copy of K/V it does not read. With `at=None` every entry is a visual token."""
 
-    keys: torch.Tensor  # [heads, N >= n, head_dim], cached keys (after RoPE)
-    values: torch.Tensor  # [heads, N, head_dim]
+    # [heads, N >= n, head_dim], cached keys (after RoPE); for a quantised cache a `QuantizedView` that
+    # decodes them where they are read (policies go through selection.key_chunks / select_keys)
+    keys: torch.Tensor
+    values: torch.Tensor  # [heads, N, head_dim] (a `QuantizedView` for a quantised cache, read by value_norms)
     frame: torch.Tensor  # [heads, n] int, index of the frame each token came from
     row: torch.Tensor  # [heads, n] int, patch row inside its frame's grid
     col: torch.Tensor  # [heads, n] int, patch column inside its frame's grid
@@ -37,6 +39,9 @@ class VisualTokens:
     # rows that keep fewer tokens (frame, row, col -1); they are never kept. None: every entry is a token.
     valid: torch.Tensor | None = None
     counts: torch.Tensor | None = None  # [heads, n] float32 slot counts, when the cache keeps them
+    # [heads, N] float32, the |v| stored for each row of `values` when the cache keeps value norms
+    # (`Policy.value_norms`): the same numbers `value_norms` would compute, without reading V.
+    value_norm_rows: torch.Tensor | None = None
 
     @property
     def heads(self) -> int:
@@ -61,7 +66,12 @@ class VisualTokens:
         return per_row if self.at is None else per_row.gather(1, self.at)
 
     def value_norms(self) -> torch.Tensor:
-        """L2 norm of each visual token's value (VaN, Eq. 7), in float32, without copying the values."""
+        """L2 norm of each visual token's value (VaN, Eq. 7), in float32: the stored norms when the cache
+        keeps them, else computed from the values (without copying them)."""
+        if self.value_norm_rows is not None:
+            return self.pick(self.value_norm_rows)
+        if not isinstance(self.values, torch.Tensor):  # a quantised cache's values, decoded a chunk at a time
+            return self.pick(self.values.norms())
         return self.pick(torch.linalg.vector_norm(self.values, dim=-1, dtype=torch.float32))
 
 
@@ -79,6 +89,9 @@ class Policy:
     # Each (layer, KV head) row keeps its own number of visual tokens (`select_budgets`); rows that keep
     # fewer than the longest are padded with holes. Needs `slot_counts` (a hole counts 0).
     head_budgets: ClassVar[bool] = False
+    # The cache stores each token's value norm (float32 per token, layer and KV head, counted in the cap)
+    # when it arrives, so ranking by VaN does not read every value again at each compression.
+    value_norms: ClassVar[bool] = False
 
     def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int,
                 visual: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> None:

@@ -11,11 +11,11 @@ import torch
 
 from potwatch.compression.policies.base import Policy, VisualTokens, register
 from potwatch.compression.policies.recent_first import recent_then_best
-from potwatch.compression.policies.selection import check_ratio, top_indices, trivial_selection
+from potwatch.compression.policies.selection import check_ratio, key_chunks, top_indices, trivial_selection
 from potwatch.compression.query_stats import QueryStats
 
 VALUE_NORM_FLOOR = 1e-6  # keeps log(|v|) finite for an all-zero value
-SCORE_CHUNK_BYTES = 16 << 20  # float32 keys scored at once: a few heads, never a copy of the whole cache
+SCORE_CHUNK_ROWS = 2048  # keys of one head scored at once: with their squares they stay in the CPU's cache
 
 
 @register
@@ -33,6 +33,7 @@ class ExpectedAttentionPolicy(Policy):
     name: ClassVar[str] = "expected_attention"
     description: ClassVar[str] = "keeps the recent frames, then the tokens the next questions are expected to look at"
     needs_queries: ClassVar[bool] = True
+    value_norms: ClassVar[bool] = True
 
     recent_ratio: float = 0.125
     use_variance: bool = True
@@ -51,16 +52,15 @@ class ExpectedAttentionPolicy(Policy):
             return log_value
         keys = tokens.keys  # [heads, N, d], the cache's own rows
         heads, rows, dim = keys.shape
-        mean = tokens.queries.mean.to(keys.device, torch.float32).unsqueeze(2) / math.sqrt(dim)
-        var = tokens.queries.var.to(keys.device, torch.float32).unsqueeze(2) / (2 * dim)
+        mean = tokens.queries.mean.to(keys.device, torch.float32) / math.sqrt(dim)
+        var = tokens.queries.var.to(keys.device, torch.float32) / (2 * dim)
         logit = torch.empty(heads, rows, dtype=torch.float32, device=keys.device)
-        group = max(1, SCORE_CHUNK_BYTES // (rows * dim * 4))  # float32 copies of a few heads at a time
-        for first in range(0, heads, group):
-            part = keys[first : first + group].float()
-            out = torch.bmm(part, mean[first : first + group])
-            if self.use_variance:
-                out += torch.bmm(part.square(), var[first : first + group])  # not in place: part may be the cache
-            logit[first : first + group] = out.squeeze(2)
+        squares = torch.empty(min(rows, SCORE_CHUNK_ROWS), dim, dtype=torch.float32, device=keys.device)
+        for head, start, part in key_chunks(keys, SCORE_CHUNK_ROWS):  # each key read once, a chunk at a time
+            end = start + part.shape[0]
+            out = torch.mv(part, mean[head], out=logit[head, start:end])
+            if self.use_variance:  # into a scratch, not in place: part may be the cache
+                out.addmv_(torch.mul(part, part, out=squares[: end - start]), var[head])
         return tokens.pick(logit) + log_value
 
     def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:

@@ -58,4 +58,4 @@ class KeepMergePolicy(TarVanPolicy):
     def fold(self, tokens: VisualTokens, chosen: torch.Tensor, counts: torch.Tensor) -> None:
         coordinate, _ = patch_coordinates(tokens.row, tokens.col)
         merge_evicted(tokens.keys, tokens.values, counts, tokens.rows(), chosen, coordinate, self.candidates,
-                      self.min_similarity)
+                      self.min_similarity, tokens.value_norm_rows)

@@ -7,9 +7,9 @@ is what keeps patch coordinates aligned after any number of compressions."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from potwatch.compression.policies.base import VisualTokens
+from potwatch.compression.quantized_kv import QuantizedView
 from potwatch.errors import PolicyOptionError
 from potwatch.kernels.triton_dispatch import triton_ready
 
@@ -19,9 +19,9 @@ from potwatch.kernels.triton_dispatch import triton_ready
 # new resolution), which is when old content is least likely to be repeated.
 NOVEL_SCORE = 1.0
 
-# Most bytes of mean-key rows TaR looks up at once (one head's worth when a head alone is larger): small
-# enough to stay in the CPU's cache between the lookup and the dot products.
-TAR_LOOKUP_BYTES = 1 << 20
+# Key rows TaR scores at once: their looked-up table rows (1 MB of float32 at head_dim 128) stay in the
+# CPU's cache between the lookup and the dot products.
+TAR_CHUNK_ROWS = 2048
 
 # Most of a budget the recent window may take in the policies that have no TaR share of their own (van,
 # expected_attention, global_score): its share in tar_van at the paper's alpha.
@@ -54,10 +54,11 @@ def ranking_key(score: torch.Tensor) -> torch.Tensor:
 
     Unique within a row, so an unsorted top-k returns exactly the set a stable sort would, on every
     device, at a fraction of a full sort's cost."""
-    bits = (score.float() + 0.0).view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats count down
+    bits = (score.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats count down (32-bit ops: cheap)
     n = score.shape[1]
-    return ordered * (1 << 32) + (n - 1 - torch.arange(n, device=score.device))
+    key = ordered.long().bitwise_left_shift_(32)  # the order in the high half, the index in the low
+    return key.add_(n - 1 - torch.arange(n, device=score.device))
 
 
 def top_indices(score: torch.Tensor, keep: int) -> torch.Tensor:
@@ -143,52 +144,94 @@ def tar_scores(tokens: VisualTokens, in_recent: torch.Tensor) -> torch.Tensor:
 
     Uses mean-of-cosines = dot(k, mean of recent unit keys at that coordinate) / |k|, so it costs one
     [coordinates, D] table per head and one dot product per token instead of a frames x frames
-    comparison. The dot products run over the rows where the keys lie (no copy of the keys), a group
-    of heads at a time so the looked-up table rows stay small; rows that are not visual tokens look up
-    an all-zero table row and are never read back. On CUDA with triton one fused kernel
-    (kernels/tar_similarity_triton.py) does the dot products and norms instead."""
+    comparison. The keys are read where they lie (the cache's rows) and once only: a chunk of rows at
+    a time gets its table rows, dot products and norms while it is in the CPU's cache (`key_similarity`);
+    rows that are not visual tokens look up an all-zero table row and are never read back. On CUDA with
+    triton one fused kernel (kernels/tar_similarity_triton.py) does the dot products and norms instead."""
     heads, n = tokens.frame.shape
-    fused = triton_ready(tokens.keys)  # CUDA with triton: the kernel reads 16-bit keys as they are
-    keys = tokens.keys if fused else tokens.keys.float()  # [heads, N, D]; a no-op for float32 caches
-    rows_per_head, dim = keys.shape[1], keys.shape[2]
+    keys = tokens.keys  # [heads, N, D], the cache's rows at the cache's dtype
+    rows_per_head = keys.shape[1]
     coordinate, coordinates = patch_coordinates(tokens.row, tokens.col)
     table = coordinates + 1  # the last row of each head's table stays zero
     rows = tokens.rows()
-    slot = coordinate + torch.arange(heads, device=tokens.device)[:, None] * table  # [heads, n]
+    first_slot = torch.arange(heads, device=tokens.device)[:, None] * table
+    slot = coordinate + first_slot  # [heads, n]
     recent_slot = slot[in_recent]
-    recent_keys = keys[torch.nonzero(in_recent, as_tuple=True)[0], rows[in_recent]].float()
-    sums = recent_keys.new_zeros(heads * table, dim).index_add_(0, recent_slot, F.normalize(recent_keys, dim=-1))
+    recent_at = (rows + torch.arange(heads, device=tokens.device)[:, None] * rows_per_head)[in_recent]
+    sums = unit_key_sums(keys, recent_at, recent_slot, heads * table)
     counts = torch.bincount(recent_slot, minlength=heads * table)
     mean = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
-    slot_of_row = (torch.arange(heads, device=tokens.device)[:, None] * table + coordinates).expand(heads, rows_per_head)
-    slot_of_row = slot_of_row.scatter(1, rows, slot)
-    if fused:
+    slot_of_row = (first_slot + coordinates).expand(heads, rows_per_head).scatter(1, rows, slot)
+    if isinstance(keys, torch.Tensor) and triton_ready(keys):  # CUDA with triton: reads 16-bit keys as they are
         from potwatch.kernels.tar_similarity_triton import tar_similarity
 
         per_row = tar_similarity(keys, mean, slot_of_row)[0]
     else:
-        dot = torch.empty(heads, rows_per_head, dtype=keys.dtype, device=keys.device)
-        group = max(1, TAR_LOOKUP_BYTES // (rows_per_head * dim * keys.element_size()))
-        scratch = keys.new_empty(min(group, heads) * rows_per_head, dim)  # reused: no page faults per group
-        for first in range(0, heads, group):
-            last = min(heads, first + group)
-            looked_up = scratch[: (last - first) * rows_per_head]
-            torch.index_select(mean, 0, slot_of_row[first:last].reshape(-1), out=looked_up)
-            part = keys[first:last].reshape(-1, 1, dim)  # a view when the rows are one block, as the monitor's are
-            torch.bmm(part, looked_up.unsqueeze(2), out=dot[first:last].view(-1, 1, 1))
-        norm = torch.linalg.vector_norm(keys, dim=-1).clamp(min=1e-12)
-        per_row = dot / norm
+        per_row = key_similarity(keys, mean, slot_of_row)
     similarity = per_row.gather(1, rows)
     score = torch.where(counts[slot] > 0, -similarity, NOVEL_SCORE)
     return score.masked_fill(in_recent, float("inf"))
 
 
+def key_chunks(keys, size: int):
+    """(row, start, float32 keys [r, D]) for consecutive slots of each row of `keys` [rows, N, D], at most
+    `size` at a time: views of a float32 tensor (a copy of one chunk for another dtype), or the chunk
+    decoded from a quantised cache (`QuantizedView`). A chunk never spans two rows."""
+    rows, n, _ = keys.shape
+    for row in range(rows):
+        for start in range(0, n, size):
+            end = min(n, start + size)
+            if isinstance(keys, QuantizedView):
+                yield row, start, keys.rows(row, start, end)
+            else:
+                yield row, start, keys[row, start:end].float()  # a no-op for a float32 cache
+
+
+def select_keys(keys, index: torch.Tensor) -> torch.Tensor:
+    """float32 copies [k, D] of the key rows at `index` (ascending, in the [rows * N] numbering)."""
+    if isinstance(keys, QuantizedView):
+        return keys.select(index)
+    rows, n, dim = keys.shape
+    if keys.is_contiguous():
+        return torch.index_select(keys.view(rows * n, dim), 0, index).float()
+    row, slot = index // n, index % n  # any other layout: one row at a time
+    return torch.cat([torch.index_select(keys[r], 0, slot[row == r]).float() for r in range(rows)])
+
+
+def unit_key_sums(keys, index: torch.Tensor, slot: torch.Tensor, size: int) -> torch.Tensor:
+    """Sums [size, D] float32 of the unit-length key rows at `index` (ascending, in the [heads * N]
+    numbering), each added into its row `slot` of the table, `TAR_CHUNK_ROWS` keys at a time, so no
+    copy of all of them is ever made."""
+    sums = torch.zeros(size, keys.shape[2], dtype=torch.float32, device=keys.device)
+    for start in range(0, index.shape[0], TAR_CHUNK_ROWS):
+        part = select_keys(keys, index[start : start + TAR_CHUNK_ROWS])
+        part.div_(torch.linalg.vector_norm(part, dim=-1, keepdim=True).clamp_(min=1e-12))  # F.normalize
+        sums.index_add_(0, slot[start : start + TAR_CHUNK_ROWS], part)
+    return sums
+
+
+def key_similarity(keys, table: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """dot(k, table[slot]) / max(|k|, 1e-12) for every key row [heads, N, D], float32 [heads, N]: what
+    kernels/tar_similarity.py spells out, reading each key once. `TAR_CHUNK_ROWS` rows at a time get
+    their table rows, dot products and norms while they sit in the CPU's cache."""
+    heads, rows_per_head, dim = keys.shape
+    dot = torch.empty(heads, rows_per_head, dtype=torch.float32, device=keys.device)
+    norm = torch.empty_like(dot)
+    scratch = table.new_empty(min(TAR_CHUNK_ROWS, rows_per_head), dim)  # reused: no page faults
+    for row, start, part in key_chunks(keys, TAR_CHUNK_ROWS):
+        end = start + part.shape[0]
+        looked_up = torch.index_select(table, 0, slot[row, start:end], out=scratch[: end - start])
+        torch.sum(looked_up.mul_(part), dim=-1, out=dot[row, start:end])  # not bmm: slow for 1 x D rows
+        torch.linalg.vector_norm(part, dim=-1, out=norm[row, start:end])
+    return dot / norm.clamp_(min=1e-12)
+
+
 def patch_coordinates(row: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, int]:
     """A dense id per (row, col) [H, n] and how many ids there are. Grids are small, so the id is
     simply row * width + col; the unique() fallback only guards against absurd coordinates."""
-    r = row.long() - row.min()
-    c = col.long() - col.min()
-    coordinate = r * (int(c.max()) + 1) + c
+    r = row.int() - row.min()  # 32-bit arithmetic, widened once
+    c = col.int() - col.min()
+    coordinate = (r * (int(c.max()) + 1) + c).long()
     coordinates = int(coordinate.max()) + 1
     if coordinates > 4 * coordinate.numel() + 1024:
         _, coordinate = torch.unique(coordinate, return_inverse=True)

@@ -31,6 +31,7 @@ class TarVanPolicy(Policy):
 
     name: ClassVar[str] = "tar_van"
     description: ClassVar[str] = "the default (InfiniPot-V): recent frames, then the most novel older patches, then the strongest values"
+    value_norms: ClassVar[bool] = True
 
     alpha: float = 0.5
     recent_ratio: float = 0.125

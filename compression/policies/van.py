@@ -28,6 +28,7 @@ class VanPolicy(Policy):
 
     name: ClassVar[str] = "van"
     description: ClassVar[str] = "keeps the recent frames, then the tokens with the strongest values (VaN alone)"
+    value_norms: ClassVar[bool] = True
 
     recent_ratio: float = 0.125
     pool_kernel: int = 1

@@ -37,9 +37,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU; the model's on CUDA, float16 where the GPU lacks bfloat16)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    from potwatch.app.cli import add_trust_remote_code_argument
+    from potwatch.app.cli import add_threads_argument, add_trust_remote_code_argument
 
     add_trust_remote_code_argument(parser)
+    add_threads_argument(parser)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -161,6 +162,10 @@ def _serve(args: argparse.Namespace) -> int:
     memory_limits(args, None)  # a malformed size fails before the model loads
     if args.mem_cap is not None:
         memory_limits(args, settings.mem_cap)
+    from potwatch.threads import use_threads
+
+    # tabs take turns with the model (streaming/model_turns.py): one forward at a time, so one session's threads
+    print(f"potwatch: {use_threads(args.threads).describe()}", file=sys.stderr, flush=True)
     _check_port(args.host, args.port)
     print(f"potwatch: loading model {args.model} ...", file=sys.stderr, flush=True)
     from potwatch.models.registry import load_model

@@ -215,7 +215,8 @@ def test_watch_says_which_threads_and_why():
 def test_bad_thread_counts_exit_2_with_one_sentence(capsys):
     from potwatch.app.cli import main
 
-    for command in (["watch", str(DEMO_VIDEO), "--threads", "0"], ["bench", "--threads", "-1", "--quick"]):
+    for command in (["watch", str(DEMO_VIDEO), "--threads", "0"], ["bench", "--threads", "-1", "--quick"],
+                    ["serve", "--threads", "0"]):
         assert main(command) == 2
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert last.startswith("potwatch: error: ") and "whole number of at least 1" in last

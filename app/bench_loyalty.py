@@ -16,6 +16,7 @@ import torch
 
 from potwatch.app.bench_configurations import configuration
 from potwatch.app.bench_logits import cache_logits, copy_cache_into, session_logits, spare_copy
+from potwatch.compression.budget import session_geometry
 from potwatch.compression.monitor import CompressionMonitor
 from potwatch.compression.policies.base import make_policy
 from potwatch.compression.token_meta import TokenKind
@@ -38,8 +39,7 @@ def observed_cache(adapter, frames: list, fps: float, policy: str, tokens: int):
     keeps slot counts has them (and the attention that reads them): returns its cache, the last
     block's query statistics and the policy as the stream left it (adakv's shares)."""
     needs = make_policy(policy)
-    geometry = dataclasses.replace(adapter.geometry(), token_scores=needs.token_scores, slot_counts=needs.slot_counts,
-                                   value_norms=needs.value_norms)
+    geometry = session_geometry(adapter.geometry(), needs, 16)
     session = StreamSession(adapter, mem_cap=geometry.bytes_for(2 * tokens + 256), policy=policy, fps=fps)
     session.feed(frames)
     assert session.monitor.event_count == 0, "the observing session compressed"

@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from potwatch.cgroup import memory_room
+from potwatch.compression.budget import session_geometry
 from potwatch.compression.mem_cap import format_bytes
 from potwatch.errors import MemCapError
 
@@ -235,6 +236,5 @@ def auto_cap_for(adapter, policy="tar_van", kv_bits: int = 16, fps: float = 2.0,
     from potwatch.compression.policies.base import make_policy
 
     policy = make_policy(policy) if isinstance(policy, str) else policy
-    geometry = dataclasses.replace(adapter.geometry(), token_scores=policy.token_scores,
-                                   slot_counts=policy.slot_counts, kv_bits=kv_bits)
+    geometry = session_geometry(adapter.geometry(), policy, kv_bits)
     return choose_auto_cap(adapter, geometry, frame_size, fps, groups_per_block, freed, sessions)

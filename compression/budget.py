@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -83,3 +83,11 @@ class KVGeometry:
 
     def bytes_for(self, tokens: int) -> int:
         return tokens * self.bytes_per_token
+
+
+def session_geometry(model_geometry: KVGeometry, policy, kv_bits: int) -> KVGeometry:
+    """The model's K/V geometry with what a session's policy keeps per token (scores, slot counts, value
+    norms) and its K/V width: the one place a session's bytes per token are worked out, so the cap,
+    `--mem-cap auto` and the server's budget all count the same bytes."""
+    return replace(model_geometry, token_scores=policy.token_scores, slot_counts=policy.slot_counts,
+                   value_norms=policy.value_norms, kv_bits=kv_bits)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import logging
 import threading
 import time
@@ -19,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from potwatch.compression.budget import KVGeometry
+from potwatch.compression.budget import KVGeometry, session_geometry
 from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.compression.quantized_kv import check_kv_bits, check_policy_width
 from potwatch.compression.mem_cap import format_bytes, is_auto, parse_mem_cap
@@ -147,9 +146,7 @@ class StreamSession:
         positions; a MemCapError if the cap cannot hold the system prompt, a block and an answer.
         Allocates no cache: `reset` checks new settings with it before freeing the old cache."""
         check_policy_width(self.policy, self.kv_bits)
-        self.geometry = dataclasses.replace(self.adapter.geometry(), token_scores=self.policy.token_scores,
-                                            slot_counts=self.policy.slot_counts, kv_bits=self.kv_bits,
-                                            value_norms=self.policy.value_norms)
+        self.geometry = session_geometry(self.adapter.geometry(), self.policy, self.kv_bits)
         capacity = None if self.cap_bytes is None else self.geometry.tokens_for(self.cap_bytes)
         if capacity is not None and capacity < 1:
             raise MemCapError(

@@ -183,8 +183,9 @@ def test_serve_gets_each_sessions_share(demo_adapter, monkeypatch):
     four = auto_cap_for(demo_adapter, "tar_van", 16, 2.0, (240, 320), sessions=4)
     per_token = one.cap_bytes // one.tokens
     assert 0.8 * one.cap_bytes / 4 <= four.cap_bytes <= one.cap_bytes / 4 + per_token
-    scored = auto_cap_for(demo_adapter, "global_score", 16, 2.0, (240, 320))
-    assert scored.cap_bytes // scored.tokens > per_token  # a per-token score costs bytes: fewer tokens fit
+    plain = auto_cap_for(demo_adapter, "window", 16, 2.0, (240, 320))
+    # tar_van keeps a value norm per token (its per-token state costs bytes), window keeps nothing: more fit
+    assert plain.cap_bytes // plain.tokens < per_token
 
 
 def test_auto_too_small_for_a_block_says_so(demo_adapter, monkeypatch):

@@ -27,6 +27,8 @@ from pathlib import Path
 from potwatch.app.bench_accuracy import QAItem, find_video, letter_token_ids, questions_by_video, score_letters
 from potwatch.app.bench_configurations import configuration, quantised_variants
 from potwatch.app.bench_logits import session_answer, session_logits
+from potwatch.compression.budget import session_geometry
+from potwatch.compression.policies.base import make_policy
 from potwatch.errors import MemCapError, UserError
 
 FULL = "full"  # the full cache (no cap, nothing evicted)
@@ -113,7 +115,7 @@ def score_stream(adapter, path: Path, items: list[QAItem], plan: FidelityPlan) -
     height, width = frames[0].shape[:2]
     groups = math.ceil(len(frames) / adapter.frames_per_group)
     visual = groups * adapter.tokens_per_group(height, width)
-    geometry = adapter.geometry()
+    geometry = session_geometry(adapter.geometry(), make_policy("tar_van"), 16)
     caps = {ratio: geometry.bytes_for(plan.cap_tokens(visual, ratio)) for ratio in plan.ratios}
     runs = [_run(adapter, frames, times, items, letters, FULL, None, None, plan)]
     for ratio in plan.ratios:

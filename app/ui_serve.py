@@ -162,11 +162,13 @@ def _serve(args: argparse.Namespace) -> int:
     memory_limits(args, None)  # a malformed size fails before the model loads
     if args.mem_cap is not None:
         memory_limits(args, settings.mem_cap)
-    from potwatch.threads import use_threads
+    from potwatch.threads import check_threads, use_threads
 
+    if args.threads is not None:
+        check_threads(args.threads)
+    _check_port(args.host, args.port)
     # tabs take turns with the model (streaming/model_turns.py): one forward at a time, so one session's threads
     print(f"potwatch: {use_threads(args.threads).describe()}", file=sys.stderr, flush=True)
-    _check_port(args.host, args.port)
     print(f"potwatch: loading model {args.model} ...", file=sys.stderr, flush=True)
     from potwatch.models.registry import load_model
 

@@ -261,7 +261,7 @@ def test_settings_apply_on_reset_and_bad_ones_change_nothing(handlers, pool):
     assert tab.stats["turns"] == 1
     out = applied(handlers.apply_settings("10kB", "tar_van", 2, 16, request))
     # the error sits beside the field it concerns, in the page's words, and the field shows the cap in force
-    assert out["mem_cap_error"].startswith("⚠") and "at least 75.89 kB" in out["mem_cap_error"]
+    assert out["mem_cap_error"].startswith("⚠") and "at least 77.87 kB" in out["mem_cap_error"]
     assert "raise the memory cap" in out["mem_cap_error"] and "--" not in out["mem_cap_error"]
     assert out["mem_cap"] == SMALL_CAP and out["policy_error"] == out["fps_error"] == out["kv_bits_error"] == ""
     assert "⚠" not in (out["status"] if not is_skip(out["status"]) else "")

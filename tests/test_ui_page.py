@@ -75,7 +75,7 @@ def test_a_small_model_starts_with_a_cap_it_fills_and_compresses_within_the_firs
     before_first = feed_demo(tab, frames)
     assert tab.stats["compressions"] >= 1 and before_first is not None
     assert frames_on(words) == before_first < 60 * FPS  # the cap line's frames are what the cache held when it filled
-    assert default_mem_cap(load_model("demo"), FPS, 48) == "800kB"
+    assert default_mem_cap(load_model("demo"), FPS, 48) == "900kB"
 
 
 def test_a_large_model_starts_at_the_cap_a_device_would_give_it():

@@ -56,7 +56,8 @@ def stream_configuration(adapter, policy: str, cap_bytes: int | None, settings: 
     group = adapter.frames_per_group * session.groups_per_block
     total = settings.frames if frames is None else frames
     points = sorted({p for p in settings.ttft_points if p <= total} | {total - total % group})
-    series = {"frame": [], "ms_per_frame": [], "kv_bytes": [], "allocated_bytes": [], "rss_bytes": [], "compression_ms": []}
+    series = {"frame": [], "ms_per_frame": [], "cpu_ms_per_frame": [], "kv_bytes": [], "allocated_bytes": [],
+              "rss_bytes": [], "compression_ms": []}
     events: list[dict] = []
     ttft: dict[int, list[float]] = {}
     ttft_compacted: dict[int, list[bool]] = {}
@@ -66,16 +67,17 @@ def stream_configuration(adapter, policy: str, cap_bytes: int | None, settings: 
         if len(pending) < group:
             continue
         count_before, ms_before = session.monitor.event_count, session.monitor.compression_ms
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         session.feed(pending)
         _sync(adapter)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         pending = []
         new_events = session.monitor.event_count - count_before
         if new_events:
             events.extend(event.as_dict() for event in list(session.monitor.events)[-new_events:])
         series["frame"].append(session.frames_seen)
         series["ms_per_frame"].append(1000 * elapsed / group)
+        series["cpu_ms_per_frame"].append(1000 * cpu / group)  # this process's CPU time: what others' load hides
         series["kv_bytes"].append(session.cache.used_bytes)
         series["allocated_bytes"].append(session.cache.nbytes)
         series["rss_bytes"].append(rss_bytes())
@@ -166,6 +168,10 @@ def cost_figures(record: dict, settings: CostSettings, copy_ms: float | None) ->
         "ms_per_frame_early": early,
         "ms_per_frame_late": late,
         "flatness": ratio(late, early),
+        # The same ratio over this process's CPU time per frame: on a machine shared with other work the
+        # wall-clock ratio also measures how that work came and went during the run.
+        "cpu_flatness": ratio(median_between(series, 0.9 * frames, frames, "cpu_ms_per_frame"),
+                              median_between(series, low, high, "cpu_ms_per_frame")),
         "compressions": len(visual),
         "compression_ms_median": compression_ms,
         "compression_tokens_median": statistics.median(e["tokens_before"] for e in visual) if visual else None,

@@ -9,6 +9,7 @@ from potwatch.compression.mem_cap import format_bytes
 
 GOALS = {  # figure: goal (lower is better) — goals apply to the capped configurations
     "flatness": 1.05,
+    "cpu_flatness": 1.05,
     "compression_vs_copy": 3.0,
     "ttft_ratio": 1.10,
     "peak_kv_over_cap": 1.0,
@@ -120,10 +121,11 @@ def _cost(results: dict) -> list[str]:
     lines = [
         "## Cost against stream length",
         "",
-        f"| configuration | frames | ms/frame, frames {low}–{high} | ms/frame, last 10% | flatness | compressions | "
+        f"| configuration | frames | ms/frame, frames {low}–{high} | ms/frame, last 10% | flatness | flatness, CPU time | "
+        "compressions | "
         f"ms per compression | copy_ ms, same K/V | compression_vs_copy | compression_overhead | TTFT at frame {ref}, s | "
         "TTFT at end, s | ttft_ratio | peak KV / cap | RSS at end | rss_ratio |",
-        "|---" * 16 + "|",
+        "|---" * 17 + "|",
     ]
     for name, f in results["cost"].items():
         capped = f["cap_bytes"] is not None
@@ -132,7 +134,8 @@ def _cost(results: dict) -> list[str]:
         label = name if capped else f"{name} (full cache, no cap)"
         lines.append(
             f"| {label} | {f['frames']:,} | {_num(f['ms_per_frame_early'])} | {_num(f['ms_per_frame_late'])} | "
-            f"{_goal('flatness', f['flatness'], capped)} | {f['compressions']} | {_num(f['compression_ms_median'])} | "
+            f"{_goal('flatness', f['flatness'], capped)} | {_goal('cpu_flatness', f.get('cpu_flatness'), capped)} | "
+            f"{f['compressions']} | {_num(f['compression_ms_median'])} | "
             f"{_num(f['copy_ms'])} | {_goal('compression_vs_copy', f['compression_vs_copy'], capped, name)} | "
             f"{_pct(f['compression_overhead'])} | {_num(ttft.get(ref))} | {_num(end_ttft)} | "
             f"{_goal('ttft_ratio', f['ttft_ratio'], capped)} | {_goal('peak_kv_over_cap', f['peak_kv_over_cap'], capped)} | "
@@ -140,7 +143,8 @@ def _cost(results: dict) -> list[str]:
         )
     lines += [
         "",
-        "Goals under the cap (✓/✗): flatness ≤ 1.05, compression_vs_copy ≤ 2 for tar_van and ≤ 3 for the others "
+        "Goals under the cap (✓/✗): flatness ≤ 1.05 (wall clock, and over the process's own CPU time, which other work on "
+        "a shared machine does not inflate as much), compression_vs_copy ≤ 2 for tar_van and ≤ 3 for the others "
         "(a quantised cache's copy_ is of its own stored codes, scales and means), ttft_ratio ≤ 1.10, "
         "peak KV / cap ≤ 1, rss_ratio ≤ 1.02. `compression_overhead` is compression ms ÷ ingest ms; the InfiniPot-V paper reports about "
         "0.5% on a GPU with a real model (see below why the demo model over-states it).",

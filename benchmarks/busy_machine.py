@@ -229,10 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the competitors are stopped on the way out
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     runs = []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for _ in range(args.repeat):
         for config in configs:  # quiet and busy back to back, so both see the same machine
             runs.append(measure(config, 0, args))
             runs.append(measure(config, args.competitors, args))
+            # every run so far, so a long run stopped early keeps what it measured
+            (out / "busy_machine.runs.json").write_text(json.dumps(runs, indent=1) + "\n")
     import torch
 
     from potwatch.app.bench_machine import _cpu_name
@@ -244,9 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         "usable_cores": usable_cores(), "torch": torch.__version__, "runs": runs, "rows": summarise(runs, configs),
         "when": time.strftime("%Y-%m-%d %H:%M"),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "busy_machine.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "busy_machine.runs.json").unlink(missing_ok=True)  # busy_machine.json holds every run
     text = markdown(summary)
     (out / "busy_machine.md").write_text(text)
     print(text)

@@ -23,7 +23,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     from potwatch.models.registry import demo_names
 
     parser.add_argument("--model", default="tiny", help=f"tiny (the small trained model potwatch ships), a demo model ({', '.join(demo_names())}), a hub id or a local folder; one for the whole server (default tiny)")
-    parser.add_argument("--mem-cap", default=None, help="each session's starting cap on the KV cache, e.g. 1GB or 1MB; users can change it per tab (default: per model: a small model such as tiny gets a cap it fills within the first minute, so compression shows at once; a large one 1GB)")
+    parser.add_argument("--mem-cap", default=None, help="each session's starting cap on the KV cache, e.g. 1GB or 1MB; users can change it per tab; 'auto' shares what fits beside the model among --max-sessions tabs (default: per model: a small model such as tiny gets a cap it fills within the first minute, so compression shows at once; a large one 1GB)")
     parser.add_argument("--policy", default="tar_van", help=f"each session's default compression policy: {', '.join(policy_names())} (default tar_van)")
     parser.add_argument("--kv-bits", default="16", metavar="16|8|4", help="each session's default bits per cached key or value: 16, 8 or 4 (quantised: the same cap holds more tokens); users can change it per tab (default 16)")
     parser.add_argument("--fps", type=float, default=2.0, help="each session's default frames sampled per second (default 2)")
@@ -114,6 +114,21 @@ def limits_line(limits, start_cap: str, max_sessions: int) -> str:
     return f"{budget}; {each}"
 
 
+def _auto_settings(adapter, settings, max_sessions: int):
+    """Each tab's starting cap under --mem-cap auto: what fits beside the model, shared by --max-sessions
+    tabs (each with its own activations), said with the figures it came from."""
+    from dataclasses import replace
+
+    from potwatch.compression.auto_cap import auto_cap_for
+
+    chosen = auto_cap_for(adapter, settings.policy, settings.kv_bits, settings.fps, sessions=max_sessions)
+    step = 10 ** max(len(str(chosen.cap_bytes)) - 3, 0)  # three figures, rounded down: never past what was chosen
+    cap = format_bytes(chosen.cap_bytes // step * step)
+    print(f"potwatch: each tab starts with a {cap} cap, {chosen.describe()} (shared by {max_sessions} tabs)",
+          file=sys.stderr, flush=True)
+    return replace(settings, mem_cap=cap)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM. Uploads go to a folder of this server's own (unless
     $GRADIO_TEMP_DIR names one), deleted with everything in it when the server stops."""
@@ -154,13 +169,17 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError(f"--port {args.port} is not a port number; give one between 1 and 65535, e.g. 7860.")
     from potwatch.app.ui_sessions import SessionPool, TabSettings
 
-    settings = TabSettings(mem_cap=args.mem_cap or "1GB", policy=args.policy, fps=args.fps, kv_bits=args.kv_bits).checked()
+    from potwatch.compression.mem_cap import is_auto
+
+    auto = is_auto(args.mem_cap)
+    given_cap = None if auto else args.mem_cap  # 'auto' becomes a size once the model is loaded
+    settings = TabSettings(mem_cap=given_cap or "1GB", policy=args.policy, fps=args.fps, kv_bits=args.kv_bits).checked()
     if args.max_sessions < 1:
         raise UserError(f"--max-sessions {args.max_sessions} allows no session; give 1 or more.")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {args.max_new_tokens} allows no answer; give 1 or more, e.g. 48.")
     memory_limits(args, None)  # a malformed size fails before the model loads
-    if args.mem_cap is not None:
+    if given_cap is not None:
         memory_limits(args, settings.mem_cap)
     from potwatch.threads import check_threads, use_threads
 
@@ -173,7 +192,9 @@ def _serve(args: argparse.Namespace) -> int:
     from potwatch.models.registry import load_model
 
     adapter = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-    if args.mem_cap is None:
+    if auto:
+        settings = _auto_settings(adapter, settings, args.max_sessions)
+    elif args.mem_cap is None:
         from dataclasses import replace
 
         from potwatch.app.ui_defaults import default_mem_cap

@@ -208,3 +208,22 @@ def test_a_pool_without_limits_lets_any_cap_through(demo_adapter, pools):
     assert tab.session.cap_bytes is None
     with pytest.raises(UserError, match="holds no token|raise --mem-cap"):
         tab.apply(TabSettings(mem_cap="10B"))
+
+
+def test_serve_mem_cap_auto_shares_what_fits_among_the_tabs_and_says_so(demo_adapter, capsys):
+    """--mem-cap auto in serve: each tab's starting cap is its share of what fits beside the model, never
+    rounded up past it, and the budget (cap × tabs) stays inside the memory auto measured."""
+    from potwatch.app.ui_serve import _auto_settings
+    from potwatch.compression.auto_cap import auto_cap_for
+    from potwatch.compression.mem_cap import parse_mem_cap
+
+    start = TabSettings(mem_cap="1GB").checked()
+    alone = auto_cap_for(demo_adapter, start.policy, start.kv_bits, start.fps, sessions=1)
+    shared = auto_cap_for(demo_adapter, start.policy, start.kv_bits, start.fps, sessions=3)
+    settings = _auto_settings(demo_adapter, start, max_sessions=3)
+    cap = parse_mem_cap(settings.mem_cap)
+    assert 0.99 * shared.cap_bytes <= cap <= shared.cap_bytes <= alone.cap_bytes
+    limits = memory_limits(serve_args("--max-sessions", "3"), settings.mem_cap)
+    assert limits.budget == 3 * cap <= shared.free
+    err = capsys.readouterr().err
+    assert f"each tab starts with a {settings.mem_cap} cap, auto: " in err and "(shared by 3 tabs)" in err

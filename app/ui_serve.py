@@ -181,17 +181,21 @@ def _serve(args: argparse.Namespace) -> int:
     memory_limits(args, None)  # a malformed size fails before the model loads
     if given_cap is not None:
         memory_limits(args, settings.mem_cap)
-    from potwatch.threads import check_threads, use_threads
+    from potwatch.threads import check_threads, use_serve_threads
 
     if args.threads is not None:
         check_threads(args.threads)
     _check_port(args.host, args.port)
-    # tabs take turns with the model (streaming/model_turns.py): one forward at a time, so one session's threads
-    print(f"potwatch: {use_threads(args.threads).describe()}", file=sys.stderr, flush=True)
+    # tabs run the model in lanes of whole cores (streaming/model_turns.py): never more threads than cores
+    thread_choice, lanes = use_serve_threads(args.threads, args.max_sessions)
+    print(f"potwatch: {thread_choice.describe()}", file=sys.stderr, flush=True)
     print(f"potwatch: loading model {args.model} ...", file=sys.stderr, flush=True)
     from potwatch.models.registry import load_model
 
     adapter = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    from potwatch.streaming.model_turns import model_turns
+
+    model_turns(adapter).lanes = lanes
     if auto:
         settings = _auto_settings(adapter, settings, args.max_sessions)
     elif args.mem_cap is None:

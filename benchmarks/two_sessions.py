@@ -204,14 +204,22 @@ def table(title: str, alone: Run, both: list[Run], paced: bool) -> tuple[list[st
     return lines + ["", f"ratio (the slower of the two over one alone): **{worst:.2f}**", ""], worst
 
 
-def configurations(text: str) -> list[tuple[bool, int]]:
-    """'turns:2,free:1' -> [(turns, threads), ...]; 'free' runs the sessions without turns (for comparison)."""
+def configurations(text: str) -> list[tuple[str, int, int]]:
+    """'serve,turns:2,free:1' -> [(mode, threads, lanes), ...]: 'serve' is what `potwatch serve` chooses for
+    two tabs on this machine (`serve_lanes`: lanes of whole cores); 'turns:N' one tab at a time on the
+    model with N threads; 'free:N' no turns at all (for comparison)."""
+    from potwatch.threads import serve_lanes, usable_cores
+
     chosen = []
     for part in text.split(","):
         mode, _, threads = part.strip().partition(":")
+        if mode == "serve" and not threads:
+            lanes, each = serve_lanes(usable_cores(), 2)
+            chosen.append(("serve", each, lanes))
+            continue
         if mode not in ("turns", "free") or not threads.isdigit() or int(threads) < 1:
-            raise SystemExit(f"--configs: '{part}' is not turns:N or free:N (N threads), e.g. turns:2,free:2.")
-        chosen.append((mode == "turns", int(threads)))
+            raise SystemExit(f"--configs: '{part}' is not serve, turns:N or free:N (N threads), e.g. serve,turns:2.")
+        chosen.append((mode, int(threads), 1))
     return chosen
 
 
@@ -221,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=40, help="frames each session is fed in the fast run (default 40)")
     parser.add_argument("--size", default="640x360", help="video frame size WxH (default 640x360)")
     parser.add_argument("--mem-cap", default="1GB", help="each session's cap (default 1GB, serve's default for a 2B model)")
-    parser.add_argument("--configs", default="turns:2,turns:1,free:2,free:1",
-                        help="configurations in order: turns:N (sessions take turns on the model, N torch threads) or "
-                             "free:N (no turns, as before; for comparison); default turns:2,turns:1,free:2,free:1")
+    parser.add_argument("--configs", default="serve,turns:1,free:1",
+                        help="configurations in order: serve (what `potwatch serve` chooses: lanes of whole cores), "
+                             "turns:N (one tab at a time on the model, N torch threads) or free:N (no turns; for "
+                             "comparison); default serve,turns:1,free:1")
     parser.add_argument("--paced-fps", type=float, default=None,
                         help=f"the paced runs' rate (default: {PACED_SHARE:.0%} of one session's fastest rate in the "
                              "first configuration, at most 30)")
@@ -245,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             f"model {args.model}, frames {width}×{height}, cap {args.mem_cap} a session, {args.frames} frames a "
             f"session in the fast runs; {os.cpu_count()} CPUs seen, affinity {len(os.sched_getaffinity(0))} CPUs; "
             f"target: each of two keeps ≥ {TARGET:.0%} of one session's frame rate.", "",
+            "*serve*: what `potwatch serve` does here: lanes of whole cores (`serve_lanes` in potwatch/threads.py), "
+            "up to one tab per lane running the model at once, the others waiting their turn. "
             "*turns*: the sessions take turns on the model, one block of frames or one answer at a time, an answer "
             "before the blocks waiting (streaming/model_turns.py). *free*: they run the model at once, as before "
             "turns, for comparison. *fast: ratio*: the slower tab's frames/s with two at once over one tab alone, "
@@ -258,11 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         video = write_video(Path(folder) / "scene.mp4", args.frames, 30, (width, height))
         frames = list(FileSource(video, fps=30))[: args.frames]
-        for turns, threads in chosen:
-            name = "turns" if turns else "free (no turns)"
+        from potwatch.streaming.model_turns import model_turns
+
+        for mode, threads, lanes in chosen:
+            name = {"serve": f"serve ({lanes} lane{'s' if lanes > 1 else ''})", "turns": "turns",
+                    "free": "free (no turns)"}[mode]
             torch.set_num_threads(threads)  # new threads (each run's) take it too
+            model_turns(adapter).lanes = lanes
             loads = [load_average()]
-            with without_turns(not turns):
+            with without_turns(mode == "free"):
                 settings = TabSettings(mem_cap=args.mem_cap, fps=30).checked()
                 pool = SessionPool(adapter, max_sessions=2, settings=settings, max_new_tokens=8)
                 feed_all(pool.open("tab-1"), frames[:4])  # first calls allocate what they need

@@ -73,6 +73,18 @@ def threads_for(cores: int, sessions: int = 1) -> int:
     return max(budget // max(sessions, 1), 1)
 
 
+def serve_lanes(cores: int, max_sessions: int, threads: int | None = None) -> tuple[int, int]:
+    """(lanes, threads per lane) for `serve`: how many tabs may run the model at once, and torch's threads
+    for each. Every lane gets whole cores, so the lanes never oversubscribe the machine: with `threads`
+    given, as many lanes as the cores hold; else a lane per core up to `max_sessions`, the cores shared
+    evenly. A lone lane leaves a core to the rest of the machine, as `watch` does. Pure, for tests."""
+    cores, max_sessions = max(cores, 1), max(max_sessions, 1)
+    if threads is not None:
+        return max(1, min(max_sessions, cores // threads)), threads
+    lanes = min(max_sessions, cores)
+    return lanes, (threads_for(cores) if lanes == 1 else cores // lanes)
+
+
 def check_threads(threads) -> int:
     """A positive whole number of threads, or a UserError saying how to write one."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -118,6 +130,26 @@ def use_threads(threads: int | None = None, sessions: int = 1) -> ThreadChoice:
 
         torch.set_num_threads(choice.threads)
     return choice
+
+
+def use_serve_threads(threads: int | None, max_sessions: int) -> tuple[ThreadChoice, int]:
+    """Set torch's threads for `serve` and return them with the lanes (`serve_lanes`): how many tabs may
+    run the model at once. OMP_NUM_THREADS / MKL_NUM_THREADS, when set and no --threads is given, still
+    win, and then one tab runs the model at a time."""
+    told = _environment_choice(os.environ) if threads is None else None
+    if told is not None:
+        return told, 1
+    cores = usable_cores()
+    lanes, count = serve_lanes(cores, max_sessions, check_threads(threads) if threads is not None else None)
+    reason = "as asked" if threads is not None else f"{cores} usable cores"
+    if lanes > 1:
+        reason += f", for each of up to {lanes} tabs running the model at once (more take turns)"
+    else:
+        reason += ", tabs take turns running the model"
+    import torch
+
+    torch.set_num_threads(count)
+    return ThreadChoice(count, reason), lanes
 
 
 def session_threads(threads: int | str | None = None) -> ThreadChoice:

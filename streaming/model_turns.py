@@ -8,7 +8,11 @@ a time, the turns in the order they were asked for, except that an answer goes b
 still waiting: a question waits at most for the turn running now (one block, or an answer asked
 earlier), never behind a queue of frames. Frames that wait meanwhile are thinned and counted by the
 session's ingester as on any slow machine. A thread already holding the turn enters again freely (an
-answer first ingests the frames still pending)."""
+answer first ingests the frames still pending).
+
+`lanes` lets that many turns run at once, for a server that splits the cores among them (`serve` gives
+each lane whole cores: `potwatch/threads.py`'s `serve_lanes`); one lane, the default, is one turn at a
+time."""
 
 from __future__ import annotations
 
@@ -23,26 +27,36 @@ ANSWER, BLOCK = 0, 1  # the lower goes first
 
 
 class ModelTurns:
-    """The turns on one model: a lock whose waiters are served answers first, then first come first served."""
+    """The turns on one model: up to `lanes` at once, waiters served answers first, then first come first served."""
 
-    def __init__(self) -> None:
+    def __init__(self, lanes: int = 1) -> None:
         self._changed = threading.Condition()
-        self._holder: int | None = None  # the thread whose turn it is
-        self._depth = 0
+        self._holders: dict[int, int] = {}  # thread -> how deep it has entered its turn
+        self._lanes = max(int(lanes), 1)
         self._waiting: list[tuple[int, int]] = []  # (kind, ticket), a heap
         self._tickets = itertools.count()
+
+    @property
+    def lanes(self) -> int:
+        return self._lanes
+
+    @lanes.setter
+    def lanes(self, lanes: int) -> None:
+        with self._changed:
+            self._lanes = max(int(lanes), 1)
+            self._changed.notify_all()
 
     @contextmanager
     def turn(self, kind: int) -> Iterator[None]:
         me = threading.get_ident()
         with self._changed:
-            if self._holder == me:
-                self._depth += 1
+            if me in self._holders:
+                self._holders[me] += 1
             else:
                 ticket = (kind, next(self._tickets))
                 heapq.heappush(self._waiting, ticket)
                 try:
-                    while self._holder is not None or self._waiting[0] != ticket:
+                    while len(self._holders) >= self._lanes or self._waiting[0] != ticket:
                         self._changed.wait()
                 except BaseException:  # Ctrl-C while waiting: give up the place in the queue
                     self._waiting.remove(ticket)
@@ -50,14 +64,15 @@ class ModelTurns:
                     self._changed.notify_all()
                     raise
                 heapq.heappop(self._waiting)
-                self._holder, self._depth = me, 1
+                self._holders[me] = 1
+                self._changed.notify_all()  # a free lane may be the next waiter's
         try:
             yield
         finally:
             with self._changed:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._holder = None
+                self._holders[me] -= 1
+                if self._holders[me] == 0:
+                    del self._holders[me]
                     self._changed.notify_all()
 
     @property

@@ -60,6 +60,28 @@ def test_two_streams_and_a_chatter_never_run_the_model_at_once(demo_adapter, mon
         session.close()
 
 
+def test_with_two_lanes_two_turns_run_at_once_and_never_three(demo_adapter, monkeypatch):
+    """`serve` on a machine with cores for two: two tabs' forwards run at once, a third waits its turn."""
+    turns = model_turns(demo_adapter)
+    turns.lanes = 2
+    sessions = [StreamSession(demo_adapter, mem_cap=SMALL_CAP, max_new_tokens=4) for _ in range(3)]
+    seen = watch_model_work(demo_adapter, monkeypatch)
+    frames = random_frames(8, seed=6, size=(120, 160))
+
+    def stream(session):
+        return lambda: [session.feed(frames[step % len(frames)]) for step in range(24)]
+
+    try:
+        errors = run_threads(*(stream(session) for session in sessions))
+    finally:
+        turns.lanes = 1
+    assert not errors, errors
+    assert all(session.frames_ingested == 24 for session in sessions)
+    assert seen["most"] == 2, seen["most"]
+    for session in sessions:
+        session.close()
+
+
 def test_a_question_goes_before_the_blocks_waiting_then_they_run_in_the_order_they_came(demo_adapter, monkeypatch):
     streams = [StreamSession(demo_adapter, mem_cap=SMALL_CAP, max_new_tokens=3) for _ in range(2)]
     chatter = StreamSession(demo_adapter, mem_cap=SMALL_CAP, max_new_tokens=3)

@@ -220,3 +220,37 @@ def test_bad_thread_counts_exit_2_with_one_sentence(capsys):
         assert main(command) == 2
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert last.startswith("potwatch: error: ") and "whole number of at least 1" in last
+
+
+@pytest.mark.parametrize("cores, max_sessions, threads, lanes, each", [
+    (2, 4, None, 2, 1),   # this machine: two tabs run at once on a core each
+    (2, 1, None, 1, 1),   # one tab: a core left, as `watch` leaves it
+    (8, 4, None, 4, 2),
+    (8, 1, None, 1, 7),
+    (16, 3, None, 3, 5),
+    (1, 4, None, 1, 1),
+    (8, 4, 3, 2, 3),      # --threads 3: as many lanes as the cores hold
+    (2, 4, 4, 1, 4),      # more threads than cores: one lane, as asked
+])
+def test_serve_lanes_give_each_tab_whole_cores_and_never_more_threads_than_cores(cores, max_sessions, threads,
+                                                                                 lanes, each):
+    from potwatch.threads import serve_lanes
+
+    assert serve_lanes(cores, max_sessions, threads) == (lanes, each)
+    if lanes > 1:
+        assert lanes * each <= cores
+
+
+def test_serve_threads_follow_the_environment_and_then_take_turns(monkeypatch):
+    from potwatch.threads import use_serve_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    choice, lanes = use_serve_threads(None, 4)
+    assert choice.threads is None and lanes == 1 and "OMP_NUM_THREADS=3" in choice.reason
+    before = torch.get_num_threads()
+    try:
+        choice, lanes = use_serve_threads(1, 4)
+        assert (choice.threads, torch.get_num_threads()) == (1, 1)
+        assert lanes == min(4, pw_threads.usable_cores()) and "as asked" in choice.reason
+    finally:
+        torch.set_num_threads(before)

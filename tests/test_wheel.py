@@ -130,6 +130,17 @@ def check_watch(venv: Install, folder: Path) -> None:
     assert "red" in summary["answers"][0]["text"].lower(), summary["answers"]
 
 
+def test_the_demo_video_is_found_through_the_package(tmp_path, monkeypatch):
+    from potwatch.assets import demo_video, packaged_or_given
+
+    monkeypatch.chdir(tmp_path)
+    assert packaged_or_given("assets/demo.mp4") == packaged_or_given("demo.mp4") == demo_video()
+    assert demo_video().is_file() and demo_video().parent.name == "assets"
+    (tmp_path / "demo.mp4").write_bytes(b"mine")  # a file of the user's own, by that name, wins
+    assert packaged_or_given("demo.mp4") == Path("demo.mp4")
+    assert packaged_or_given("other/demo.mp4") == Path("other/demo.mp4")  # a missing path stays itself
+
+
 def test_wheel_carries_the_run_time_data_and_the_license(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())

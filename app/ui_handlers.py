@@ -13,6 +13,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from potwatch.assets import demo_video as packaged_demo_video
 from potwatch.errors import DeviceMemoryError, UserError
 
 from potwatch.app.ui_chat import ChatHandlers
@@ -23,7 +24,7 @@ from potwatch.app.ui_status import cap_words, memory_note, numbers_table, status
 from potwatch.app.ui_uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, delete_upload, is_upload
 from potwatch.app.ui_words import ui_words
 
-DEMO_VIDEO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
+DEMO_VIDEO = packaged_demo_video()  # package data: found wherever potwatch is installed
 SKIP = gr.skip
 # What the page's timer and the source controls update, in this order.
 REFRESH = ("status", "numbers", "memory", "retention", "frame", "memory_note", "video",

@@ -147,9 +147,9 @@ def _read_preprocessor_config(source: str) -> dict:
 def tiny_folder() -> Path:
     """Where the trained `tiny` checkpoint lies: package data, so a checkout and an installed wheel
     both find it, from any working folder."""
-    from importlib.resources import files
+    from potwatch.assets import tiny_folder as packaged_tiny
 
-    return Path(str(files("potwatch.assets") / TINY_NAME))
+    return packaged_tiny()
 
 
 def load_model(name: str = TINY_NAME, dtype: str | torch.dtype | None = None, device: str | None = None,

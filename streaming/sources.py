@@ -21,6 +21,7 @@ import av
 import cv2
 import numpy as np
 
+from potwatch.assets import packaged_or_given
 from potwatch.errors import SourceError
 from potwatch.models.frame_preprocessing import to_rgb_uint8
 from potwatch.streaming.mp4_index import is_incomplete_mp4
@@ -90,7 +91,7 @@ class FileSource:
 
     def __init__(self, path: str | os.PathLike, fps: float = 2.0, realtime: bool = False,
                  max_frames: int | None = None) -> None:
-        self.path = Path(path)
+        self.path = packaged_or_given(path)  # `assets/demo.mp4` works outside the checkout too
         self.fps = check_rate(fps)
         self.realtime = realtime
         self.max_frames = _check_max_frames(max_frames)

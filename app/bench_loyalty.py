@@ -18,8 +18,9 @@ from potwatch.app.bench_configurations import configuration
 from potwatch.app.bench_logits import cache_logits, copy_cache_into, session_logits, spare_copy
 from potwatch.compression.budget import session_geometry
 from potwatch.compression.monitor import CompressionMonitor
-from potwatch.compression.policies.base import make_policy
+from potwatch.compression.policies.base import make_policy, policy_classes
 from potwatch.compression.token_meta import TokenKind
+from potwatch.compression.token_state import union
 from potwatch.streaming.session import StreamSession
 
 LOYALTY_QUESTIONS = (
@@ -101,7 +102,8 @@ def measure_loyalty(adapter, frames: list, fps: float = 2.0, policies=POLICIES, 
     results: dict[str, list[dict]] = {}
     streamed: dict[str, dict] = {}
     plain = adapter.geometry()
-    heaviest = dataclasses.replace(plain, token_scores=True, slot_counts=True, value_norms=True)  # every policy must fit a block in it
+    every_state = union(*(policy.per_token_state for policy in policy_classes().values()))
+    heaviest = dataclasses.replace(plain, token_state=every_state)  # every policy must fit a block in it
     cap_bytes = max(plain.bytes_for(protected + math.ceil(STREAMED_SHARE * visual) + session.block_tokens),
                     heaviest.bytes_for(session.min_tokens()))
     cap_tokens = plain.tokens_for(cap_bytes)

@@ -18,3 +18,18 @@ def quantised_variants(policy: str, widths) -> list[str]:
     if make_policy(policy).slot_counts:
         return []
     return [f"{policy}@{bits}bit" for bits in widths if bits != 16]
+
+
+DEFAULT_POLICY = "tar_van"  # the benchmarks' reference: listed first, and the one run at fewer bits
+
+
+def compressing_policies(ablations: bool = True) -> tuple[str, ...]:
+    """Every registered policy that compresses, from the registry (a new policy file joins every
+    benchmark without an edit here): the default first, then by name. Without `ablations`, the ablations
+    of another policy (tar, van) are left out, as the cost tables leave them."""
+    from potwatch.compression.policies.base import policy_classes
+
+    classes = policy_classes()
+    rest = sorted(name for name, cls in classes.items()
+                  if cls.evicts and name != DEFAULT_POLICY and (ablations or not cls.ablation))
+    return (DEFAULT_POLICY, *rest)

@@ -22,6 +22,7 @@ from potwatch.compression.policies.base import make_policy
 from potwatch.compression.quantized_kv import QUANTIZED_FIELDS
 from potwatch.compression.query_stats import QueryStats, sample_offsets
 from potwatch.compression.token_meta import TokenKind, TokenMeta
+from potwatch.compression.token_state import union
 
 
 def stored_kv(cache: CappedKVCache, tokens: int) -> list[torch.Tensor]:
@@ -131,7 +132,7 @@ def fill_synthetic(cache: CappedKVCache, layout: BlockLayout, system_tokens: int
     row, col = layout.row.repeat(blocks), layout.col.repeat(blocks)
     pos = (system_tokens + torch.arange(blocks * layout.tokens)).expand(geometry.pos_rows, -1)  # never read
     cache.write_meta(system_tokens, TokenMeta.vision(frame, row, col, pos))
-    scores = cache.score_rows()
+    scores = cache.state_rows("score")
     if scores is not None:  # a running score per token, as a stream leaves them: all different
         scores[:, :n] = torch.rand(scores[:, :n].shape, generator=generator).to(scores.device)
 
@@ -153,17 +154,15 @@ def compression_at_scale(geometry: KVGeometry, tokens: int, policies: list[str],
     counts, running scores and value norms when a policy needs them (a merging policy's pass includes its
     merge); policies that do not ignore them. Each configuration's figure is the median of `repeats`
     passes over the same refilled cache: one pass on a shared machine is one sample of its noise."""
-    needs = [make_policy(configuration(name)[0]) for name in policies]
-    counts = any(policy.slot_counts for policy in needs)
-    scores = any(policy.token_scores for policy in needs)
-    norms = any(policy.value_norms for policy in needs)
+    needs = union(geometry.token_state, *(make_policy(configuration(name)[0]).per_token_state for name in policies))
     by_width: dict[int, list[str]] = {}
     for name in policies:
         by_width.setdefault(configuration(name)[1], []).append(name)
     result = None
     for bits, names in by_width.items():
-        shaped = replace(geometry, kv_bits=bits, slot_counts=geometry.slot_counts or (counts and bits == 16),
-                         token_scores=geometry.token_scores or scores, value_norms=geometry.value_norms or norms)
+        # a quantised cache keeps no state attention reads (per-head slots: compression/quantized_kv.py)
+        kept = tuple(state for state in needs if bits == 16 or state.attention_kwarg is None)
+        shaped = replace(geometry, kv_bits=bits, token_state=kept)
         cache = synthetic_cache(shaped, tokens, layout, system_tokens, device)
         held = cache.length
         if result is None:

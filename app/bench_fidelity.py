@@ -25,7 +25,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from potwatch.app.bench_accuracy import QAItem, find_video, letter_token_ids, questions_by_video, score_letters
-from potwatch.app.bench_configurations import configuration, quantised_variants
+from potwatch.app.bench_configurations import compressing_policies, configuration, quantised_variants
 from potwatch.app.bench_logits import session_answer, session_logits
 from potwatch.compression.budget import session_geometry
 from potwatch.compression.policies.base import make_policy
@@ -61,11 +61,8 @@ def ratio_label(ratio: Fraction) -> str:
 
 def configurations(policies: tuple[str, ...] | None, widths: tuple[int, ...]) -> list[str]:
     """Every compressing policy (tar_van first), then the first policy at each quantised width."""
-    from potwatch.compression.policies.base import make_policy, policy_names
-
     if policies is None:
-        rest = [name for name in policy_names() if name != "tar_van" and make_policy(name).evicts]
-        policies = ("tar_van", *rest)
+        policies = compressing_policies()
     return list(policies) + (quantised_variants(policies[0], widths) if policies else [])
 
 

@@ -94,7 +94,6 @@ def copy_cache_into(target: CappedKVCache, source: CappedKVCache) -> None:
         for name, tensor in layer.meta.items():
             into.meta[name][:, :n].copy_(tensor[:, :n])
         into.pos[:, :, :n].copy_(layer.pos[:, :, :n])
-        if into.score is not None and layer.score is not None:  # a policy's running scores, when kept
-            into.score[:, :n].copy_(layer.score[:, :n])
-        if into.count is not None and layer.count is not None:  # the tokens each slot stands for, when kept
-            into.count[:, :n].copy_(layer.count[:, :n])
+        for state in into.token_state:  # running scores, slot counts: what update() does not take from K/V
+            if state.on_arrival is None and state.name in layer.state:
+                into.state[state.name][:, :n].copy_(layer.state[state.name][:, :n])

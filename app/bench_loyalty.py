@@ -14,12 +14,13 @@ import math
 
 import torch
 
-from potwatch.app.bench_configurations import configuration
+from potwatch.app.bench_configurations import compressing_policies, configuration
 from potwatch.app.bench_logits import cache_logits, copy_cache_into, session_logits, spare_copy
 from potwatch.compression.budget import session_geometry
 from potwatch.compression.monitor import CompressionMonitor
-from potwatch.compression.policies.base import make_policy
+from potwatch.compression.policies.base import make_policy, policy_classes
 from potwatch.compression.token_meta import TokenKind
+from potwatch.compression.token_state import union
 from potwatch.streaming.session import StreamSession
 
 LOYALTY_QUESTIONS = (
@@ -29,7 +30,6 @@ LOYALTY_QUESTIONS = (
     "Describe what moved in the video.",
 )
 RATIOS = (1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16)
-POLICIES = ("tar_van", "tar", "van", "uniform", "window", "expected_attention", "global_score", "keep_merge", "adakv")
 STREAMED_SHARE = 1 / 4  # the streamed check's cap holds this share of the visual tokens (plus prompt and a block)
 
 
@@ -82,7 +82,7 @@ def kl_divergence(full: torch.Tensor, compressed: torch.Tensor) -> float:
     return float((log_p.exp() * (log_p - log_q)).sum())
 
 
-def measure_loyalty(adapter, frames: list, fps: float = 2.0, policies=POLICIES, ratios=RATIOS,
+def measure_loyalty(adapter, frames: list, fps: float = 2.0, policies=None, ratios=RATIOS,
                     questions=LOYALTY_QUESTIONS) -> dict:
     """Per policy, per ratio: mean and max KL, top-1 agreement and largest logit difference over the questions;
     and per policy the same figures for the frames streamed under one cap (`streamed`).
@@ -90,6 +90,7 @@ def measure_loyalty(adapter, frames: list, fps: float = 2.0, policies=POLICIES, 
     Every policy keeps `ratio` x the visual tokens per row (per-head budgets: per row on average over
     each layer, rows up to all of them long, the difference padded with holes: `cache_slots` counts
     the slots the rows then take, holes included)."""
+    policies = compressing_policies() if policies is None else policies
     session = StreamSession(adapter, mem_cap=None, policy="none", fps=fps, max_new_tokens=1)
     session.feed(frames)
     full = session.cache
@@ -101,7 +102,8 @@ def measure_loyalty(adapter, frames: list, fps: float = 2.0, policies=POLICIES, 
     results: dict[str, list[dict]] = {}
     streamed: dict[str, dict] = {}
     plain = adapter.geometry()
-    heaviest = dataclasses.replace(plain, token_scores=True, slot_counts=True, value_norms=True)  # every policy must fit a block in it
+    every_state = union(*(policy.per_token_state for policy in policy_classes().values()))
+    heaviest = dataclasses.replace(plain, token_state=every_state)  # every policy must fit a block in it
     cap_bytes = max(plain.bytes_for(protected + math.ceil(STREAMED_SHARE * visual) + session.block_tokens),
                     heaviest.bytes_for(session.min_tokens()))
     cap_tokens = plain.tokens_for(cap_bytes)

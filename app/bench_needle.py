@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from potwatch.app.bench_configurations import configuration
+from potwatch.app.bench_configurations import compressing_policies, configuration
 from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession
 from potwatch.streaming.synthetic_scene import event_window, render_frame
@@ -85,9 +85,10 @@ def kept_counts(cache, table: torch.Tensor, event_groups: torch.Tensor, frames_p
 
 
 def needle_probe(adapter, seconds: float, fps: float = 2.0, size: tuple[int, int] = (320, 240),
-                 share: float = 1 / 8, policies=("tar_van", "tar", "van", "uniform", "window", "expected_attention",
-                                                     "global_score", "keep_merge", "adakv")) -> dict:
-    """Share of each kind of token still held at the end of the stream, per policy."""
+                 share: float = 1 / 8, policies=None) -> dict:
+    """Share of each kind of token still held at the end of the stream, per policy (default: every
+    compressing policy the registry knows)."""
+    policies = compressing_policies() if policies is None else policies
     frames, quiet, event_frames = needle_video(seconds, fps, size)
     probe = StreamSession(adapter, mem_cap=None, policy="none", fps=fps)
     system = probe.system_tokens

@@ -13,14 +13,14 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from potwatch.app.bench_configurations import quantised_variants
+from potwatch.app.bench_configurations import compressing_policies, quantised_variants
 from potwatch.app.bench_copy_floor import block_layout, compression_at_scale, copy_floor_ms
 from potwatch.app.bench_cost import CostSettings, cost_figures, median_between, ratio, stream_configuration, synthetic_stream, value_at
 from potwatch.app.bench_machine import describe_machine
@@ -36,8 +36,8 @@ class BenchConfig:
     model: str = "demo-2b"
     frames: int = 2000
     mem_cap: str = "80MB"
-    policies: tuple[str, ...] = ("tar_van", "uniform", "window", "expected_attention", "global_score", "keep_merge",
-                                 "adakv")
+    # every compressing policy the registry knows, the default first (app/bench_configurations.py)
+    policies: tuple[str, ...] = field(default_factory=lambda: compressing_policies(ablations=False))
     kv_bits: tuple[int, ...] = (8, 4)  # widths the first policy also runs at (`tar_van@8bit`), beside 16
     full_cache_frames: int | None = 600  # None: the full cache runs the whole stream
     fps: float = 2.0
@@ -48,8 +48,7 @@ class BenchConfig:
     ttft_repeats: int = 5
     scale_tokens: int | None = 19_500  # the at-scale compression check; None skips it
     loyalty_frames: int | None = 64  # None skips loyalty
-    loyalty_policies: tuple[str, ...] = ("tar_van", "tar", "van", "uniform", "window", "expected_attention",
-                                         "global_score", "keep_merge", "adakv")
+    loyalty_policies: tuple[str, ...] = field(default_factory=compressing_policies)
     needle_seconds: float | None = 120.0  # None skips the needle probe
     threads: int | None = None  # torch threads; None leaves torch's default
     device: str | None = None  # None: CUDA when available, else the CPU

@@ -52,8 +52,7 @@ def main() -> int:
     else:
         geometry = KVGeometry(28, 2, 128, torch.float32)
         layout, system = qwen_layout((6, 9)), 124
-    geometry = replace(geometry, kv_bits=bits, slot_counts=policy.slot_counts, token_scores=policy.token_scores,
-                       value_norms=policy.value_norms)
+    geometry = replace(geometry, kv_bits=bits, token_state=policy.per_token_state)
     cache = synthetic_cache(geometry, args.tokens, layout, system)
     held = cache.length
     copy_ms = copy_floor_ms(cache, held)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from potwatch.compression.token_meta import COUNT_DTYPE, SCORE_DTYPE, VALUE_NORM_DTYPE, meta_bytes_per_token_head
+from potwatch.compression.token_meta import meta_bytes_per_token_head
+from potwatch.compression.token_state import TokenState
 
 
 @dataclass(frozen=True)
@@ -18,9 +19,8 @@ class KVGeometry:
     head_dim: int
     dtype: torch.dtype
     pos_rows: int = 3  # 3 for Qwen's M-RoPE, 1 for plain RoPE
-    token_scores: bool = False  # a policy's running score per token, layer and KV head (global_score)
-    slot_counts: bool = False  # how many tokens each slot stands for, per layer and KV head (keep_merge)
-    value_norms: bool = False  # each token's |v|, per layer and KV head, taken on arrival (policies using VaN)
+    # What the policy keeps per token, layer and KV head beside K/V (its `per_token_state`), counted in the cap
+    token_state: tuple[TokenState, ...] = ()
     kv_bits: int = 16  # 16: K/V as the model computes them; 8 or 4: quantised (compression/quantized_kv.py)
 
     @property
@@ -62,16 +62,14 @@ class KVGeometry:
 
     @property
     def meta_bytes_per_token(self) -> int:
-        """Per-token metadata, stored per layer and KV head (with the policy's score, the slot count and
-        the value norm when the policy keeps them)."""
-        per_head = meta_bytes_per_token_head(self.pos_rows)
-        if self.token_scores:
-            per_head += torch.empty(0, dtype=SCORE_DTYPE).element_size()
-        if self.slot_counts:
-            per_head += torch.empty(0, dtype=COUNT_DTYPE).element_size()
-        if self.value_norms:
-            per_head += torch.empty(0, dtype=VALUE_NORM_DTYPE).element_size()
+        """Per-token metadata, stored per layer and KV head, with the state the policy declares."""
+        per_head = meta_bytes_per_token_head(self.pos_rows) + sum(state.element_size for state in self.token_state)
         return self.layers * self.kv_heads * per_head
+
+    def keeps(self, state: TokenState | str) -> bool:
+        """Whether the cache keeps this per-token state (given or named)."""
+        name = state if isinstance(state, str) else state.name
+        return any(kept.name == name for kept in self.token_state)
 
     @property
     def bytes_per_token(self) -> int:
@@ -86,8 +84,7 @@ class KVGeometry:
 
 
 def session_geometry(model_geometry: KVGeometry, policy, kv_bits: int) -> KVGeometry:
-    """The model's K/V geometry with what a session's policy keeps per token (scores, slot counts, value
-    norms) and its K/V width: the one place a session's bytes per token are worked out, so the cap,
-    `--mem-cap auto` and the server's budget all count the same bytes."""
-    return replace(model_geometry, token_scores=policy.token_scores, slot_counts=policy.slot_counts,
-                   value_norms=policy.value_norms, kv_bits=kv_bits)
+    """The model's K/V geometry with the per-token state a session's policy declares and its K/V width:
+    the one place a session's bytes per token are worked out, so the cap, `--mem-cap auto` and the
+    server's budget all count the same bytes."""
+    return replace(model_geometry, token_state=tuple(policy.per_token_state), kv_bits=kv_bits)

@@ -14,8 +14,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.quantized_kv import DEQUANT_CHUNK_TOKENS, QUANTIZED_FIELDS, QuantizedRows, allocate_quantized
-from potwatch.compression.token_meta import (COUNT_DTYPE, META_FIELDS, POS_DTYPE, SCORE_DTYPE, VALUE_NORM_DTYPE,
-                                             TokenKind, TokenMeta)
+from potwatch.compression.token_meta import META_FIELDS, POS_DTYPE, TokenKind, TokenMeta
 from potwatch.kernels.rope_shift import move_rotary_
 from potwatch.kernels.triton_dispatch import triton_ready
 
@@ -33,9 +32,8 @@ class CacheOverflowError(RuntimeError):
 def allocate_storage(geometry: KVGeometry, layers: int, capacity: int, device: torch.device | str) -> dict:
     """Zero-filled K, V, metadata and positions for `layers` layers: `keys`/`values` [layers, heads,
     capacity, head_dim], each metadata field [layers, heads, capacity], `pos` [layers, rows, heads, capacity],
-    `score` [layers, heads, capacity] when the geometry keeps a policy score per token, `count` (the
-    tokens each slot stands for) alike when it keeps slot counts, and `value_norm` (|v| of each token,
-    taken on arrival) alike when it keeps value norms."""
+    and each per-token state the geometry declares [layers, heads, capacity] under its name, filled with
+    its initial value."""
     heads = geometry.kv_heads
     shape = (layers, heads, capacity, geometry.head_dim)
     if geometry.quantized:  # codes, scales and key means instead (compression/quantized_kv.py)
@@ -48,12 +46,8 @@ def allocate_storage(geometry: KVGeometry, layers: int, capacity: int, device: t
     storage["pos"] = torch.zeros((layers, geometry.pos_rows, heads, capacity), dtype=POS_DTYPE, device=device)
     for name, dtype in META_FIELDS:
         storage[name] = torch.full((layers, heads, capacity), -1, dtype=dtype, device=device)
-    if geometry.token_scores:
-        storage["score"] = torch.zeros((layers, heads, capacity), dtype=SCORE_DTYPE, device=device)
-    if geometry.slot_counts:
-        storage["count"] = torch.ones((layers, heads, capacity), dtype=COUNT_DTYPE, device=device)
-    if geometry.value_norms:
-        storage["value_norm"] = torch.zeros((layers, heads, capacity), dtype=VALUE_NORM_DTYPE, device=device)
+    for state in geometry.token_state:
+        storage[state.name] = torch.full((layers, heads, capacity), state.initial, dtype=state.dtype, device=device)
     return storage
 
 
@@ -67,6 +61,7 @@ class CappedLayer(CacheLayerMixin):
     def __init__(self, storage: dict, index: int, growable: bool = False, geometry: KVGeometry | None = None):
         super().__init__()
         self.growable = growable
+        self.token_state = geometry.token_state if geometry is not None else ()
         # Either plain K/V buffers [1, heads, capacity, head_dim], or quantised rows (`--kv-bits 8|4`).
         self.quantized = None
         if "key_codes" in storage:
@@ -77,9 +72,8 @@ class CappedLayer(CacheLayerMixin):
             self.value_buffer = storage["values"][index : index + 1]
         self.meta = {name: storage[name][index] for name, _ in META_FIELDS}  # [heads, capacity]
         self.pos = storage["pos"][index]  # [rows, heads, capacity]
-        self.score = storage["score"][index] if "score" in storage else None  # [heads, capacity]
-        self.count = storage["count"][index] if "count" in storage else None  # [heads, capacity]
-        self.value_norm = storage["value_norm"][index] if "value_norm" in storage else None  # [heads, capacity]
+        self.state = {state.name: storage[state.name][index] for state in self.token_state}  # each [heads, capacity]
+        self.incoming: TokenMeta | None = None  # metadata of the tokens the next update writes (`CappedKVCache.arriving`)
         self.capacity = self.key_buffer.shape[2]
         self.device = self.key_buffer.device
         self.length = 0
@@ -104,40 +98,47 @@ class CappedLayer(CacheLayerMixin):
         """Nothing to do: the buffers exist from the start."""
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """Write the new K/V in place; return views of everything held. With slot counts, the new slots
-        count 1 and the counts of all held slots go to the attention function: transformers' decoder
-        attention passes its own kwargs dict here (`kwargs=kwargs`) and then unpacks that same dict
-        into the attention call, so an entry added here reaches it (see `count_attention`)."""
+        """Write the new K/V in place, with their metadata when the cache was told it (`arriving`) and
+        each per-token state's arrival value; return views of everything held. A state read by attention
+        (`TokenState.attention_kwarg`, the slot counts) goes to the attention function with all held
+        rows: transformers' decoder attention passes its own kwargs dict here (`kwargs=kwargs`) and then
+        unpacks that same dict into the attention call, so an entry added here reaches it."""
         n = key_states.shape[-2]
         end = self.length + n
         if end > self.capacity:
             if not self.growable:
                 raise CacheOverflowError(f"writing {n} tokens into a cache holding {self.length}/{self.capacity}")
             self._grow(max(end, 2 * self.capacity))
+        meta, self.incoming = self.incoming, None
+        if meta is not None and len(meta) != n:
+            raise ValueError(f"the cache was told {len(meta)} tokens' metadata but {n} arrived")
+        start = self.length
         if self.quantized is not None:
-            self.quantized.write(self.length, key_states, value_states)
-            start, self.length = self.length, end
+            self.quantized.write(start, key_states, value_states)
+            self.length = end
             self.keys, self.values = self.quantized.read(end)
-            self._store_value_norms(start, end)  # of the decoded values, as a policy reading them would see
-            return self.keys, self.values
-        self.key_buffer[:, :, self.length : end].copy_(key_states)
-        self.value_buffer[:, :, self.length : end].copy_(value_states)
-        self._store_value_norms(self.length, end)
-        if self.count is not None:
-            self.count[:, self.length : end] = 1
-            attention_kwargs = kwargs.get("kwargs")
-            if isinstance(attention_kwargs, dict):
-                attention_kwargs["slot_counts"] = self.count[:, :end]
-        self.length = end
-        self._refresh_views()
+        else:
+            self.key_buffer[:, :, start:end].copy_(key_states)
+            self.value_buffer[:, :, start:end].copy_(value_states)
+            self.length = end
+            self._refresh_views()
+        if meta is not None:
+            self.write_meta(start, meta)
+        self._state_on_arrival(start, end, kwargs.get("kwargs"))
         return self.keys, self.values
 
-    def _store_value_norms(self, start: int, end: int) -> None:
-        """|v| of the tokens in slots [start, end), from the values as stored, while they are still in the
-        CPU's cache: VaN then never reads V again."""
-        if self.value_norm is not None:
-            values = self.value_buffer[0, :, start:end]
-            self.value_norm[:, start:end] = torch.linalg.vector_norm(values, dim=-1, dtype=VALUE_NORM_DTYPE)
+    def _state_on_arrival(self, start: int, end: int, attention_kwargs) -> None:
+        """Each declared state's value for the tokens in slots [start, end): its initial value, or what it
+        takes from the stored K/V (for a quantised layer the decoded ones, as a policy reading them would
+        see) while they are still in the CPU's cache, so a policy never reads V again for it."""
+        for state in self.token_state:
+            rows = self.state[state.name]
+            if state.on_arrival is None:
+                rows[:, start:end] = state.initial
+            else:
+                rows[:, start:end] = state.on_arrival(self.key_buffer[0, :, start:end], self.value_buffer[0, :, start:end])
+            if state.attention_kwarg is not None and isinstance(attention_kwargs, dict):
+                attention_kwargs[state.attention_kwarg] = rows[:, :end]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.length + query_length, 0
@@ -153,7 +154,9 @@ class CappedLayer(CacheLayerMixin):
 
     # --- potwatch's own operations --------------------------------------------------------------
     def truncate(self, length: int) -> None:
-        """Forget every token from `length` on (used to roll back a failed forward)."""
+        """Forget every token from `length` on (used to roll back a failed forward), and any metadata
+        told for tokens that never arrived."""
+        self.incoming = None
         self.length = min(self.length, length)
         self._refresh_views()
 
@@ -163,8 +166,6 @@ class CappedLayer(CacheLayerMixin):
         for name, _ in META_FIELDS:
             self.meta[name][:, start:end] = getattr(meta, name).to(self.device).unsqueeze(0)
         self.pos[:, :, start:end] = meta.pos.to(self.device).unsqueeze(1)
-        if self.score is not None:
-            self.score[:, start:end] = 0  # a new token has no history yet
 
     def move_positions(self, new_pos: torch.Tensor, inv_freq: torch.Tensor, section: torch.Tensor) -> None:
         """Give the held tokens new position ids [rows, heads, length], rotating their keys to match.
@@ -191,18 +192,13 @@ class CappedLayer(CacheLayerMixin):
         self.value_buffer = bigger(self.value_buffer, 2)
         self.meta = {name: bigger(t, 1, -1) for name, t in self.meta.items()}
         self.pos = bigger(self.pos, 2)
-        if self.score is not None:
-            self.score = bigger(self.score, 1)
-        if self.count is not None:
-            self.count = bigger(self.count, 1, 1)
-        if self.value_norm is not None:
-            self.value_norm = bigger(self.value_norm, 1)
+        self.state = {state.name: bigger(self.state[state.name], 1, state.initial) for state in self.token_state}
         self.capacity = capacity
 
     @property
     def nbytes(self) -> int:
         tensors = [self.key_buffer, self.value_buffer, self.pos, *self.meta.values()]
-        tensors += [t for t in (self.score, self.count, self.value_norm) if t is not None]
+        tensors += list(self.state.values())
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -258,7 +254,7 @@ class CappedKVCache(Cache):
         if capacity is None:  # each layer grows on its own
             if geometry.quantized:
                 raise ValueError("a quantised cache needs a capacity: it cannot grow")
-            layers = [CappedLayer(allocate_storage(geometry, 1, 1024, device), 0, growable=True)
+            layers = [CappedLayer(allocate_storage(geometry, 1, 1024, device), 0, growable=True, geometry=geometry)
                       for _ in range(geometry.layers)]
             self.storage = None
         else:
@@ -297,21 +293,18 @@ class CappedKVCache(Cache):
 
     def rows(self, name: str) -> torch.Tensor:
         """Every (layer, head) row of one stored field at once, as [layers * heads, capacity, ...]: `keys`,
-        `values`, a metadata name or `score`. Capped caches only (their storage is one block)."""
+        `values`, a metadata name or a per-token state's. Capped caches only (their storage is one block)."""
         tensor = self.storage[name]
         return tensor.view(-1, *tensor.shape[2:])
 
-    def score_rows(self) -> torch.Tensor | None:
-        """The policy's running score rows [layers * heads, capacity]; None when the cache keeps none."""
-        return self.rows("score") if self.capped and "score" in self.storage else None
+    def state_rows(self, name: str) -> torch.Tensor | None:
+        """One declared per-token state's rows [layers * heads, capacity]; None when the cache keeps no
+        such state (or is uncapped)."""
+        return self.rows(name) if self.capped and self.geometry.keeps(name) else None
 
-    def count_rows(self) -> torch.Tensor | None:
-        """How many tokens each slot stands for, [layers * heads, capacity]; None when the cache keeps no counts."""
-        return self.rows("count") if self.capped and "count" in self.storage else None
-
-    def value_norm_rows(self) -> torch.Tensor | None:
-        """Each slot's stored |v|, [layers * heads, capacity]; None when the cache keeps no value norms."""
-        return self.rows("value_norm") if self.capped and "value_norm" in self.storage else None
+    def all_state_rows(self) -> dict[str, torch.Tensor]:
+        """Every declared per-token state's rows, by name (empty for an uncapped cache)."""
+        return {state.name: self.rows(state.name) for state in self.geometry.token_state} if self.capped else {}
 
     def compact(self, keep: torch.Tensor) -> None:
         """Keep, in every (layer, head) row, the tokens at `keep` [layers * heads, m] (ascending), in one pass."""
@@ -324,8 +317,7 @@ class CappedKVCache(Cache):
             move_rows(self.storage["key_mean"], by_layer[:, 0].contiguous())
         else:
             move_rows([self.rows("keys"), self.rows("values")], keep)
-        per_slot = [name for name in ("score", "count", "value_norm") if name in self.storage]
-        for name in [name for name, _ in META_FIELDS] + per_slot:
+        for name in [name for name, _ in META_FIELDS] + [state.name for state in self.geometry.token_state]:
             meta = self.rows(name)
             meta[:, :m] = torch.gather(meta[:, :n], 1, keep)
         pos = self.storage["pos"]  # [layers, rows, heads, capacity]
@@ -336,7 +328,15 @@ class CappedKVCache(Cache):
             layer.length = m
             layer._refresh_views()
 
+    def arriving(self, meta: TokenMeta) -> None:
+        """The metadata of the tokens the next forward writes: each layer's `update` stores it with their
+        K/V, so tokens never sit in the cache without it."""
+        for layer in self.layers:
+            layer.incoming = meta
+
     def write_meta(self, start: int, meta: TokenMeta) -> None:
+        """Record metadata for tokens already written at [start, start + len(meta)) (for callers that write
+        K/V by hand; a forward's tokens get theirs through `arriving`)."""
         for layer in self.layers:
             layer.write_meta(start, meta)
 
@@ -373,13 +373,13 @@ class CappedKVCache(Cache):
         return counts
 
     def mark_holes(self, holes: torch.Tensor) -> None:
-        """Make the slots `holes` [layers * heads, length] marks empty: kind HOLE, count 0 (attention then
-        gives them no weight), no frame, patch or turn. Only for caches that keep slot counts."""
+        """Make the slots `holes` [layers * heads, length] marks empty: kind HOLE, no frame, patch or turn,
+        and each per-token state its hole value (a slot count of 0: attention then gives them no weight).
+        Only for caches that keep slot counts."""
         n = holes.shape[1]
-        for name, value in (("kind", int(TokenKind.HOLE)), ("frame", -1), ("turn", -1), ("row", -1), ("col", -1),
-                            ("count", 0), ("score", 0), ("value_norm", 0)):
-            if name in self.storage:
-                self.rows(name)[:, :n].masked_fill_(holes, value)
+        blank = [("kind", int(TokenKind.HOLE)), ("frame", -1), ("turn", -1), ("row", -1), ("col", -1)]
+        for name, value in blank + [(state.name, state.hole) for state in self.geometry.token_state]:
+            self.rows(name)[:, :n].masked_fill_(holes, value)
 
     def frames_held(self) -> torch.Tensor:
         """Distinct frame indices with at least one token left in any layer or head, ascending."""

@@ -56,19 +56,19 @@ class CompressionMonitor:
 
     def observe(self, queries: QueryStats) -> None:
         """A vision block just went into the cache: keep its queries for the policy's next selection
-        and let the policy update its running per-token scores."""
+        and let the policy update the per-token state it keeps (running scores, say)."""
         self.queries = queries
         cache, n = self.cache, self.cache.length
-        visual, scores, counts = cache.rows("kind")[:, :n] == TokenKind.VISION, cache.score_rows(), cache.count_rows()
+        visual, state = cache.rows("kind")[:, :n] == TokenKind.VISION, cache.all_state_rows()
         if not cache.quantized:
-            self.policy.observe(queries, cache.rows("keys"), scores, n, visual=visual, counts=counts)
+            self.policy.observe(queries, cache.rows("keys"), state, n, visual=visual)
             return
         if type(self.policy).observe is Policy.observe:  # keeps nothing between blocks: decode nothing
             return
         for rows, layer in self._layer_rows():  # a quantised cache is decoded one layer at a time
             keys = layer.dequantized(values=False)[0][0]
-            self.policy.observe(queries.rows(rows), keys, None if scores is None else scores[rows], n,
-                                visual=visual[rows], counts=None if counts is None else counts[rows])
+            self.policy.observe(queries.rows(rows), keys, {name: part[rows] for name, part in state.items()}, n,
+                                visual=visual[rows])
 
     @property
     def dialogue_capacity(self) -> int:
@@ -165,9 +165,7 @@ class CompressionMonitor:
             keep.scatter_(1, visual_at, chosen)
             return pad_with_holes(keep, evictable)
         chosen = self.policy.select(tokens, keep_visual)
-        counts = cache.count_rows()
-        if counts is not None:  # a merging policy folds what goes into what stays, before it goes
-            self.policy.fold(tokens, chosen, counts)
+        self.policy.fold(tokens, chosen)  # a merging policy folds what goes into what stays, before it goes
         keep.scatter_(1, torch.gather(visual_at, 1, chosen), True)
         return indices_where(keep), None
 
@@ -177,7 +175,6 @@ class CompressionMonitor:
         (keys, values) to read instead (a quantised cache's, decoded where they are read): policies read
         what they need where it lies."""
         cache, n = self.cache, self.cache.length
-        scores, counts, norms = cache.score_rows(), cache.count_rows(), cache.value_norm_rows()
         keys, values = decoded if decoded is not None else (cache.rows("keys"), cache.rows("values"))
         return VisualTokens(
             keys=keys,
@@ -187,10 +184,8 @@ class CompressionMonitor:
             col=torch.gather(cache.rows("col")[rows, :n], 1, visual_at),
             at=visual_at,
             queries=None if self.queries is None else self.queries.rows(rows),
-            history=None if scores is None else torch.gather(scores[rows, :n], 1, visual_at),
             valid=valid,
-            counts=None if counts is None else torch.gather(counts[rows, :n], 1, visual_at),
-            value_norm_rows=None if norms is None else norms[rows],
+            state={name: part[rows] for name, part in cache.all_state_rows().items()},
         )
 
     def _layer_rows(self):

@@ -30,13 +30,6 @@ META_FIELDS: tuple[tuple[str, torch.dtype], ...] = (
     ("col", torch.int16),  # patch column; -1 for text
 )
 POS_DTYPE = torch.int32
-SCORE_DTYPE = torch.float32  # a policy's running per-token score (only when the policy keeps one)
-# Each token's value norm |v| (VaN), taken once when it arrives (only for policies that rank by it): a
-# compression pass then ranks without reading V again.
-VALUE_NORM_DTYPE = torch.float32
-# How many original tokens a slot stands for (1 for a new token; more after merging): float32 so its
-# log goes straight into the attention bias, exact for counts up to 2**24.
-COUNT_DTYPE = torch.float32
 
 
 def meta_bytes_per_token_head(pos_rows: int) -> int:

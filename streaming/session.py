@@ -121,7 +121,7 @@ class StreamSession:
         """Size the cache for the current settings (a UserError, before anything is allocated, if they
         cannot work), then allocate it and prefill the system prompt."""
         capacity, system = self._plan_cache(frame_size)
-        if self.policy.slot_counts:  # attention must read the counts; other sessions on the model are unaffected
+        if self.policy.attention_reads_state:  # the slot counts; other sessions on the model are unaffected
             install_count_attention(self.adapter.attention_modules())
         self.cache = CappedKVCache(self.geometry, capacity, self.adapter.device)
         self.monitor = CompressionMonitor(self.cache, self.policy, self.target_ratio, self.dialogue_share)
@@ -342,8 +342,8 @@ class StreamSession:
                     piece_start = self.cache.length
                     if capture is not None:
                         capture.piece(piece_start - start, piece.meta.pos)
+                    self.cache.arriving(piece.meta)  # stored by each layer's update() with the K/V
                     out = self.adapter.forward(piece, self.cache, logits and index == len(pieces) - 1)
-                    self.cache.write_meta(piece_start, piece.meta)
                 if capture is not None and (queries := capture.stats()) is not None:
                     self.monitor.observe(queries)
         except BaseException:

@@ -46,8 +46,8 @@ def cache_problems(session) -> list[str]:
                                   evictable.sum(1)], dim=1)
             if not bool((counts == counts[0]).all()):
                 problems.append(f"{where}: heads hold different numbers of system/vision/dialogue tokens")
-            if layer.count is not None:
-                slot_counts = layer.count[:, :length]
+            if "count" in layer.state:
+                slot_counts = layer.state["count"][:, :length]
                 if not bool((slot_counts[kinds == TokenKind.HOLE] == 0).all()):
                     problems.append(f"{where}: a hole counts tokens")
                 if not bool((slot_counts[kinds != TokenKind.HOLE] >= 1).all()):

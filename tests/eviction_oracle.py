@@ -125,7 +125,7 @@ class AnswerOracle:
                 return run(block, logits, *args, **kwargs)
             cache = session.cache
             held = held_kv(cache)
-            counts = cache.count_rows()
+            counts = cache.state_rows("count")
             if counts is not None:
                 counts = counts[:, : cache.length].clone()
                 low, high = self.count_range

@@ -114,7 +114,9 @@ class PositionLedger:
 
     def _attach(self) -> None:
         session, ledger = self.session, self
-        write_meta, after_compaction = session.cache.write_meta, session._after_compaction
+        # the last layer stores a block's metadata once every layer has written its K/V (`arriving`)
+        last_layer = session.cache.layers[-1]
+        write_meta, after_compaction = last_layer.write_meta, session._after_compaction
 
         def recording_write_meta(start, meta):
             write_meta(start, meta)
@@ -125,7 +127,7 @@ class PositionLedger:
             if session.positions_mode == "compact":
                 ledger.check_renumbering()
 
-        session.cache.write_meta = recording_write_meta
+        last_layer.write_meta = recording_write_meta
         session._after_compaction = checking_after_compaction
 
     # identities
@@ -222,7 +224,7 @@ class PositionLedger:
             return
         cache = self.session.cache
         arrived = torch.cat(self.keys_at_zero, dim=2)  # [layers, heads, tokens arrived, dim]
-        counts = cache.count_rows()
+        counts = cache.state_rows("count")
         counts = None if counts is None else counts[:, : cache.length].tolist()
         for index, (fields, ids) in enumerate(cache_rows(cache)):
             layer, head = divmod(index, self.heads)

@@ -190,16 +190,16 @@ def test_global_score_pays_for_its_scores_under_the_cap(demo_adapter):
     assert g.bytes_per_token == plain.geometry.bytes_per_token + g.layers * g.kv_heads * 4
     assert scored.cache.capacity < plain.cache.capacity
     assert scored.cache.nbytes == g.bytes_for(scored.cache.capacity) <= scored.cap_bytes
-    assert scored.cache.score_rows() is not None and plain.cache.score_rows() is None
+    assert scored.cache.state_rows("score") is not None and plain.cache.state_rows("score") is None
     plain.reset(policy="global_score")  # switching policy re-sizes the cache for the scores
-    assert plain.cache.capacity == scored.cache.capacity and plain.cache.score_rows() is not None
+    assert plain.cache.capacity == scored.cache.capacity and plain.cache.state_rows("score") is not None
 
 
 def held_scores(session) -> dict[tuple, float]:
     """Each held token's running score, by (row, kind, frame, patch row, patch col, turn)."""
     cache, n = session.cache, session.cache.length
     ident = torch.stack([cache.rows(f)[:, :n].long() for f in ("kind", "frame", "row", "col", "turn")], -1).cpu()
-    scores = cache.score_rows()[:, :n].cpu()
+    scores = cache.state_rows("score")[:, :n].cpu()
     return {(r, *ident[r, i].tolist()): float(scores[r, i]) for r in range(ident.shape[0]) for i in range(n)}
 
 

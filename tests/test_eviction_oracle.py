@@ -52,8 +52,7 @@ def cap_tokens(family: str) -> int:
 def session_for(family: str, policy: str, mode: str, bits: int) -> StreamSession:
     adapter = family_adapter(family)
     chosen = make_policy(policy)
-    geometry = dataclasses.replace(adapter.geometry(), token_scores=chosen.token_scores,
-                                   slot_counts=chosen.slot_counts, kv_bits=bits, value_norms=chosen.value_norms)
+    geometry = dataclasses.replace(adapter.geometry(), token_state=chosen.per_token_state, kv_bits=bits)
     return StreamSession(adapter, mem_cap=geometry.bytes_for(cap_tokens(family)), policy=policy, fps=2.0,
                          positions=mode, kv_bits=bits, max_new_tokens=ANSWER_TOKENS)
 

@@ -138,7 +138,7 @@ def test_holes_are_invisible_to_attention_in_a_real_forward(demo_adapter):
             keys[0, head, real], values[0, head, real] = layer.keys[0, head], layer.values[0, head]
             count[head, real] = 1
         into.update(keys, values)
-        into.count[:, : n + extra] = count
+        into.state["count"][:, : n + extra] = count
     assert_close(cache_logits(demo_adapter, padded, session.positions, "What moved?"), reference, EXACT, rtol=0)
     padded.rows("count")[:, :n + extra].clamp_(min=1)  # the same slots counted: the answer changes
     assert not torch.allclose(cache_logits(demo_adapter, padded, session.positions, "What moved?"), reference,
@@ -201,4 +201,4 @@ def test_reset_forgets_the_shares_and_keeps_the_options(demo_adapter):
 def test_adakv_pays_for_its_counts_under_the_cap(demo_adapter):
     session = StreamSession(demo_adapter, mem_cap="400kB", policy="adakv")
     g = session.geometry
-    assert g.slot_counts and session.cache.nbytes == g.bytes_for(session.cache.capacity) <= session.cap_bytes
+    assert g.keeps("count") and session.cache.nbytes == g.bytes_for(session.cache.capacity) <= session.cap_bytes

@@ -15,6 +15,7 @@ from potwatch.app.bench_logits import cache_logits
 from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.compression.merging import merge_evicted
 from potwatch.compression.token_meta import TokenKind
+from potwatch.compression.token_state import SLOT_COUNT
 from potwatch.models import count_attention
 from potwatch.models.count_attention import count_biased_attention, install_count_attention
 from potwatch.streaming.session import StreamSession
@@ -84,7 +85,7 @@ def test_a_slot_counting_c_equals_c_copies_of_its_token(name):
     counted = cache.rows("count")
     counted[:, list(slots)] = copies
     with_counts = cache_logits(adapter, cache, session.positions, QUESTION)
-    plain_geometry = dataclasses.replace(cache.geometry, slot_counts=False)
+    plain_geometry = dataclasses.replace(cache.geometry, token_state=tuple(s for s in cache.geometry.token_state if s != SLOT_COUNT))
     duplicated = CappedKVCache(plain_geometry, cache.length + 2 * len(slots) + 64, cache.layers[0].device)
     order = [i for i in range(cache.length) for _ in range(copies if i in slots else 1)]
     for into, layer in zip(duplicated.layers, cache.layers):
@@ -196,14 +197,14 @@ def test_a_capped_stream_merges_under_the_cap(demo_adapter, options):
     assert session.monitor.event_count >= 5
     cache, n = session.cache, session.cache.length
     visual = cache.rows("kind")[:, :n] == TokenKind.VISION
-    held = (cache.count_rows()[:, :n] * visual).sum(dim=1)
+    held = (cache.state_rows("count")[:, :n] * visual).sum(dim=1)
     brought = session.blocks * session.block_tokens
     if options:
         assert held.tolist() == [brought] * held.shape[0]
     else:
         assert bool((held > visual.sum(dim=1)).all()) and bool((held <= brought).all())
     system = cache.rows("kind")[:, :n] != TokenKind.VISION
-    assert bool((cache.count_rows()[:, :n][system] == 1).all()), "text slots count one token each"
+    assert bool((cache.state_rows("count")[:, :n][system] == 1).all()), "text slots count one token each"
 
 
 def test_keep_merge_pays_for_its_counts_under_the_cap(demo_adapter):
@@ -212,18 +213,18 @@ def test_keep_merge_pays_for_its_counts_under_the_cap(demo_adapter):
     g = merging_session.geometry
     assert g.bytes_per_token == plain.geometry.bytes_per_token + g.layers * g.kv_heads * 4
     assert merging_session.cache.nbytes == g.bytes_for(merging_session.cache.capacity) <= merging_session.cap_bytes
-    assert merging_session.cache.count_rows() is not None and plain.cache.count_rows() is None
+    assert merging_session.cache.state_rows("count") is not None and plain.cache.state_rows("count") is None
 
 
 def test_counts_move_with_their_tokens_when_the_cache_compacts():
     from potwatch.compression.budget import KVGeometry
 
-    geometry = KVGeometry(layers=2, kv_heads=3, head_dim=4, dtype=torch.float32, slot_counts=True)
+    geometry = KVGeometry(layers=2, kv_heads=3, head_dim=4, dtype=torch.float32, token_state=(SLOT_COUNT,))
     cache = CappedKVCache(geometry, 20)
     g = torch.Generator().manual_seed(0)
     for layer in cache.layers:
         layer.update(torch.randn(1, 3, 20, 4, generator=g), torch.randn(1, 3, 20, 4, generator=g))
-    counts = cache.count_rows()
+    counts = cache.state_rows("count")
     assert bool((counts == 1).all()), "new tokens count one"
     counts.copy_(torch.randint(1, 9, counts.shape, generator=g).float())
     before = counts.clone()

@@ -24,13 +24,13 @@ def test_stored_value_norms_are_the_norms_of_the_held_values(demo_adapter, polic
         session.ask("What moved?")
     assert session.monitor.event_count >= 2, "the stream must have compacted"
     cache, n = session.cache, session.cache.length
-    stored = cache.value_norm_rows()[:, :n].view(cache.geometry.layers, cache.geometry.kv_heads, n)
+    stored = cache.state_rows("value_norm")[:, :n].view(cache.geometry.layers, cache.geometry.kv_heads, n)
     for layer, (_, values) in enumerate(held_kv(cache)):
         want = torch.linalg.vector_norm(values[0], dim=-1, dtype=torch.float32)
         real = cache.rows("kind")[:, :n].view_as(stored)[layer] != TokenKind.HOLE
         assert torch.equal(stored[layer][real], want[real]), f"layer {layer}"
     if policy == "keep_merge":
-        assert bool((cache.count_rows()[:, :n] > 1).any()), "some slot must hold a merge"
+        assert bool((cache.state_rows("count")[:, :n] > 1).any()), "some slot must hold a merge"
 
 
 def test_policies_ranking_by_value_norm_pay_for_them_under_the_cap(demo_adapter):
@@ -39,7 +39,7 @@ def test_policies_ranking_by_value_norm_pay_for_them_under_the_cap(demo_adapter)
     g = normed.geometry
     assert g.bytes_per_token == plain.geometry.bytes_per_token + g.layers * g.kv_heads * 4
     assert normed.cache.nbytes == g.bytes_for(normed.cache.capacity) <= normed.cap_bytes
-    assert plain.cache.value_norm_rows() is None and normed.cache.value_norm_rows() is not None
+    assert plain.cache.state_rows("value_norm") is None and normed.cache.state_rows("value_norm") is not None
     users = {name for name in ("tar_van", "van", "keep_merge", "adakv", "expected_attention", "tar", "uniform",
                                "window", "global_score") if make_policy(name).value_norms}
     assert users == {"tar_van", "van", "keep_merge", "adakv", "expected_attention"}  # the policies that read VaN

@@ -1,14 +1,2 @@
-"""Compression policies, one per file, registered by name."""
-
-from potwatch.compression.policies import (  # noqa: F401  (registers them)
-    adakv,
-    expected_attention,
-    global_score,
-    keep_merge,
-    none,
-    tar,
-    tar_van,
-    uniform,
-    van,
-    window,
-)
+"""Compression policies, one per file: each class registers itself by its `name` (policies/base.py),
+and the registry imports every module here on its first lookup, so there is no list to edit."""

@@ -10,13 +10,13 @@ from typing import ClassVar
 import torch
 
 from potwatch.compression.head_budgets import allocate, memory_shares
-from potwatch.compression.policies.base import VisualTokens, register
-from potwatch.compression.policies.selection import check_ratio, infinipot_score, pick_ranked
+from potwatch.compression.policies.base import VisualTokens
+from potwatch.compression.policies.selection import check_ratio, pick_ranked
 from potwatch.compression.policies.tar_van import TarVanPolicy
 from potwatch.compression.query_stats import QueryStats
+from potwatch.compression.token_state import SLOT_COUNT, VALUE_NORM, TokenState
 
 
-@register
 @dataclass
 class AdaKVPolicy(TarVanPolicy):
     """After every vision block, a few of its queries (as global_score samples them) attend over the
@@ -33,7 +33,7 @@ class AdaKVPolicy(TarVanPolicy):
     name: ClassVar[str] = "adakv"
     description: ClassVar[str] = "like tar_van, but heads that barely look at the video give their share to heads that do"
     needs_queries: ClassVar[bool] = True
-    slot_counts: ClassVar[bool] = True
+    per_token_state: ClassVar[tuple[TokenState, ...]] = (SLOT_COUNT, VALUE_NORM)
     head_budgets: ClassVar[bool] = True
 
     floor: float = 0.2
@@ -45,11 +45,11 @@ class AdaKVPolicy(TarVanPolicy):
         check_ratio("floor", self.floor)
         check_ratio("smoothing", self.smoothing)
 
-    def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int,
-                visual: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> None:
+    def observe(self, queries: QueryStats, keys: torch.Tensor, state: dict[str, torch.Tensor], length: int,
+                visual: torch.Tensor | None = None) -> None:
         if visual is None:
             return
-        new = memory_shares(keys, length, queries, visual, counts)
+        new = memory_shares(keys, length, queries, visual, state.get(SLOT_COUNT.name))
         if self.share is None or self.share.shape != new.shape:
             self.share = new
         else:
@@ -69,5 +69,4 @@ class AdaKVPolicy(TarVanPolicy):
         budget = self.budgets(tokens, keep, longest, kv_heads)
         valid = tokens.valid if tokens.valid is not None else torch.ones(tokens.frame.shape, dtype=torch.bool,
                                                                           device=tokens.device)
-        score = infinipot_score(tokens, budget, self.alpha, self.recent_ratio, self.pool_kernel)
-        return pick_ranked(score, valid, budget)
+        return pick_ranked(self.ranking(tokens, budget), valid, budget)

@@ -9,18 +9,16 @@ from typing import ClassVar
 
 import torch
 
-from potwatch.compression.policies.base import Policy, VisualTokens, register
-from potwatch.compression.policies.recent_first import recent_then_best
-from potwatch.compression.policies.selection import check_ratio, key_chunks, top_indices, trivial_selection
-from potwatch.compression.query_stats import QueryStats
+from potwatch.compression.policies.base import ScoringPolicy, VisualTokens
+from potwatch.compression.policies.selection import key_chunks
+from potwatch.compression.token_state import VALUE_NORM, TokenState
 
 VALUE_NORM_FLOOR = 1e-6  # keeps log(|v|) finite for an all-zero value
 SCORE_CHUNK_ROWS = 2048  # keys of one head scored at once: with their squares they stay in the CPU's cache
 
 
-@register
 @dataclass
-class ExpectedAttentionPolicy(Policy):
+class ExpectedAttentionPolicy(ScoringPolicy):
     """Model the next block's queries per (layer, KV head) as a Gaussian with the mean and
     per-dimension variance of the latest block's queries (after RoPE, query heads of a KV group
     averaged). The expected exp-logit a key k receives is then exp(mu.k / sqrt(d) + k^T diag(var) k / (2d));
@@ -33,17 +31,9 @@ class ExpectedAttentionPolicy(Policy):
     name: ClassVar[str] = "expected_attention"
     description: ClassVar[str] = "keeps the recent frames, then the tokens the next questions are expected to look at"
     needs_queries: ClassVar[bool] = True
-    value_norms: ClassVar[bool] = True
+    per_token_state: ClassVar[tuple[TokenState, ...]] = (VALUE_NORM,)
 
-    recent_ratio: float = 0.125
     use_variance: bool = True
-
-    def __post_init__(self) -> None:
-        check_ratio("recent_ratio", self.recent_ratio)
-
-    def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int,
-                visual: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> None:
-        """Nothing to keep: the monitor hands the latest block's statistics to `select`."""
 
     def score(self, tokens: VisualTokens) -> torch.Tensor:
         """log of the expected attention weight times |v| for every visual token [heads, n] (unnormalised)."""
@@ -62,9 +52,3 @@ class ExpectedAttentionPolicy(Policy):
             if self.use_variance:  # into a scratch, not in place: part may be the cache
                 out.addmv_(torch.mul(part, part, out=squares[: end - start]), var[head])
         return tokens.pick(logit) + log_value
-
-    def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
-        done = trivial_selection(tokens.heads, tokens.count, keep, tokens.device)
-        if done is not None:
-            return done
-        return top_indices(recent_then_best(self.score(tokens), tokens.frame, self.recent_ratio, keep), keep)

@@ -9,19 +9,18 @@ from typing import ClassVar
 
 import torch
 
-from potwatch.compression.policies.base import Policy, VisualTokens, register
-from potwatch.compression.policies.recent_first import recent_then_best
-from potwatch.compression.policies.selection import check_ratio, top_indices, trivial_selection
+from potwatch.compression.policies.base import ScoringPolicy, VisualTokens
+from potwatch.compression.policies.selection import check_ratio
 from potwatch.compression.query_stats import QueryStats
+from potwatch.compression.token_state import SCORE, TokenState
 
 # Most bytes of attention weights [rows, sampled queries, tokens] formed at once: the update walks the
 # (layer, head) rows in groups this size, so it never builds an attention matrix of the whole cache.
 ATTENTION_CHUNK_BYTES = 16 << 20
 
 
-@register
 @dataclass
-class GlobalScorePolicy(Policy):
+class GlobalScorePolicy(ScoringPolicy):
     """Each cached token carries a running score per layer and KV head. After every vision block a few
     of its queries (evenly spaced, query heads of a KV group averaged, after RoPE) attend over the
     cache as the model's causal attention would; a token's new score is its mean attention weight over
@@ -32,26 +31,22 @@ class GlobalScorePolicy(Policy):
     name: ClassVar[str] = "global_score"
     description: ClassVar[str] = "keeps the recent frames, then the tokens that drew the most attention over the stream"
     needs_queries: ClassVar[bool] = True
-    token_scores: ClassVar[bool] = True
+    per_token_state: ClassVar[tuple[TokenState, ...]] = (SCORE,)
 
     decay: float = 0.8
-    recent_ratio: float = 0.125
 
     def __post_init__(self) -> None:
         check_ratio("decay", self.decay)
-        check_ratio("recent_ratio", self.recent_ratio)
+        super().__post_init__()
 
-    def observe(self, queries: QueryStats, keys: torch.Tensor, scores: torch.Tensor | None, length: int,
-                visual: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> None:
-        if scores is not None:
-            update_running_scores(scores, keys, length, queries, self.decay)
+    def observe(self, queries: QueryStats, keys: torch.Tensor, state: dict[str, torch.Tensor], length: int,
+                visual: torch.Tensor | None = None) -> None:
+        if SCORE.name in state:
+            update_running_scores(state[SCORE.name], keys, length, queries, self.decay)
 
-    def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
-        done = trivial_selection(tokens.heads, tokens.count, keep, tokens.device)
-        if done is not None:
-            return done
-        score = tokens.history if tokens.history is not None else tokens.value_norms()
-        return top_indices(recent_then_best(score, tokens.frame, self.recent_ratio, keep), keep)
+    def score(self, tokens: VisualTokens) -> torch.Tensor:
+        """The running score; |v| for a cache that keeps none (uncapped)."""
+        return tokens.history if tokens.history is not None else tokens.value_norms()
 
 
 def sampled_attention(keys: torch.Tensor, samples: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,13 @@ from typing import ClassVar
 import torch
 
 from potwatch.compression.merging import CANDIDATES, merge_evicted
-from potwatch.compression.policies.base import VisualTokens, register
-from potwatch.compression.policies.selection import infinipot_score, patch_coordinates
+from potwatch.compression.policies.base import VisualTokens
+from potwatch.compression.policies.selection import patch_coordinates
 from potwatch.compression.policies.tar_van import TarVanPolicy
+from potwatch.compression.token_state import SLOT_COUNT, VALUE_NORM, TokenState
 from potwatch.errors import PolicyOptionError
 
 
-@register
 @dataclass
 class KeepMergePolicy(TarVanPolicy):
     """Keeps what tar_van keeps. Each evicted visual token is then folded into the kept visual token of
@@ -36,7 +36,7 @@ class KeepMergePolicy(TarVanPolicy):
 
     name: ClassVar[str] = "keep_merge"
     description: ClassVar[str] = "like tar_van, but what goes is merged into its most similar kept token, not dropped"
-    slot_counts: ClassVar[bool] = True
+    per_token_state: ClassVar[tuple[TokenState, ...]] = (SLOT_COUNT, VALUE_NORM)
 
     candidates: str = "patch"
     min_similarity: float = 0.0
@@ -51,11 +51,10 @@ class KeepMergePolicy(TarVanPolicy):
                 f"Policy option min_similarity={self.min_similarity} is out of range; pick a cosine between -1 and 1."
             )
 
-    def score(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
-        weight = tokens.counts if self.weigh_counts else None
-        return infinipot_score(tokens, keep, self.alpha, self.recent_ratio, self.pool_kernel, weight)
+    def van_weight(self, tokens: VisualTokens) -> torch.Tensor | None:
+        return tokens.counts if self.weigh_counts else None
 
-    def fold(self, tokens: VisualTokens, chosen: torch.Tensor, counts: torch.Tensor) -> None:
+    def fold(self, tokens: VisualTokens, chosen: torch.Tensor) -> None:
         coordinate, _ = patch_coordinates(tokens.row, tokens.col)
-        merge_evicted(tokens.keys, tokens.values, counts, tokens.rows(), chosen, coordinate, self.candidates,
-                      self.min_similarity, tokens.value_norm_rows)
+        merge_evicted(tokens.keys, tokens.values, tokens.state[SLOT_COUNT.name], tokens.rows(), chosen, coordinate,
+                      self.candidates, self.min_similarity, tokens.value_norm_rows)

@@ -7,11 +7,9 @@ from typing import ClassVar
 
 import torch
 
-from potwatch.compression.policies.base import Policy, VisualTokens, register
-from potwatch.compression.policies.selection import trivial_selection
+from potwatch.compression.policies.base import Policy, VisualTokens
 
 
-@register
 @dataclass
 class NoEvictionPolicy(Policy):
     """Keeps every token. The monitor checks `evicts` and raises the user-facing CacheFullError before
@@ -27,4 +25,4 @@ class NoEvictionPolicy(Policy):
                 f"policy 'none' was asked to keep {keep} of {tokens.count} tokens; it never evicts "
                 "(the monitor should have stopped with CacheFullError)"
             )
-        return trivial_selection(tokens.heads, tokens.count, keep, tokens.device)
+        return super().select(tokens, keep)

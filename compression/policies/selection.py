@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from potwatch.compression.policies.base import VisualTokens
+from potwatch.compression.policies.visual_tokens import VisualTokens
 from potwatch.compression.quantized_kv import QuantizedView
 from potwatch.errors import PolicyOptionError
 from potwatch.kernels.triton_dispatch import triton_ready

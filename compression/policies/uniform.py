@@ -7,11 +7,10 @@ from typing import ClassVar
 
 import torch
 
-from potwatch.compression.policies.base import Policy, VisualTokens, register
-from potwatch.compression.policies.selection import evenly_spaced, frame_ranks, mask_to_indices, trivial_selection
+from potwatch.compression.policies.base import Policy, VisualTokens
+from potwatch.compression.policies.selection import evenly_spaced, frame_ranks, mask_to_indices
 
 
-@register
 @dataclass
 class UniformPolicy(Policy):
     """Keep whole frames evenly spaced across the frames each head holds, ignoring content.
@@ -25,11 +24,8 @@ class UniformPolicy(Policy):
     name: ClassVar[str] = "uniform"
     description: ClassVar[str] = "keeps evenly spaced frames, whatever they show (the content-blind baseline)"
 
-    def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
+    def choose(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
         heads, n = tokens.heads, tokens.count
-        done = trivial_selection(heads, n, keep, tokens.device)
-        if done is not None:
-            return done
         rank, order, frames = frame_ranks(tokens.frame, newest_first=False)  # time order: frame, then index
         wanted = (keep * frames // n).clamp(min=1)
         j = torch.arange(int(wanted.max()), device=rank.device)

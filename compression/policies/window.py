@@ -7,11 +7,9 @@ from typing import ClassVar
 
 import torch
 
-from potwatch.compression.policies.base import Policy, VisualTokens, register
-from potwatch.compression.policies.selection import trivial_selection
+from potwatch.compression.policies.base import Policy, VisualTokens
 
 
-@register
 @dataclass
 class WindowPolicy(Policy):
     """Keep the `keep` most recent tokens in cache order (the largest indices); the baseline that
@@ -20,9 +18,6 @@ class WindowPolicy(Policy):
     name: ClassVar[str] = "window"
     description: ClassVar[str] = "keeps only the newest frames: a sliding window"
 
-    def select(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
-        done = trivial_selection(tokens.heads, tokens.count, keep, tokens.device)
-        if done is not None:
-            return done
-        n = tokens.count
-        return torch.arange(n - keep, n, device=tokens.device).expand(tokens.heads, keep).contiguous()
+    def ranking(self, tokens: VisualTokens, keep: int) -> torch.Tensor:
+        """The cache index itself: the newest rank highest."""
+        return torch.arange(tokens.count, dtype=torch.float32, device=tokens.device).expand(tokens.heads, -1)

@@ -4,7 +4,8 @@ options), positions, frame rate, answer length, threads and dtype.
 The command line (app/watch.py), the web UI (app/ui_sessions.py) and `StreamSession(...)` all build a
 `StreamSettings` with `from_user`, so a value that cannot work gets the same one sentence wherever it
 is given (docs/bad-inputs.md lists them), and it fails before any model is loaded. Each error carries
-`setting`, the name of what it concerns, so the web page can put it beside the right field."""
+`setting` and `rule` (what it concerns, which check failed), so the web page can put it beside the
+right field in its own words."""
 
 from __future__ import annotations
 
@@ -60,7 +61,10 @@ class StreamSettings:
         with _about("fps"):
             fps = check_rate(fps)
         with _about("kv_bits"):
-            kv_bits = check_kv_bits(kv_bits, cap_bytes is not None or auto)
+            kv_bits = check_kv_bits(kv_bits, capped=True)  # 16, 8 or 4
+        with _about("kv_bits", "needs_cap"):
+            check_kv_bits(kv_bits, cap_bytes is not None or auto)
+        with _about("kv_bits", "per_head"):
             check_policy_width(chosen, kv_bits)
         with _about("positions"):
             if positions is not None and positions not in POSITION_MODES:
@@ -73,7 +77,7 @@ class StreamSettings:
             if threads is not None and threads != "auto":
                 check_threads(threads)
         with _about("dtype"):
-            if dtype and dtype not in DTYPES + DTYPE_ALIASES:
+            if isinstance(dtype, str) and dtype and dtype not in DTYPES + DTYPE_ALIASES:
                 raise ModelLoadError(f"Unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}.")
         return cls(cap_bytes=cap_bytes, cap_is_auto=auto, policy=policy, policy_options=options, fps=fps,
                    kv_bits=kv_bits, positions=positions, max_new_tokens=max_new_tokens, threads=threads,
@@ -108,10 +112,11 @@ def answer_length(max_new_tokens) -> int:
 
 
 @contextlib.contextmanager
-def _about(setting: str):
-    """Name the setting a UserError raised inside concerns (`error.setting`)."""
+def _about(setting: str, rule: str = "value"):
+    """Name what a UserError raised inside concerns: `error.setting`, and `error.rule`, the check that
+    failed ("value": the setting alone; else a rule it breaks with the others)."""
     try:
         yield
     except UserError as error:
-        error.setting = setting
+        error.setting, error.rule = setting, rule
         raise

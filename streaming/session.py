@@ -29,7 +29,7 @@ from potwatch.streaming.dialogue import NOMINAL_QUESTION_TOKENS, Dialogue
 from potwatch.streaming.frame_input import check_frame_size
 from potwatch.streaming.model_turns import BLOCK, model_turns
 from potwatch.streaming.oom_retry import is_out_of_memory, release_device_memory
-from potwatch.streaming.session_stats import SessionStats, frames_in_cache  # noqa: F401 (app/ui_plots.py imports it from here)
+from potwatch.streaming.session_stats import SessionStats, frames_in_cache  # noqa: F401 (app/ui_plots.py)
 from potwatch.streaming.settings import StreamSettings
 from potwatch.threads import session_threads
 
@@ -41,17 +41,18 @@ RESET_SETTINGS = ("settings", "auto_cap", "frame_size")
 class StreamSession(BlockPipeline, Dialogue, SessionStats):
     """A stream watched by one model under one memory cap.
 
-    mem_cap: bytes ('2GB', '64MiB', an int) for keys + values + metadata of every layer; None for no cap
-    (the cache grows: only for comparisons). policy: a registered policy name. fps: the rate frames are
-    sampled at (timestamps and Qwen2.5-VL's temporal positions follow it). positions: "keep" gives every
-    token its original position for good; "compact" re-numbers the held tokens without gaps after each
-    compaction (rotating their keys to match), so positions stay bounded on endless streams at the cost
-    of the time that evicted stretches took (default: what the model family needs). kv_bits: 16 keeps
-    K/V as the model computes them; 8 or 4 quantises them so the same cap holds more tokens (every head
-    of a layer then keeps the same tokens; see compression/quantized_kv.py). threads: torch's CPU threads,
-    process-wide: None (the default) leaves them alone; "auto" applies potwatch's choice (usable cores
-    less one; OMP_NUM_THREADS, when set, wins); an int sets them (see potwatch/threads.py). settings: a
-    `StreamSettings` already checked (streaming/settings.py), in place of those keyword arguments."""
+    mem_cap: bytes ('2GB', '64MiB', an int) for keys + values + metadata of every layer; 'auto' for the
+    largest that fits beside the model; None or 'none' for no cap (the cache grows: only for comparisons).
+    policy: a registered policy name. fps: the rate frames are sampled at (timestamps and Qwen2.5-VL's
+    temporal positions follow it). positions: "keep" gives every token its original position for good;
+    "compact" re-numbers the held tokens without gaps after each compaction (rotating their keys to match),
+    so positions stay bounded on endless streams at the cost of the time that evicted stretches took
+    (default: what the model family needs). kv_bits: 16 keeps K/V as the model computes them; 8 or 4
+    quantises them so the same cap holds more tokens (every head of a layer then keeps the same tokens; see
+    compression/quantized_kv.py). threads: torch's CPU threads, process-wide: None (the default) leaves them
+    alone; "auto" applies potwatch's choice (usable cores less one; OMP_NUM_THREADS, when set, wins); an int
+    sets them (see potwatch/threads.py). settings: a `StreamSettings` already checked
+    (streaming/settings.py), in place of those keyword arguments."""
 
     def __init__(
         self,

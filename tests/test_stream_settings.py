@@ -30,7 +30,8 @@ def test_settings_read_what_users_write():
                                         max_new_tokens=12, threads="auto", dtype="bf16")
     assert (settings.cap_bytes, settings.cap_is_auto, settings.policy, settings.fps, settings.kv_bits) == (
         2_000_000, False, "window", 1.5, 8)
-    assert (settings.positions, settings.max_new_tokens, settings.threads, settings.dtype) == ("compact", 12, "auto", "bf16")
+    assert (settings.positions, settings.max_new_tokens, settings.threads, settings.dtype) == (
+        "compact", 12, "auto", "bf16")
     for no_cap in (None, "none", "off", " Unlimited "):
         assert StreamSettings.from_user(mem_cap=no_cap).cap_bytes is None
     auto = StreamSettings.from_user(mem_cap="AUTO", kv_bits=4)
@@ -75,7 +76,8 @@ def test_auto_is_refused_where_a_size_is_needed():
 def test_changed_keeps_what_is_not_given_and_drops_options_of_another_policy():
     settings = StreamSettings.from_user(mem_cap="1MB", policy="keep_merge", policy_options={"candidates": "all"})
     same = settings.changed(fps=4)
-    assert (same.cap_bytes, same.policy, same.policy_options, same.fps) == (1_000_000, "keep_merge", {"candidates": "all"}, 4.0)
+    assert (same.cap_bytes, same.policy, same.policy_options, same.fps) == (
+        1_000_000, "keep_merge", {"candidates": "all"}, 4.0)
     other = settings.changed(policy="window", mem_cap=None)
     assert (other.policy, other.policy_options, other.cap_bytes) == ("window", {}, None)
     assert StreamSettings.from_user(mem_cap="auto").changed(fps=1).cap_is_auto
@@ -112,7 +114,8 @@ def test_the_page_puts_each_refusal_beside_its_field():
         with pytest.raises(SettingError) as caught:
             check_fields(*fields)
         assert caught.value.field == field and str(caught.value).startswith(words), (fields, str(caught.value))
-    assert check_fields(" 1MB ", "window", "1.5", "8") == TabSettings(mem_cap="1MB", policy="window", fps=1.5, kv_bits=8)
+    expected = TabSettings(mem_cap="1MB", policy="window", fps=1.5, kv_bits=8)
+    assert check_fields(" 1MB ", "window", "1.5", "8") == expected
 
 
 def test_a_session_checks_every_setting_before_loading_or_setting_threads():
@@ -131,7 +134,8 @@ def test_the_pool_and_a_session_built_from_settings_agree(demo_adapter):
                        max_new_tokens=6)
     session = pool.new_session(pool.settings)
     try:
-        assert (session.cap_bytes, session.policy_name, session.fps, session.max_new_tokens) == (400_000, "window", 1.0, 6)
+        assert (session.cap_bytes, session.policy_name, session.fps, session.max_new_tokens) == (
+            400_000, "window", 1.0, 6)
         assert session.positions_mode == demo_adapter.default_positions  # the family's choice, settled once
         session.reset(policy="tar_van", fps=2)
         assert (session.settings.policy, session.fps, session.cap_bytes) == ("tar_van", 2.0, 400_000)

@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from potwatch.compression.mem_cap import format_bytes, parse_optional_mem_cap
-from potwatch.compression.policies.base import make_policy
-from potwatch.compression.quantized_kv import check_kv_bits, check_policy_width
 from potwatch.errors import DeviceMemoryError, UserError
 from potwatch.streaming.answer import Answer
 from potwatch.streaming.session import StreamSession
+from potwatch.streaming.settings import StreamSettings
 from potwatch.streaming.sources import Frame
 
 from potwatch.app.ui_budget import MemoryBudget, MemoryLimits, cache_bytes
@@ -73,21 +72,30 @@ class TabSettings:
     kv_bits: int = 16
 
     def checked(self) -> "TabSettings":
-        """The same settings, or a UserError that says what to fix."""
+        """The same settings, or a UserError that says what to fix (`error.setting` names the field). The
+        page's own limits first (a cap typed, at most 30 frames a second), then the stream's (`for_session`)."""
         mem_cap = str(self.mem_cap or "").strip()
         if not mem_cap:
-            raise UserError("The memory cap is empty; type a size such as 400kB or 1GB, or 'none'.")
-        cap_value(mem_cap)
-        make_policy(self.policy)
+            raise _on("mem_cap", UserError("The memory cap is empty; type a size such as 400kB or 1GB, or 'none'."))
         try:
             fps = float(self.fps)
         except (TypeError, ValueError):
             fps = float("nan")
         if not (0 < fps <= 30):
-            raise UserError(f"The frame rate {self.fps!r} is not between 0 and 30 frames a second; try 2.")
-        kv_bits = check_kv_bits(self.kv_bits, cap_value(mem_cap) is not None)
-        check_policy_width(make_policy(self.policy), kv_bits)
-        return replace(self, mem_cap=mem_cap, fps=fps, kv_bits=kv_bits)
+            raise _on("fps", UserError(f"The frame rate {self.fps!r} is not between 0 and 30 frames a second; try 2."))
+        settings = replace(self, mem_cap=mem_cap, fps=fps)
+        return replace(settings, kv_bits=settings.for_session().kv_bits)
+
+    def for_session(self, max_new_tokens: int = 48) -> StreamSettings:
+        """These settings as a session takes them, checked ('auto' is refused: a tab's cap is a size)."""
+        return StreamSettings.from_user(mem_cap=self.mem_cap, policy=self.policy, fps=self.fps, kv_bits=self.kv_bits,
+                                        max_new_tokens=max_new_tokens, auto_allowed=False)
+
+
+def _on(setting: str, error: UserError) -> UserError:
+    """`error`, named as concerning `setting` (as streaming/settings.py names its own)."""
+    error.setting, error.rule = setting, "value"
+    return error
 
 
 @dataclass(frozen=True)
@@ -336,8 +344,7 @@ class SessionPool:
         return len(self._tabs)
 
     def new_session(self, settings: TabSettings) -> StreamSession:
-        return StreamSession(self.adapter, mem_cap=cap_value(settings.mem_cap), policy=settings.policy,
-                             fps=settings.fps, max_new_tokens=self.max_new_tokens, kv_bits=settings.kv_bits)
+        return StreamSession(self.adapter, settings=settings.for_session(self.max_new_tokens))
 
     def check(self) -> None:
         """Build and free one session with the server's settings, so a cap too small fails at start-up."""

@@ -3,11 +3,10 @@ field it concerns, in the page's words (a field's label, not a command-line flag
 
 from __future__ import annotations
 
-from potwatch.compression.policies.base import POLICIES, make_policy, policy_names
-from potwatch.compression.quantized_kv import KV_BITS
-from potwatch.errors import MemCapError, UserError
+from potwatch.compression.policies.base import POLICIES, policy_names
+from potwatch.errors import UserError
 
-from potwatch.app.ui_sessions import TabSettings, cap_value
+from potwatch.app.ui_sessions import TabSettings
 from potwatch.app.ui_words import ui_words
 
 FIELDS = ("mem_cap", "policy", "kv_bits", "fps")
@@ -30,35 +29,31 @@ def policy_choices() -> list[tuple[str, str]]:
 
 
 def check_fields(mem_cap, policy, fps, kv_bits) -> TabSettings:
-    """The settings as the session takes them, or a SettingError for the first field that cannot work."""
+    """The settings as the session takes them, or a SettingError for the first field that cannot work,
+    in the page's words (the checks themselves are `TabSettings.checked`'s)."""
     mem_cap = str(mem_cap or "").strip()
     if not mem_cap:
         raise SettingError("mem_cap", "The memory cap is empty; type a size such as 1MB or 400kB, or 'none'.")
-    try:
-        cap = cap_value(mem_cap)
-    except MemCapError as error:
-        raise SettingError("mem_cap", ui_words(error)) from None
-    try:
-        chosen = make_policy(str(policy or ""))
-    except UserError:
-        raise SettingError("policy", f"Pick a compression policy from the list (not '{policy}').") from None
-    try:
-        rate = float(fps)
-    except (TypeError, ValueError):
-        rate = float("nan")
-    if not 0 < rate <= 30:
-        raise SettingError("fps", "Frames per second must be a number above 0 and at most 30; try 2.")
     bits = str(kv_bits).strip()
-    if bits not in {str(b) for b in KV_BITS}:
-        raise SettingError("kv_bits", f"Pick 16, 8 or 4 bits per key/value (not '{bits}').")
-    bits = int(bits)
-    if bits != 16 and cap is None:
-        raise SettingError("kv_bits", f"{bits} bits per key/value need a memory cap (a quantised cache never grows); "
-                                      "type a cap or pick 16.")
-    if bits != 16 and chosen.slot_counts:
-        raise SettingError("kv_bits", f"The policy {chosen.name} needs 16 bits per key/value (it keeps tokens per "
-                                      "head, which a quantised cache cannot); pick 16 or the policy tar_van.")
-    return TabSettings(mem_cap=mem_cap, policy=chosen.name, fps=rate, kv_bits=bits).checked()
+    try:
+        return TabSettings(mem_cap=mem_cap, policy=str(policy or ""), fps=fps, kv_bits=bits).checked()
+    except UserError as error:
+        field, rule = getattr(error, "setting", "mem_cap"), getattr(error, "rule", "value")
+        words = _PAGE_WORDS.get((field, rule))
+        raise SettingError(field, words.format(policy=policy, bits=bits) if words else ui_words(error)) from None
+
+
+# What the page says when a field cannot work, by (setting, rule) of the error; the cap's own sentence
+# (ui_words of the session's) is already fit for the page.
+_PAGE_WORDS = {
+    ("policy", "value"): "Pick a compression policy from the list (not '{policy}').",
+    ("fps", "value"): "Frames per second must be a number above 0 and at most 30; try 2.",
+    ("kv_bits", "value"): "Pick 16, 8 or 4 bits per key/value (not '{bits}').",
+    ("kv_bits", "needs_cap"): "{bits} bits per key/value need a memory cap (a quantised cache never grows); "
+                              "type a cap or pick 16.",
+    ("kv_bits", "per_head"): "The policy {policy} needs 16 bits per key/value (it keeps tokens per head, which a "
+                             "quantised cache cannot); pick 16 or the policy tar_van.",
+}
 
 
 def reset_error(error: UserError) -> SettingError:

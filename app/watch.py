@@ -24,36 +24,35 @@ class WatchRun:
     """The state of one `watch` command: the session, the pending questions, the answers so far."""
 
     def __init__(self, args):
-        from potwatch.compression.mem_cap import is_auto, parse_optional_mem_cap
-        from potwatch.compression.policies.base import make_policy
-        from potwatch.compression.quantized_kv import check_kv_bits, check_policy_width
+        from dataclasses import replace
+
+        from potwatch.streaming.settings import StreamSettings
         from potwatch.streaming.sources import open_source
 
         self.args = args
         self.json = args.json
-        # fail on a bad cap before loading anything; 'auto' is chosen by the session once the model is loaded
-        mem_cap = "auto" if is_auto(args.mem_cap) else parse_optional_mem_cap(args.mem_cap)
-        self.kv_bits = check_kv_bits(args.kv_bits, mem_cap is not None)
-        check_policy_width(make_policy(args.policy), self.kv_bits)
+        # every setting checked before anything loads; 'auto' is chosen by the session once the model is loaded
+        self.settings = StreamSettings.from_user(
+            mem_cap=args.mem_cap, policy=args.policy, fps=args.fps, kv_bits=args.kv_bits, positions=args.positions,
+            max_new_tokens=args.max_new_tokens, threads=getattr(args, "threads", None), dtype=args.dtype,
+        )
         self.timed = sorted(((parse_time(t), clean_question(q)) for t, q in args.ask_at), key=lambda item: item[0])
         self.questions = [clean_question(question) for question in args.ask]
-        self.source = open_source(args.video, fps=args.fps, realtime=args.realtime or args.video.startswith("webcam:"),
-                                  max_frames=args.max_frames)
+        realtime = args.realtime or args.video.startswith("webcam:")
+        self.source = open_source(args.video, fps=self.settings.fps, realtime=realtime, max_frames=args.max_frames)
         from potwatch.threads import use_threads
 
-        self.threads = use_threads(getattr(args, "threads", None))  # before the model does any work
+        # the command's threads: potwatch's choice unless --threads, set before the model does any work
+        self.threads = use_threads(self.settings.threads)
         self._say(f"loading model {args.model} ...")
         from potwatch.models.registry import load_model
         from potwatch.streaming.session import StreamSession
 
-        adapter = load_model(args.model, dtype=args.dtype, device=args.device,
+        adapter = load_model(args.model, dtype=self.settings.dtype, device=args.device,
                              trust_remote_code=getattr(args, "trust_remote_code", False))
         size = (getattr(self.source, "height", None), getattr(self.source, "width", None))
-        self.session = StreamSession(
-            adapter, mem_cap=mem_cap, policy=args.policy, fps=args.fps, max_new_tokens=args.max_new_tokens,
-            positions=args.positions, kv_bits=self.kv_bits,
-            frame_size=size if all(size) else None, threads=None,
-        )
+        self.session = StreamSession(adapter, settings=replace(self.settings, threads=None),  # set above
+                                     frame_size=size if all(size) else None)
         for question in self.questions + [question for _, question in self.timed]:
             self.session.check_question(question)  # too long for the cap: say so before the video plays
         self.answers: list[Answer] = []

@@ -15,13 +15,13 @@ import numpy as np
 
 from potwatch.errors import DeviceMemoryError, UserError
 
-from potwatch.app.ui_chat import ChatHandlers
-from potwatch.app.ui_plots import memory_figure, retention_figure
-from potwatch.app.ui_sessions import PoolFullError, SessionPool, TabSession
-from potwatch.app.ui_settings import FIELDS, SettingError, check_fields, reset_error
-from potwatch.app.ui_status import cap_words, memory_note, numbers_table, status_line
-from potwatch.app.ui_uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, delete_upload, is_upload
-from potwatch.app.ui_words import ui_words
+from potwatch.app.ui.chat import ChatHandlers
+from potwatch.app.ui.plots import memory_figure, retention_figure
+from potwatch.app.ui.sessions import PoolFullError, SessionPool, TabSession
+from potwatch.app.ui.settings import FIELDS, SettingError, check_fields, reset_error
+from potwatch.app.ui.status import cap_words, memory_note, numbers_table, status_line
+from potwatch.app.ui.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, delete_upload, is_upload
+from potwatch.app.ui.words import ui_words
 
 DEMO_VIDEO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
 SKIP = gr.skip

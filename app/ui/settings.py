@@ -7,8 +7,8 @@ from potwatch.compression.policies.base import POLICIES, make_policy, policy_nam
 from potwatch.compression.quantized_kv import KV_BITS
 from potwatch.errors import MemCapError, UserError
 
-from potwatch.app.ui_sessions import TabSettings, cap_value
-from potwatch.app.ui_words import ui_words
+from potwatch.app.ui.sessions import TabSettings, cap_value
+from potwatch.app.ui.words import ui_words
 
 FIELDS = ("mem_cap", "policy", "kv_bits", "fps")
 LABELS = {"mem_cap": "Memory cap", "policy": "Compression policy", "kv_bits": "Bits per key/value",

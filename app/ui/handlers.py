@@ -8,6 +8,7 @@ Type hints here must resolve at run time: Gradio reads them to know where to pas
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 import gradio as gr
@@ -23,7 +24,8 @@ from potwatch.app.ui.status import cap_words, memory_note, numbers_table, status
 from potwatch.app.ui.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, delete_upload, is_upload
 from potwatch.app.ui.words import ui_words
 
-DEMO_VIDEO = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
+# found through the assets package, not this file's folder, so the UI's place in the tree does not matter
+DEMO_VIDEO = Path(str(files("potwatch.assets") / "demo.mp4"))
 SKIP = gr.skip
 # What the page's timer and the source controls update, in this order.
 REFRESH = ("status", "numbers", "memory", "retention", "frame", "memory_note", "video",

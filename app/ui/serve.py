@@ -12,8 +12,8 @@ import tempfile
 import threading
 import time
 
-from potwatch.compression.mem_cap import format_bytes, parse_mem_cap
 from potwatch.arguments import add_threads_argument, add_trust_remote_code_argument
+from potwatch.compression.mem_cap import format_bytes, parse_mem_cap
 from potwatch.errors import MemCapError, UserError
 
 DEFAULT_PORT = 7860

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from potwatch.arguments import add_threads_argument, add_trust_remote_code_argument
 from potwatch.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -13,9 +14,6 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from potwatch.compression.policies.base import policy_names
-    from potwatch.models.registry import demo_names
-
     parser = argparse.ArgumentParser(prog="potwatch", description="Watch a video stream with a vision-language model under a hard KV-cache memory cap.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -23,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch = commands.add_parser("watch", help="watch a video file or webcam and answer questions")
     watch.add_argument("video", help="a video file, or webcam:N for camera N")
     watch.add_argument("--mem-cap", default="1GB", help="cap on the KV cache: 2GB, 1.5GiB, 512MB, 64MiB, 300kB, bytes; 'auto' (the largest that fits beside the model, said when it starts); or 'none' (default 1GB)")
-    watch.add_argument("--model", default="demo", help=f"a demo model ({', '.join(demo_names())}), a hub id or a local folder (default demo)")
-    watch.add_argument("--policy", default="tar_van", help=f"compression policy: {', '.join(policy_names())} (default tar_van)")
+    watch.add_argument("--model", default="demo", help="a demo model (`potwatch models` lists them), a hub id or a local folder (default demo)")
+    watch.add_argument("--policy", default="tar_van", help="compression policy (`potwatch policies` lists them; default tar_van)")
     watch.add_argument("--kv-bits", default="16", metavar="16|8|4", help="bits a cached key or value is stored in: 16 (as the model computes it), 8 or 4 (quantised: the same cap holds more tokens) (default 16)")
     watch.add_argument("--fps", type=float, default=2.0, help="frames sampled per second of video (default 2)")
     watch.add_argument("--ask", action="append", default=[], metavar="QUESTION", help="ask at the end of the video (repeatable)")
@@ -41,15 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_threads_argument(watch)
     add_trust_remote_code_argument(watch)
 
-    from potwatch.app.bench import add_bench_arguments
+    from potwatch.bench.command import add_bench_arguments
 
     add_bench_arguments(commands.add_parser("bench", help="measure cost against stream length and fidelity against the full cache"))
 
-    from potwatch.app.ui_serve import add_serve_arguments
+    from potwatch.app.ui.serve import add_serve_arguments
 
     add_serve_arguments(commands.add_parser("serve", help="start the web UI: webcam or file, chat, memory and retention plots"))
 
-    from potwatch.app.make_qa import add_make_qa_arguments
+    from potwatch.bench.make_qa import add_make_qa_arguments
 
     add_make_qa_arguments(commands.add_parser("make-qa", help="write a held-out question set: synthetic-world videos and questions.json"))
 
@@ -60,20 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("name")
     save.add_argument("folder")
     return parser
-
-
-def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    """--threads for every command that runs the model (see potwatch/threads.py)."""
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads torch uses (default: the cores this process may use, less one left for the "
-                             "rest of the machine; OMP_NUM_THREADS, when set, is kept)")
-
-
-def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
-    """Off unless given: a checkpoint's own Python code would run with the user's rights."""
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="let a checkpoint run its own Python code from its folder or hub repository "
-                             "(off by default; only for checkpoints you trust)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,15 +72,15 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_watch(args)
         if args.command == "bench":
-            from potwatch.app.bench import run_bench
+            from potwatch.bench.command import run_bench
 
             return run_bench(args)
         if args.command == "serve":
-            from potwatch.app.ui_serve import run_serve
+            from potwatch.app.ui.serve import run_serve
 
             return run_serve(args)
         if args.command == "make-qa":
-            from potwatch.app.make_qa import run_make_qa
+            from potwatch.bench.make_qa import run_make_qa
 
             return run_make_qa(args)
         if args.command == "models":

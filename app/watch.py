@@ -10,7 +10,7 @@ import time
 
 from tqdm import tqdm
 
-from potwatch.app.time_spec import parse_time
+from potwatch.time_spec import parse_time
 from potwatch.compression.mem_cap import format_bytes
 from potwatch.errors import DeviceMemoryError, UserError
 from potwatch.streaming.answer import DEMO_NOTICE, Answer

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             (out / "busy_machine.runs.json").write_text(json.dumps(runs, indent=1) + "\n")
     import torch
 
-    from potwatch.app.bench_machine import _cpu_name
+    from potwatch.bench.machine import _cpu_name
 
     summary = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),

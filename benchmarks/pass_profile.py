@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from potwatch.app.bench_configurations import configuration  # noqa: E402
-from potwatch.app.bench_copy_floor import (block_layout, copy_floor_ms, fill_synthetic, qwen_layout,  # noqa: E402
+from potwatch.bench.configurations import configuration  # noqa: E402
+from potwatch.bench.copy_floor import (block_layout, copy_floor_ms, fill_synthetic, qwen_layout,  # noqa: E402
                                            synthetic_cache, synthetic_queries)
 from potwatch.compression.budget import KVGeometry  # noqa: E402
 from potwatch.compression.monitor import CompressionMonitor  # noqa: E402

@@ -104,7 +104,7 @@ def run_soak(frames: int = 20000, mem_cap: str = "400kB", model: str = "demo", p
 
 
 def _soak(frames, mem_cap, model, policy, ask_every, warmup, max_new_tokens, size, progress) -> SoakResult:
-    from potwatch.app.ui_sessions import TabSession, TabSettings
+    from potwatch.app.ui.sessions import TabSession, TabSettings
     from potwatch.models.registry import load_model
     from potwatch.streaming.session import StreamSession
     from potwatch.streaming.sources import Frame

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from potwatch.app.ui_sessions import SessionPool, TabSettings
+    from potwatch.app.ui.sessions import SessionPool, TabSettings
     from potwatch.models.registry import load_model
     from potwatch.streaming.sources import FileSource
 

@@ -29,7 +29,7 @@ from potwatch.streaming.dialogue import NOMINAL_QUESTION_TOKENS, Dialogue
 from potwatch.streaming.frame_input import check_frame_size
 from potwatch.streaming.model_turns import BLOCK, model_turns
 from potwatch.streaming.oom_retry import is_out_of_memory, release_device_memory
-from potwatch.streaming.session_stats import SessionStats, frames_in_cache  # noqa: F401 (app/ui_plots.py)
+from potwatch.streaming.session_stats import SessionStats, frames_in_cache  # noqa: F401 (app/ui/plots.py)
 from potwatch.streaming.settings import StreamSettings
 from potwatch.threads import session_threads
 

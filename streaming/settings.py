@@ -1,7 +1,7 @@
 """The settings of a stream, checked once: memory cap, K/V bits, compression policy (with its
 options), positions, frame rate, answer length, threads and dtype.
 
-The command line (app/watch.py), the web UI (app/ui_sessions.py) and `StreamSession(...)` all build a
+The command line (app/watch.py), the web UI (app/ui/sessions.py) and `StreamSession(...)` all build a
 `StreamSettings` with `from_user`, so a value that cannot work gets the same one sentence wherever it
 is given (docs/bad-inputs.md lists them), and it fails before any model is loaded. Each error carries
 `setting` and `rule` (what it concerns, which check failed), so the web page can put it beside the

@@ -11,9 +11,9 @@ import av
 import numpy as np
 import pytest
 
-from potwatch.app.bench_accuracy import load_questions
-from potwatch.app.bench_plots import plots_available
-from potwatch.app.bench_suite import BenchConfig, run_benchmark
+from potwatch.bench.accuracy import load_questions
+from potwatch.bench.plots import plots_available
+from potwatch.bench.suite import BenchConfig, run_benchmark
 from potwatch.app.cli import main
 from potwatch.errors import UserError
 

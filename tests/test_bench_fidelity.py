@@ -10,9 +10,9 @@ from fractions import Fraction
 
 import pytest
 
-from potwatch.app.bench_fidelity import configurations, parse_ratios
+from potwatch.bench.fidelity import configurations, parse_ratios
 from potwatch.app.cli import main
-from potwatch.app.make_qa import make_qa
+from potwatch.bench.make_qa import make_qa
 from potwatch.compression.policies.base import policy_names
 from potwatch.errors import UserError
 

@@ -17,7 +17,7 @@ import torch
 
 from potwatch.app.cli import main
 from potwatch.compression.mem_cap import format_bytes
-from potwatch.app.bench_report import markdown_report
+from potwatch.bench.report import markdown_report
 from potwatch.streaming.session import StreamSession
 from tests.conftest import random_frames
 from tests.device import ON_CUDA, SWITCH, TEST_DEVICE, Tolerance, assert_close

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from potwatch.app.bench_logits import cache_logits
+from potwatch.bench.logits import cache_logits
 from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.compression.head_budgets import allocate, memory_shares, pad_with_holes
 from potwatch.compression.policies.base import VisualTokens, make_policy

@@ -99,8 +99,8 @@ def test_queue_frames_must_hold_a_frame():
 
 
 def test_the_web_ui_shows_the_drop_count(demo_adapter):
-    from potwatch.app.ui_sessions import TabSession, TabSettings
-    from potwatch.app.ui_status import numbers_table, status_line
+    from potwatch.app.ui.sessions import TabSession, TabSettings
+    from potwatch.app.ui.status import numbers_table, status_line
 
     tab = TabSession("tab", StreamSession(demo_adapter, mem_cap=SMALL_CAP), TabSettings(mem_cap=SMALL_CAP))
     assert "dropped (" not in status_line(tab)

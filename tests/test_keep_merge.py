@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from potwatch.app.bench_logits import cache_logits
+from potwatch.bench.logits import cache_logits
 from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.compression.merging import merge_evicted
 from potwatch.compression.token_meta import TokenKind

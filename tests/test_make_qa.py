@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from potwatch.app.bench_accuracy import load_questions
+from potwatch.bench.accuracy import load_questions
 from potwatch.app.cli import main
-from potwatch.app.make_qa import make_qa, qa_stream
+from potwatch.bench.make_qa import make_qa, qa_stream
 from potwatch.streaming.sources import FileSource
 from potwatch.streaming.synthetic_world import TIME_TOLERANCE_S, random_stream, render_sampled
 

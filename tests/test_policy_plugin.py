@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import potwatch.compression.policies as policies_package
-from potwatch.app.bench_configurations import compressing_policies
+from potwatch.bench.configurations import compressing_policies
 from potwatch.compression.policies import base
 from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from potwatch.app.bench_logits import copy_cache_into, spare_copy
+from potwatch.bench.logits import copy_cache_into, spare_copy
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.compression.monitor import CompressionMonitor

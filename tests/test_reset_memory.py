@@ -107,9 +107,9 @@ def test_apply_and_reset_in_the_ui_shows_the_sentence_and_the_tab_goes_on(demo_a
     pytest.importorskip("matplotlib")
     from types import SimpleNamespace
 
-    from potwatch.app.ui_handlers import Handlers
-    from potwatch.app.ui_sessions import SessionPool, TabSettings
-    from potwatch.app.ui_settings import FIELDS
+    from potwatch.app.ui.handlers import Handlers
+    from potwatch.app.ui.sessions import SessionPool, TabSettings
+    from potwatch.app.ui.settings import FIELDS
 
     device = SmallDevice(monkeypatch, limit=10**9)
     pool = SessionPool(demo_adapter, max_sessions=1, settings=TabSettings(mem_cap=OLD_CAP), max_new_tokens=4)

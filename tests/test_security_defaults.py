@@ -114,9 +114,9 @@ def test_serve_listens_on_this_machine_only_and_deletes_its_uploads_when_stopped
 
 def test_an_upload_over_the_limit_is_refused_before_it_reaches_potwatch(demo_adapter, monkeypatch, tmp_path):
     pytest.importorskip("gradio")
-    from potwatch.app import ui
-    from potwatch.app.ui_sessions import SessionPool, TabSettings
-    from potwatch.app.ui_uploads import MAX_UPLOAD_MB
+    from potwatch.app.ui import page as ui
+    from potwatch.app.ui.sessions import SessionPool, TabSettings
+    from potwatch.app.ui.uploads import MAX_UPLOAD_MB
 
     assert ui.launch_options()["max_file_size"] == f"{MAX_UPLOAD_MB}mb" == "200mb"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
@@ -156,8 +156,8 @@ def as_upload(folder: Path, name: str, data: bytes) -> Path:
 @pytest.fixture
 def handlers(demo_adapter):
     pytest.importorskip("gradio")
-    from potwatch.app.ui_handlers import Handlers
-    from potwatch.app.ui_sessions import SessionPool, TabSettings
+    from potwatch.app.ui.handlers import Handlers
+    from potwatch.app.ui.sessions import SessionPool, TabSettings
 
     pool = SessionPool(demo_adapter, max_sessions=2, settings=TabSettings(mem_cap="400kB"))
     yield Handlers(pool)
@@ -170,13 +170,13 @@ def tab(name: str) -> SimpleNamespace:
 
 def video_words(outputs: tuple) -> str:
     """The words about the chosen video among an upload's outputs."""
-    from potwatch.app.ui_handlers import named
+    from potwatch.app.ui.handlers import named
 
     return named(outputs)["video"]
 
 
 def test_refused_uploads_are_deleted_at_once(handlers, upload_folder, monkeypatch):
-    from potwatch.app import ui_handlers
+    from potwatch.app.ui import handlers as ui_handlers
 
     handlers.load(tab("a"))
     text = as_upload(upload_folder, "notes.txt", b"not a video")

@@ -44,8 +44,8 @@ def test_the_growth_check_finds_a_leak_and_spares_bounded_containers(demo_adapte
 
 def test_the_web_chat_keeps_its_latest_turns_only(demo_adapter, monkeypatch):
     pytest.importorskip("gradio")
-    from potwatch.app import ui_chat, ui_handlers
-    from potwatch.app.ui_sessions import SessionPool, TabSettings
+    from potwatch.app.ui import chat as ui_chat, handlers as ui_handlers
+    from potwatch.app.ui.sessions import SessionPool, TabSettings
     from tests.conftest import random_frames
 
     monkeypatch.setattr(ui_chat, "CHAT_MESSAGES", 10)

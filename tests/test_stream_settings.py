@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from potwatch.app.cli import build_parser
-from potwatch.app.ui_sessions import SessionPool, TabSettings
-from potwatch.app.ui_settings import SettingError, check_fields
+from potwatch.app.ui.sessions import SessionPool, TabSettings
+from potwatch.app.ui.settings import SettingError, check_fields
 from potwatch.app.watch import WatchRun
 from potwatch.errors import MemCapError, ModelLoadError, UserError
 from potwatch.models.registry import resolve_dtype

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from potwatch.app.bench_logits import cache_logits, copy_cache_into
-from potwatch.app.bench_loyalty import kl_divergence
+from potwatch.bench.logits import cache_logits, copy_cache_into
+from potwatch.bench.loyalty import kl_divergence
 from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.models.registry import tiny_folder
 from potwatch.streaming.session import StreamSession
@@ -159,7 +159,7 @@ def test_the_fidelity_table_runs_in_reduced_form_on_the_trained_model(tmp_path):
     import json
 
     from potwatch.app.cli import main
-    from potwatch.app.make_qa import make_qa
+    from potwatch.bench.make_qa import make_qa
 
     make_qa(seed=7, streams=2, seconds=32.0, out=tmp_path / "qa")
     out = tmp_path / "table"

@@ -164,8 +164,8 @@ def save_screenshot(page, name: str) -> Path:
 
 
 def test_webcam_stream_chat_and_memory_plot(browser, demo_adapter):
-    from potwatch.app.ui import build_app, launch_options
-    from potwatch.app.ui_sessions import SessionPool, TabSettings
+    from potwatch.app.ui.page import build_app, launch_options
+    from potwatch.app.ui.sessions import SessionPool, TabSettings
 
     started = time.monotonic()
     pool = SessionPool(demo_adapter, max_sessions=1, settings=TabSettings(mem_cap="2MB"), max_new_tokens=8)
@@ -346,10 +346,10 @@ def test_demo_file_plays_through_the_file_tab_of_potwatch_serve(browser, tmp_pat
 def test_tiny_answers_the_one_click_examples_and_the_page_fits_a_phone(browser, tiny_adapter):
     """The README's screenshot: the `tiny` model at its starting cap, after the examples' answers.
     Then the same page at phone width: chat and question first, plots stacked, numbers as lines."""
-    from potwatch.app.ui import build_app, launch_options
-    from potwatch.app.ui_defaults import default_mem_cap
-    from potwatch.app.ui_plots import retention_figure
-    from potwatch.app.ui_sessions import SessionPool, TabSettings
+    from potwatch.app.ui.page import build_app, launch_options
+    from potwatch.app.ui.defaults import default_mem_cap
+    from potwatch.app.ui.plots import retention_figure
+    from potwatch.app.ui.sessions import SessionPool, TabSettings
 
     started = time.monotonic()
     cap = default_mem_cap(tiny_adapter, 2.0, 48)

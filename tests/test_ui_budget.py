@@ -15,10 +15,10 @@ pytest.importorskip("gradio")
 pytest.importorskip("matplotlib")
 
 from potwatch.app.cli import main  # noqa: E402
-from potwatch.app.ui_budget import MemoryLimits  # noqa: E402
-from potwatch.app.ui_handlers import Handlers  # noqa: E402
-from potwatch.app.ui_serve import add_serve_arguments, limits_line, memory_limits  # noqa: E402
-from potwatch.app.ui_sessions import BudgetFullError, SessionPool, TabSettings  # noqa: E402
+from potwatch.app.ui.budget import MemoryLimits  # noqa: E402
+from potwatch.app.ui.handlers import Handlers  # noqa: E402
+from potwatch.app.ui.serve import add_serve_arguments, limits_line, memory_limits  # noqa: E402
+from potwatch.app.ui.sessions import BudgetFullError, SessionPool, TabSettings  # noqa: E402
 from potwatch.compression.capped_cache import CappedKVCache  # noqa: E402
 from potwatch.compression.mem_cap import format_bytes  # noqa: E402
 from potwatch.errors import UserError  # noqa: E402
@@ -213,7 +213,7 @@ def test_a_pool_without_limits_lets_any_cap_through(demo_adapter, pools):
 def test_serve_mem_cap_auto_shares_what_fits_among_the_tabs_and_says_so(demo_adapter, capsys):
     """--mem-cap auto in serve: each tab's starting cap is its share of what fits beside the model, never
     rounded up past it, and the budget (cap × tabs) stays inside the memory auto measured."""
-    from potwatch.app.ui_serve import _auto_settings
+    from potwatch.app.ui.serve import _auto_settings
     from potwatch.compression.auto_cap import auto_cap_for
     from potwatch.compression.mem_cap import parse_mem_cap
 

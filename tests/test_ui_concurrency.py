@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("gradio")
 
-from potwatch.app.ui_handlers import Handlers  # noqa: E402
-from potwatch.app.ui_sessions import PoolFullError, SessionPool, TabClosedError, TabSettings  # noqa: E402
+from potwatch.app.ui.handlers import Handlers  # noqa: E402
+from potwatch.app.ui.sessions import PoolFullError, SessionPool, TabClosedError, TabSettings  # noqa: E402
 from potwatch.streaming.synthetic_scene import render_frames  # noqa: E402
 from tests.cache_invariants import cache_problems  # noqa: E402
 from tests.test_concurrency import run_threads  # noqa: E402

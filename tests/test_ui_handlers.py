@@ -17,10 +17,10 @@ pytest.importorskip("gradio")
 pytest.importorskip("matplotlib")
 
 from potwatch.app.cli import main  # noqa: E402
-from potwatch.app.ui_handlers import DEMO_VIDEO, REFRESH, Handlers, named  # noqa: E402
-from potwatch.app.ui_player import PushSource  # noqa: E402
-from potwatch.app.ui_plots import memory_figure, retention_figure  # noqa: E402
-from potwatch.app.ui_sessions import HISTORY_SAMPLES, MemorySample, PoolFullError, SessionPool, TabSettings  # noqa: E402
+from potwatch.app.ui.handlers import DEMO_VIDEO, REFRESH, Handlers, named  # noqa: E402
+from potwatch.app.ui.player import PushSource  # noqa: E402
+from potwatch.app.ui.plots import memory_figure, retention_figure  # noqa: E402
+from potwatch.app.ui.sessions import HISTORY_SAMPLES, MemorySample, PoolFullError, SessionPool, TabSettings  # noqa: E402
 from potwatch.errors import MemCapError, UserError  # noqa: E402
 from potwatch.streaming.synthetic_scene import render_frames  # noqa: E402
 
@@ -289,7 +289,7 @@ def test_settings_apply_on_reset_and_bad_ones_change_nothing(handlers, pool):
 @pytest.mark.parametrize("policy", ["keep_merge", "adakv"])
 def test_the_slot_count_policies_apply_from_the_ui_beside_a_tab_of_another(handlers, pool, policy):
     """The model is shared: one tab on a policy with slot counts, another on tar_van, both answer."""
-    from potwatch.app.ui_settings import policy_choices
+    from potwatch.app.ui.settings import policy_choices
 
     assert policy in [name for _, name in policy_choices()]  # what the policy dropdown lists
     first, second = tab_request("tab-a"), tab_request("tab-b")

@@ -12,14 +12,14 @@ import pytest
 pytest.importorskip("gradio")
 pytest.importorskip("matplotlib")
 
-from potwatch.app.ui_chat import EXAMPLE_QUESTIONS  # noqa: E402
-from potwatch.app.ui_defaults import LARGE_MODEL_CAP, default_mem_cap, nice_size  # noqa: E402
-from potwatch.app.ui_handlers import DEMO_VIDEO, Handlers, named  # noqa: E402
-from potwatch.app.ui_plots import retention_figure  # noqa: E402
-from potwatch.app.ui_sessions import SessionPool, TabSettings  # noqa: E402
-from potwatch.app.ui_settings import policy_choices  # noqa: E402
-from potwatch.app.ui_status import cap_words  # noqa: E402
-from potwatch.app.ui_words import readable, readable_answer, ui_words  # noqa: E402
+from potwatch.app.ui.chat import EXAMPLE_QUESTIONS  # noqa: E402
+from potwatch.app.ui.defaults import LARGE_MODEL_CAP, default_mem_cap, nice_size  # noqa: E402
+from potwatch.app.ui.handlers import DEMO_VIDEO, Handlers, named  # noqa: E402
+from potwatch.app.ui.plots import retention_figure  # noqa: E402
+from potwatch.app.ui.sessions import SessionPool, TabSettings  # noqa: E402
+from potwatch.app.ui.settings import policy_choices  # noqa: E402
+from potwatch.app.ui.status import cap_words  # noqa: E402
+from potwatch.app.ui.words import readable, readable_answer, ui_words  # noqa: E402
 from potwatch.compression.policies.base import policy_names  # noqa: E402
 from potwatch.models.registry import load_model  # noqa: E402
 from potwatch.streaming.sources import FileSource, Frame  # noqa: E402

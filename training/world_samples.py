@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from potwatch.app.bench_accuracy import QAItem
+from potwatch.bench.accuracy import QAItem
 from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.synthetic_world import SAMPLE_FPS
 from potwatch.streaming.world_questions import WorldQuestion

@@ -14,9 +14,9 @@ import gradio as gr
 from potwatch.errors import UserError
 from potwatch.streaming.answer import Answer
 
-from potwatch.app.ui_sessions import PoolFullError, TabSession
-from potwatch.app.ui_status import answer_message
-from potwatch.app.ui_words import readable, ui_words
+from potwatch.app.ui.sessions import PoolFullError, TabSession
+from potwatch.app.ui.status import answer_message
+from potwatch.app.ui.words import readable, ui_words
 
 SKIP = gr.skip
 CHAT_MESSAGES = 200  # messages the chat keeps (100 questions and answers); older ones scroll out

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from potwatch.app.bench_configurations import compressing_policies, quantised_variants
-from potwatch.app.bench_copy_floor import block_layout, compression_at_scale, copy_floor_ms
-from potwatch.app.bench_cost import CostSettings, cost_figures, median_between, ratio, stream_configuration, synthetic_stream, value_at
-from potwatch.app.bench_machine import describe_machine
-from potwatch.app.bench_needle import needle_probe
-from potwatch.app.bench_report import markdown_report
+from potwatch.bench.configurations import compressing_policies, quantised_variants
+from potwatch.bench.copy_floor import block_layout, compression_at_scale, copy_floor_ms
+from potwatch.bench.cost import CostSettings, cost_figures, median_between, ratio, stream_configuration, synthetic_stream, value_at
+from potwatch.bench.machine import describe_machine
+from potwatch.bench.needle import needle_probe
+from potwatch.bench.report import markdown_report
 from potwatch.compression.mem_cap import parse_mem_cap
 
 
@@ -194,7 +194,7 @@ def _fidelity_runs(adapter, config: BenchConfig, timings: dict) -> dict:
         )
         timings["compression_at_scale"] = time.perf_counter() - tick
     if config.loyalty_frames:
-        from potwatch.app.bench_loyalty import measure_loyalty
+        from potwatch.bench.loyalty import measure_loyalty
 
         _say(f"loyalty: {config.loyalty_frames} frames, {len(config.fidelity_configurations)} configurations, 5 ratios")
         tick = time.perf_counter()
@@ -295,7 +295,7 @@ class _progress_bar:
 
 
 def _write_outputs(results: dict, records: dict, out: Path, cap_bytes: int, model: str) -> list[str]:
-    from potwatch.app import bench_plots
+    from potwatch.bench import plots as bench_plots
 
     files = []
     series = {name: {key: r[key] for key in ("series", "compression_events", "ttft_s", "ttft_compacted")}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from potwatch.app.bench_configurations import compressing_policies, configuration
+from potwatch.bench.configurations import compressing_policies, configuration
 from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession
 from potwatch.streaming.synthetic_scene import event_window, render_frame

@@ -13,13 +13,13 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from potwatch.app.ui_chat import EXAMPLE_QUESTIONS  # noqa: E402
-from potwatch.app.ui_handlers import DEMO_VIDEO, REFRESH, Handlers  # noqa: E402
-from potwatch.app.ui_sessions import SessionPool  # noqa: E402
-from potwatch.app.ui_settings import policy_choices  # noqa: E402
-from potwatch.app.ui_status import header  # noqa: E402
-from potwatch.app.ui_style import CSS, theme  # noqa: E402
-from potwatch.app.ui_uploads import MAX_UPLOAD_MB  # noqa: E402
+from potwatch.app.ui.chat import EXAMPLE_QUESTIONS  # noqa: E402
+from potwatch.app.ui.handlers import DEMO_VIDEO, REFRESH, Handlers  # noqa: E402
+from potwatch.app.ui.sessions import SessionPool  # noqa: E402
+from potwatch.app.ui.settings import policy_choices  # noqa: E402
+from potwatch.app.ui.status import header  # noqa: E402
+from potwatch.app.ui.style import CSS, theme  # noqa: E402
+from potwatch.app.ui.uploads import MAX_UPLOAD_MB  # noqa: E402
 
 TICK_S = 1.0  # refresh of status, numbers, plots and the current frame
 WEBCAM_EVERY_S = 0.5  # how often the browser sends a camera frame

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import statistics
 
-from potwatch.app.bench_accuracy import QAItem
-from potwatch.app.bench_fidelity import FULL, FidelityPlan, ratio_label
+from potwatch.bench.accuracy import QAItem
+from potwatch.bench.fidelity import FULL, FidelityPlan, ratio_label
 
 NO_CAP = "no cap"
 

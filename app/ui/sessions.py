@@ -25,8 +25,8 @@ from potwatch.streaming.session import StreamSession
 from potwatch.streaming.settings import StreamSettings
 from potwatch.streaming.sources import Frame
 
-from potwatch.app.ui_budget import MemoryBudget, MemoryLimits, cache_bytes
-from potwatch.app.ui_player import PacedFile, PushSource, SourceRunner
+from potwatch.app.ui.budget import MemoryBudget, MemoryLimits, cache_bytes
+from potwatch.app.ui.player import PacedFile, PushSource, SourceRunner
 
 log = logging.getLogger(__name__)
 

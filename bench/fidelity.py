@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from potwatch.app.bench_accuracy import QAItem, find_video, letter_token_ids, questions_by_video, score_letters
-from potwatch.app.bench_configurations import compressing_policies, configuration, quantised_variants
-from potwatch.app.bench_logits import session_answer, session_logits
+from potwatch.bench.accuracy import QAItem, find_video, letter_token_ids, questions_by_video, score_letters
+from potwatch.bench.configurations import compressing_policies, configuration, quantised_variants
+from potwatch.bench.logits import session_answer, session_logits
 from potwatch.compression.budget import session_geometry
 from potwatch.compression.policies.base import make_policy
 from potwatch.errors import MemCapError, UserError

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 
+from potwatch.arguments import add_threads_argument, add_trust_remote_code_argument
 from potwatch.compression.mem_cap import format_bytes, parse_mem_cap
 from potwatch.errors import MemCapError, UserError
 
@@ -19,12 +20,9 @@ DEFAULT_PORT = 7860
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from potwatch.compression.policies.base import policy_names
-    from potwatch.models.registry import demo_names
-
-    parser.add_argument("--model", default="tiny", help=f"tiny (the small trained model potwatch ships), a demo model ({', '.join(demo_names())}), a hub id or a local folder; one for the whole server (default tiny)")
+    parser.add_argument("--model", default="tiny", help="tiny (the small trained model potwatch ships), a demo model (`potwatch models` lists them), a hub id or a local folder; one for the whole server (default tiny)")
     parser.add_argument("--mem-cap", default=None, help="each session's starting cap on the KV cache, e.g. 1GB or 1MB; users can change it per tab; 'auto' shares what fits beside the model among --max-sessions tabs (default: per model: a small model such as tiny gets a cap it fills within the first minute, so compression shows at once; a large one 1GB)")
-    parser.add_argument("--policy", default="tar_van", help=f"each session's default compression policy: {', '.join(policy_names())} (default tar_van)")
+    parser.add_argument("--policy", default="tar_van", help="each session's default compression policy (`potwatch policies` lists them; default tar_van)")
     parser.add_argument("--kv-bits", default="16", metavar="16|8|4", help="each session's default bits per cached key or value: 16, 8 or 4 (quantised: the same cap holds more tokens); users can change it per tab (default 16)")
     parser.add_argument("--fps", type=float, default=2.0, help="each session's default frames sampled per second (default 2)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
@@ -37,8 +35,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU; the model's on CUDA, float16 where the GPU lacks bfloat16)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    from potwatch.app.cli import add_threads_argument, add_trust_remote_code_argument
-
     add_trust_remote_code_argument(parser)
     add_threads_argument(parser)
 
@@ -67,8 +63,8 @@ def memory_limits(args: argparse.Namespace, start_cap: str | None):
     """The budget and the per-tab ceiling from --mem-budget, --max-session-cap and --allow-any-cap for tabs
     starting at `start_cap` (None: only check the sizes are well formed); a UserError for limits that
     cannot work together."""
-    from potwatch.app.ui_budget import MemoryLimits
-    from potwatch.app.ui_sessions import cap_value
+    from potwatch.app.ui.budget import MemoryLimits
+    from potwatch.app.ui.sessions import cap_value
 
     budget = _size("--mem-budget", args.mem_budget)
     ceiling = _size("--max-session-cap", args.max_session_cap)
@@ -99,7 +95,7 @@ def memory_limits(args: argparse.Namespace, start_cap: str | None):
 
 def limits_line(limits, start_cap: str, max_sessions: int) -> str:
     """What the operator's memory limits are, printed at start."""
-    from potwatch.app.ui_sessions import cap_value
+    from potwatch.app.ui.sessions import cap_value
 
     cap = cap_value(start_cap)
     if limits.budget is None:
@@ -167,7 +163,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError(f"The web UI needs the ui extra ({error.name} is missing); run: pip install -e '.[ui]'.") from error
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number; give one between 1 and 65535, e.g. 7860.")
-    from potwatch.app.ui_sessions import SessionPool, TabSettings
+    from potwatch.app.ui.sessions import SessionPool, TabSettings
 
     from potwatch.compression.mem_cap import is_auto
 
@@ -201,7 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
     elif args.mem_cap is None:
         from dataclasses import replace
 
-        from potwatch.app.ui_defaults import default_mem_cap
+        from potwatch.app.ui.defaults import default_mem_cap
 
         settings = replace(settings, mem_cap=default_mem_cap(adapter, settings.fps, args.max_new_tokens, settings.policy))
         print(f"potwatch: each tab starts with a {settings.mem_cap} cap (--mem-cap sets another)", file=sys.stderr,
@@ -211,7 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
     pool = SessionPool(adapter, max_sessions=args.max_sessions, settings=settings, max_new_tokens=args.max_new_tokens,
                        limits=limits)
     pool.check()
-    from potwatch.app.ui import build_app, launch_options
+    from potwatch.app.ui.page import build_app, launch_options
 
     app = build_app(pool)
     try:

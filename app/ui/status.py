@@ -10,9 +10,9 @@ import time
 from potwatch.compression.mem_cap import format_bytes
 from potwatch.streaming.answer import DEMO_NOTICE, Answer
 
-from potwatch.app.ui_defaults import TYPICAL_FRAME
-from potwatch.app.ui_sessions import TabSession
-from potwatch.app.ui_words import readable_answer, ui_words
+from potwatch.app.ui.defaults import TYPICAL_FRAME
+from potwatch.app.ui.sessions import TabSession
+from potwatch.app.ui.words import readable_answer, ui_words
 
 WEBCAM_QUIET_S = 3.0  # no camera frame for this long: the browser stopped streaming
 

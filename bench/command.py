@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from potwatch.app.cli import add_trust_remote_code_argument
+from potwatch.arguments import add_trust_remote_code_argument
 from potwatch.errors import UserError
 
 
@@ -81,7 +81,7 @@ def run_bench(args) -> int:
         return _run_fidelity(args)
     if args.accuracy:
         return _run_accuracy(args)
-    from potwatch.app.bench_suite import BenchConfig, run_benchmark
+    from potwatch.bench.suite import BenchConfig, run_benchmark
 
     changes = {}
     if args.model:
@@ -143,7 +143,7 @@ def _invariants_hold(results: dict) -> bool:
 
 
 def _run_accuracy(args) -> int:
-    from potwatch.app.bench_accuracy import accuracy_markdown, load_questions, run_accuracy
+    from potwatch.bench.accuracy import accuracy_markdown, load_questions, run_accuracy
     from potwatch.compression.mem_cap import parse_optional_mem_cap
     from potwatch.models.registry import load_model
 
@@ -178,11 +178,11 @@ def _run_fidelity(args) -> int:
     """The fidelity table in one command: accuracy.json, accuracy.md and accuracy.png in --out."""
     import torch
 
-    from potwatch.app.bench_accuracy import load_questions
-    from potwatch.app.bench_fidelity import (ANSWER_TOKENS, DIALOGUE_SHARE, configurations, make_plan, parse_ratios,
+    from potwatch.bench.accuracy import load_questions
+    from potwatch.bench.fidelity import (ANSWER_TOKENS, DIALOGUE_SHARE, configurations, make_plan, parse_ratios,
                                              score_streams, stream_jobs)
-    from potwatch.app.bench_fidelity_report import fidelity_markdown, plot_fidelity
-    from potwatch.app.bench_fidelity_summary import summarise
+    from potwatch.bench.fidelity_report import fidelity_markdown, plot_fidelity
+    from potwatch.bench.fidelity_summary import summarise
     from potwatch.models.registry import load_model
 
     started = time.perf_counter()
@@ -229,7 +229,7 @@ def _run_fidelity(args) -> int:
     (out / "accuracy.json").write_text(json.dumps(summary, indent=1) + "\n")
     markdown = fidelity_markdown(summary)
     (out / "accuracy.md").write_text(markdown)
-    from potwatch.app.bench_plots import plots_available
+    from potwatch.bench.plots import plots_available
 
     if plots_available():
         plot_fidelity(summary, out)

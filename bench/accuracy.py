@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from potwatch.app.bench_logits import session_logits
-from potwatch.app.time_spec import parse_time
+from potwatch.bench.logits import session_logits
+from potwatch.time_spec import parse_time
 from potwatch.errors import UserError
 
 VIDEO_SUFFIXES = ("", ".mp4", ".mkv", ".webm", ".avi", ".mov")

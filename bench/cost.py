@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from potwatch.app.bench_configurations import configuration
-from potwatch.app.bench_gpu_memory import peak_figures, start_peak
-from potwatch.app.bench_machine import rss_bytes
+from potwatch.bench.configurations import configuration
+from potwatch.bench.gpu_memory import peak_figures, start_peak
+from potwatch.bench.machine import rss_bytes
 from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession
 from potwatch.streaming.synthetic_scene import render_frame

@@ -8,6 +8,7 @@ Type hints here must resolve at run time: Gradio reads them to know where to pas
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 import gradio as gr
@@ -16,13 +17,13 @@ import numpy as np
 from potwatch.assets import demo_video as packaged_demo_video
 from potwatch.errors import DeviceMemoryError, UserError
 
-from potwatch.app.ui_chat import ChatHandlers
-from potwatch.app.ui_plots import memory_figure, retention_figure
-from potwatch.app.ui_sessions import PoolFullError, SessionPool, TabSession
-from potwatch.app.ui_settings import FIELDS, SettingError, check_fields, reset_error
-from potwatch.app.ui_status import cap_words, memory_note, numbers_table, status_line
-from potwatch.app.ui_uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, delete_upload, is_upload
-from potwatch.app.ui_words import ui_words
+from potwatch.app.ui.chat import ChatHandlers
+from potwatch.app.ui.plots import memory_figure, retention_figure
+from potwatch.app.ui.sessions import PoolFullError, SessionPool, TabSession
+from potwatch.app.ui.settings import FIELDS, SettingError, check_fields, reset_error
+from potwatch.app.ui.status import cap_words, memory_note, numbers_table, status_line
+from potwatch.app.ui.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, delete_upload, is_upload
+from potwatch.app.ui.words import ui_words
 
 DEMO_VIDEO = packaged_demo_video()  # package data: found wherever potwatch is installed
 SKIP = gr.skip

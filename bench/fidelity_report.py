@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from potwatch.app.bench_fidelity import FULL
-from potwatch.app.bench_fidelity_summary import NO_CAP
+from potwatch.bench.fidelity import FULL
+from potwatch.bench.fidelity_summary import NO_CAP
 from potwatch.compression.mem_cap import format_bytes
 
 
@@ -113,7 +113,7 @@ def plot_fidelity(summary: dict, out: Path) -> Path:
     the full cache as a grey dashed line; all questions left, early questions right."""
     from fractions import Fraction
 
-    from potwatch.app.bench_plots import _figure
+    from potwatch.bench.plots import _figure
 
     figure = _figure(11, 4.5)
     panels = figure.subplots(1, 2, sharey=True)

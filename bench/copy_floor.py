@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from potwatch.app.bench_configurations import configuration
+from potwatch.bench.configurations import configuration
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.compression.monitor import CompressionMonitor

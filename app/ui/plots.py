@@ -17,8 +17,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from potwatch.compression.mem_cap import format_bytes  # noqa: E402
 from potwatch.streaming.session import frames_in_cache  # noqa: E402
 
-from potwatch.app.ui_sessions import MemorySample  # noqa: E402
-from potwatch.app.ui_status import frames_in_cache_words  # noqa: E402
+from potwatch.app.ui.sessions import MemorySample  # noqa: E402
+from potwatch.app.ui.status import frames_in_cache_words  # noqa: E402
 
 FIGSIZE = (6.4, 2.9)
 DPI = 100

@@ -6,8 +6,8 @@ from __future__ import annotations
 from potwatch.compression.policies.base import POLICIES, policy_names
 from potwatch.errors import UserError
 
-from potwatch.app.ui_sessions import TabSettings
-from potwatch.app.ui_words import ui_words
+from potwatch.app.ui.sessions import TabSettings
+from potwatch.app.ui.words import ui_words
 
 FIELDS = ("mem_cap", "policy", "kv_bits", "fps")
 LABELS = {"mem_cap": "Memory cap", "policy": "Compression policy", "kv_bits": "Bits per key/value",

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from potwatch.app.bench_configurations import compressing_policies, configuration
-from potwatch.app.bench_logits import cache_logits, copy_cache_into, session_logits, spare_copy
+from potwatch.bench.configurations import compressing_policies, configuration
+from potwatch.bench.logits import cache_logits, copy_cache_into, session_logits, spare_copy
 from potwatch.compression.budget import session_geometry
 from potwatch.compression.monitor import CompressionMonitor
 from potwatch.compression.policies.base import make_policy, policy_classes

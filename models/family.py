@@ -64,6 +64,7 @@ DEMO_SPECS: dict[str, DemoSpec] = {}  # every registered family's demos, by name
 
 def register(family: Family) -> Family:
     """Add a family (and its demos); a model_type or demo name registered twice is a programming error."""
+    _load_built_ins()  # the built-in families first, whoever registers first
     if family.model_type in _FAMILIES:
         raise ValueError(f"family {family.model_type!r} is registered already")
     clash = set(family.demos) & set(DEMO_SPECS)

@@ -59,7 +59,7 @@ class Family:
 
 
 _FAMILIES: dict[str, Family] = {}  # model_type -> family, in registration order
-DEMO_SPECS: dict[str, DemoSpec] = {}  # every registered family's demos, by name
+DEMO_SPECS: dict[str, DemoSpec] = {}  # every registered family's demos, by name, in registration order
 
 
 def register(family: Family) -> Family:
@@ -92,8 +92,10 @@ def registered(family: Family):
 
 
 def families() -> list[Family]:
+    """The registered families as potwatch lists them: M-RoPE families first, then plain-RoPE ones, each
+    group in the order registered (demo names keep the plain registration order)."""
     _load_built_ins()
-    return list(_FAMILIES.values())
+    return sorted(_FAMILIES.values(), key=lambda family: -family.pos_rows)
 
 
 def supported_types() -> tuple[str, ...]:

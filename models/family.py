@@ -37,6 +37,8 @@ class DemoSpec:
 
 @dataclass(frozen=True)
 class Family:
+    """One model family, described once: what loading, streaming and the demos need to know of it."""
+
     model_type: str  # transformers config.model_type, the key checkpoints are matched by
     model_class: str  # dotted path of the model class, imported when a checkpoint is loaded
     adapter: type  # a ModelAdapter subclass: (model, tokenizer, processor, name, is_demo, chat_template=...)

@@ -1,5 +1,6 @@
-"""Chat templates in each family's own format, for the demo models' tokenizers: a saved demo checkpoint
-carries one (chat_template.jinja) and is prompted through it, as a real checkpoint is.
+"""Chat templates in each family's own format, for the demo models' tokenizers (each family's description
+names its own): a saved demo checkpoint carries one (chat_template.jinja) and is prompted through it, as a
+real checkpoint is.
 
 - Qwen2-VL / Qwen2.5-VL: ChatML, "You are a helpful assistant." when no system turn is given, a video
   as <|vision_start|><|video_pad|><|vision_end|> (an image with <|image_pad|>) where it stands in the turn.
@@ -49,11 +50,3 @@ LLAVA_ONEVISION_TEMPLATE = _chatml(
     "{% elif part['type'] == 'video' %}{{ '<video>\\n' }}"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}",
 )
-
-FAMILY_TEMPLATES = {
-    "qwen2_vl": QWEN2_VL_TEMPLATE,
-    "qwen2_5_vl": QWEN2_VL_TEMPLATE,
-    "qwen3_vl": QWEN3_VL_TEMPLATE,
-    "llava_onevision": LLAVA_ONEVISION_TEMPLATE,
-    "smolvlm": SMOLVLM_TEMPLATE,
-}

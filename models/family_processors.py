@@ -1,5 +1,6 @@
 """Per-family frame processors, built from a checkpoint's processor files (or defaults for demo models),
-and the settings `save_demo` writes back so a saved demo loads the same processor.
+and the settings `save_demo` writes back so a saved demo loads the same processor. A family's
+description (models/family.py) names its pair: `frame_processor` and `saved_settings`.
 
 A stream is video, so the video processor's settings (video_preprocessor_config.json) come before the
 image processor's (preprocessor_config.json). Sizes the vision tower's weights fix (patch and merge
@@ -10,12 +11,17 @@ from __future__ import annotations
 import json
 
 from potwatch.errors import ModelLoadError
+from potwatch.models.family import family_for
 from potwatch.models.frame_preprocessing import QwenFrameProcessor
 from potwatch.models.frame_preprocessing_llava import LlavaFrameProcessor
 from potwatch.models.frame_preprocessing_smolvlm import SmolVLMFrameProcessor
 
-
-QWEN3_MEAN_STD = (0.5, 0.5, 0.5)  # Qwen3-VL normalises with mean = std = 0.5 (not CLIP's)
+# Per-frame pixel budget for real checkpoints: about 128 tokens per temporal group, as the InfiniPot-V
+# experiments use (128*28*28), instead of the processors' image default of over 12 megapixels.
+# Qwen3-VL merges 32 x 32 px per token, so the same ~128 tokens take 128*32*32 pixels.
+DEFAULT_FRAME_MAX_PIXELS = 128 * 28 * 28
+QWEN3_FRAME_MAX_PIXELS = 128 * 32 * 32
+DEMO_MAX_PIXELS = 224 * 224  # keeps demo frames at ~50 tokens per temporal group
 
 
 def read_processor_settings(source: str) -> dict:
@@ -80,8 +86,19 @@ def qwen_pixel_limits(settings: dict) -> tuple[int | None, int | None]:
     return limits[0], limits[1]
 
 
+def qwen_frames(settings: dict, config, frame_max_pixels: int | None, is_demo: bool,
+                real_max_pixels: int = DEFAULT_FRAME_MAX_PIXELS) -> QwenFrameProcessor:
+    """A Qwen family's frame processor: at most `frame_max_pixels` a frame when asked; else the demo size,
+    or for a real checkpoint `real_max_pixels` (about 128 tokens a group), or the checkpoint's own limit
+    when it asks for smaller frames (the trained `tiny`)."""
+    own_limit = qwen_pixel_limits(settings)[1] or real_max_pixels
+    max_pixels = frame_max_pixels or (DEMO_MAX_PIXELS if is_demo else min(real_max_pixels, own_limit))
+    return qwen_processor(settings, config, max_pixels)
+
+
 def qwen_processor(settings: dict, config, max_pixels: int) -> QwenFrameProcessor:
-    """Qwen2-VL, Qwen2.5-VL and Qwen3-VL patchify frames the same way (Qwen3-VL: 16 px patches)."""
+    """Qwen2-VL, Qwen2.5-VL and Qwen3-VL patchify frames the same way (Qwen3-VL: 16 px patches, its own
+    normalisation, which its family description gives as `frame_norm`)."""
     vision = config.vision_config
     kwargs = dict(
         patch_size=vision.patch_size,
@@ -91,8 +108,9 @@ def qwen_processor(settings: dict, config, max_pixels: int) -> QwenFrameProcesso
     )
     for key in ("patch_size", "merge_size", "temporal_patch_size"):
         _check_tower(key, _setting(settings, key), kwargs[key])
-    if config.model_type == "qwen3_vl":
-        kwargs.update(image_mean=QWEN3_MEAN_STD, image_std=QWEN3_MEAN_STD)
+    family = family_for(config.model_type)
+    if family is not None and family.frame_norm is not None:
+        kwargs.update(image_mean=family.frame_norm[0], image_std=family.frame_norm[1])
     kwargs.update(_normalisation(settings))
     min_pixels = qwen_pixel_limits(settings)[0]
     if min_pixels is not None:
@@ -107,8 +125,10 @@ def _normalisation(settings: dict) -> dict:
     return kwargs
 
 
-def llava_processor(settings: dict, config) -> LlavaFrameProcessor:
-    """Frames go to the tower's own square size: the pooling grid is derived from `image_size`."""
+def llava_processor(settings: dict, config, frame_max_pixels: int | None = None,
+                    is_demo: bool = False) -> LlavaFrameProcessor:
+    """Frames go to the tower's own square size: the pooling grid is derived from `image_size` (so
+    `frame_max_pixels` does not apply)."""
     size = config.vision_config.image_size
     square = _setting(settings, "size") or {}
     for side in ("height", "width"):
@@ -116,7 +136,8 @@ def llava_processor(settings: dict, config) -> LlavaFrameProcessor:
     return LlavaFrameProcessor(size=size, **_normalisation(settings))
 
 
-def smolvlm_processor(settings: dict, config) -> SmolVLMFrameProcessor:
+def smolvlm_processor(settings: dict, config, frame_max_pixels: int | None = None,
+                      is_demo: bool = False) -> SmolVLMFrameProcessor:
     """The square is the tower's `image_size` (= `max_image_size` on real checkpoints); the first,
     aspect-keeping resize uses `video_sampling.video_size` (or the video processor's `size`) when the
     checkpoint gives one. Each frame is `image_seq_len` image tokens."""
@@ -130,19 +151,22 @@ def smolvlm_processor(settings: dict, config) -> SmolVLMFrameProcessor:
     return SmolVLMFrameProcessor(size=size, longest_edge=longest_edge, **_normalisation(settings))
 
 
-def preprocessor_settings(processor) -> dict:
-    """What `save_demo` writes to preprocessor_config.json for this processor."""
-    settings = {"image_mean": list(processor.image_mean), "image_std": list(processor.image_std)}
-    if isinstance(processor, QwenFrameProcessor):
-        settings.update(
-            min_pixels=processor.min_pixels, max_pixels=processor.max_pixels, patch_size=processor.patch_size,
-            merge_size=processor.merge_size, temporal_patch_size=processor.temporal_patch_size,
-        )
-    elif isinstance(processor, LlavaFrameProcessor):
-        settings.update(size={"height": processor.size, "width": processor.size}, resample=processor.resample)
-    else:
-        settings.update(
-            max_image_size={"longest_edge": processor.size}, resample=processor.resample,
-            video_sampling={"video_size": {"longest_edge": processor.longest_edge}},
-        )
-    return settings
+def _norm_settings(processor) -> dict:
+    return {"image_mean": list(processor.image_mean), "image_std": list(processor.image_std)}
+
+
+def qwen_saved_settings(processor: QwenFrameProcessor) -> dict:
+    """What `save_demo` writes to preprocessor_config.json for a Qwen frame processor."""
+    return {**_norm_settings(processor), "min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels,
+            "patch_size": processor.patch_size, "merge_size": processor.merge_size,
+            "temporal_patch_size": processor.temporal_patch_size}
+
+
+def llava_saved_settings(processor: LlavaFrameProcessor) -> dict:
+    return {**_norm_settings(processor), "size": {"height": processor.size, "width": processor.size},
+            "resample": processor.resample}
+
+
+def smolvlm_saved_settings(processor: SmolVLMFrameProcessor) -> dict:
+    return {**_norm_settings(processor), "max_image_size": {"longest_edge": processor.size},
+            "resample": processor.resample, "video_sampling": {"video_size": {"longest_edge": processor.longest_edge}}}

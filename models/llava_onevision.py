@@ -24,7 +24,6 @@ import torch
 from potwatch.compression.token_meta import TokenMeta
 from potwatch.models.adapter import Block
 from potwatch.models.chat_format import ChatFormat, VideoLayout, chatml_format
-from potwatch.models.frame_preprocessing_llava import LlavaFrameProcessor
 from potwatch.models.qwen_vl import DEFAULT_SYSTEM_PROMPT
 from potwatch.models.rope_1d_adapter import Rope1DAdapter
 
@@ -32,15 +31,11 @@ NEWLINE = -1  # stands for the model's `image_newline` embedding in token id lis
 
 
 class LlavaOnevisionAdapter(Rope1DAdapter):
-    def __init__(self, model, tokenizer, processor: LlavaFrameProcessor, name: str, is_demo: bool,
-                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, chat_template: str | None = None):
-        super().__init__(model, tokenizer, model.model.language_model, name, is_demo)
-        self.processor = processor
-        self.system_prompt = system_prompt
-        vision = model.config.vision_config
-        side = vision.image_size // vision.patch_size
+    default_system_prompt = DEFAULT_SYSTEM_PROMPT
+
+    def _read_config(self, config) -> None:
+        side = config.vision_config.image_size // config.vision_config.patch_size
         self.grid_side = math.ceil(side / 2)  # apply_pooling: bilinear to ceil(side / 2) per side
-        self.prompt = self._chat_prompt(chat_template)
 
     def tokens_per_group(self, height: int, width: int) -> int:
         return self.grid_side**2

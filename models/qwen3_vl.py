@@ -27,7 +27,6 @@ import torch
 from potwatch.compression.token_meta import TokenMeta
 from potwatch.models.adapter import Block
 from potwatch.models.chat_format import ChatFormat, VideoLayout, chatml_format
-from potwatch.models.positions_qwen3 import Qwen3Positions
 from potwatch.models.qwen_vl import QwenVLAdapter
 
 MAX_STAMP_SECONDS = 100_000  # timestamps wrap past ~27.8 h so a group's token count stays bounded
@@ -40,6 +39,16 @@ class DeepstackBlock(Block):
     visual_mask: torch.Tensor | None = None  # [1, n] bool: the patch tokens
     deepstack: list[torch.Tensor] = field(default_factory=list)  # per early layer: [patches, hidden]
 
+    def piece(self, start: int, stop: int) -> DeepstackBlock:
+        piece = super().piece(start, stop)
+        if self.deepstack:
+            # DeepStack features exist for the patch tokens only: take those that fall in this piece
+            mask = self.visual_mask[0]
+            first, last = int(mask[:start].sum()), int(mask[:stop].sum())
+            piece.visual_mask = self.visual_mask[:, start:stop]
+            piece.deepstack = [features[first:last] for features in self.deepstack] if last > first else []
+        return piece
+
 
 def group_time(first_frame: int, frames_per_group: int, fps: float) -> float:
     """Mean time of a group's frames, as Qwen3-VL's processor prints it."""
@@ -49,19 +58,14 @@ def group_time(first_frame: int, frames_per_group: int, fps: float) -> float:
 class Qwen3VLAdapter(QwenVLAdapter):
     """Qwen3-VL; shares Qwen2-VL's geometry, patchify and text handling, not its layout or positions."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def _read_config(self, config) -> None:
+        super()._read_config(config)
         self._tokens_per_group: dict[tuple[int, int], int] = {}
-
-    def new_positions(self, fps: float) -> Qwen3Positions:
-        return Qwen3Positions(fps)
 
     def rotary_frequencies(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inv_freq, section) for the interleaved layout: frequency i follows height when i % 3 == 1 and
         i < 3 * sections[1], width when i % 3 == 2 and i < 3 * sections[2], time otherwise."""
-        rotary = self.model.model.language_model.rotary_emb
-        if getattr(rotary, "attention_scaling", 1.0) != 1.0:
-            raise NotImplementedError("re-rotating keys needs plain RoPE scaling (attention_scaling 1.0)")
+        rotary = self._rotary()
         inv_freq = rotary.inv_freq.detach().float().cpu()
         section = torch.zeros(inv_freq.shape[0], dtype=torch.long)
         for row, offset in ((1, 1), (2, 2)):
@@ -114,7 +118,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
     def _text_part(self, ids: list[int], frame: int, first_slot: int, positions):
         """A group's timestamp and vision start/end tokens: text positions, evicted with the frame."""
         n = len(ids)
-        embeds = self.model.model.get_input_embeddings()(torch.tensor(ids, device=self.device))
+        embeds = self._embed(ids)[0]
         slots = torch.arange(first_slot, first_slot + n)
         meta = TokenMeta.vision(torch.full((n,), frame), torch.full((n,), -1), slots, positions.text(n))
         return embeds, meta, torch.zeros(n, dtype=torch.bool)
@@ -128,14 +132,8 @@ class Qwen3VLAdapter(QwenVLAdapter):
         return features, meta, torch.ones(len(k), dtype=torch.bool)
 
     # --- the language model -----------------------------------------------------------------------
-    def forward(self, block: Block, cache, logits: bool) -> torch.Tensor | None:
-        deepstack = {}
+    def _forward_extras(self, block: Block) -> dict:
+        """DeepStack: the block's early-layer features, added at its patch tokens inside the language model."""
         if isinstance(block, DeepstackBlock) and block.deepstack:
-            deepstack = dict(visual_pos_masks=block.visual_mask, deepstack_visual_embeds=block.deepstack)
-        position_ids = block.meta.pos.unsqueeze(1).to(self.device)  # [3, batch=1, n]
-        out = self.model.model.language_model(
-            inputs_embeds=block.embeds, position_ids=position_ids, cache=cache, use_cache=True, **deepstack
-        )
-        if not logits:
-            return None
-        return self.model.lm_head(out.last_hidden_state[:, -1]).float()[0]
+            return dict(visual_pos_masks=block.visual_mask, deepstack_visual_embeds=block.deepstack)
+        return {}

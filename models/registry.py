@@ -15,38 +15,18 @@ import torch
 
 from potwatch.errors import ModelLoadError
 from potwatch.models.adapter import ModelAdapter
-from potwatch.models.demo_models import DEMO_MARK, DEMO_MAX_PIXELS, DEMO_SPECS, build_demo
-from potwatch.models.family_processors import (
-    llava_processor,
-    preprocessor_settings,
-    qwen_pixel_limits,
-    qwen_processor,
+from potwatch.models.demo_models import DEMO_MARK, DEMO_SPECS, build_demo
+from potwatch.models.family import family_for, supported_types
+from potwatch.models.family_processors import (  # noqa: F401 - the frame sizes, re-exported
+    DEFAULT_FRAME_MAX_PIXELS,
+    QWEN3_FRAME_MAX_PIXELS,
     read_processor_settings,
-    smolvlm_processor,
 )
-from potwatch.models.llava_onevision import LlavaOnevisionAdapter
-from potwatch.models.qwen3_vl import Qwen3VLAdapter
-from potwatch.models.qwen_vl import QwenVLAdapter
-from potwatch.models.smolvlm import SmolVLMAdapter
 from potwatch.models.tiny_build import TINY_MARK
 
 TINY_NAME = "tiny"  # the trained model shipped as package data (assets/tiny)
 
 log = logging.getLogger(__name__)
-
-# Per-frame pixel budget for real checkpoints: about 128 tokens per temporal group, as the InfiniPot-V
-# experiments use (128*28*28), instead of the processors' image default of over 12 megapixels.
-# Qwen3-VL merges 32 x 32 px per token, so the same ~128 tokens take 128*32*32 pixels.
-DEFAULT_FRAME_MAX_PIXELS = 128 * 28 * 28
-QWEN3_FRAME_MAX_PIXELS = 128 * 32 * 32
-SUPPORTED_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "smolvlm")
-MODEL_CLASSES = {  # model_type -> transformers class name
-    "qwen2_vl": "Qwen2VLForConditionalGeneration",
-    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-    "qwen3_vl": "Qwen3VLForConditionalGeneration",
-    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
-    "smolvlm": "SmolVLMForConditionalGeneration",
-}
 
 
 def default_device() -> torch.device:
@@ -121,22 +101,10 @@ def _adapter_for(model, tokenizer, settings: dict, name: str, is_demo: bool,
                  frame_max_pixels: int | None) -> ModelAdapter:
     """The family's adapter around a loaded model, with its frame processor built from `settings`, prompted
     through the processor's chat template, else the tokenizer's, else the family's built-in format."""
-    config = model.config
-    family = config.model_type
+    family = family_for(model.config.model_type)
+    processor = family.frame_processor(settings, model.config, frame_max_pixels, is_demo)
     chat_template = settings.get("chat_template")  # None: the tokenizer's own, if it has one
-    if family == "llava_onevision":
-        return LlavaOnevisionAdapter(model, tokenizer, llava_processor(settings, config), name, is_demo,
-                                     chat_template=chat_template)
-    if family == "smolvlm":
-        return SmolVLMAdapter(model, tokenizer, smolvlm_processor(settings, config), name, is_demo,
-                              chat_template=chat_template)
-    real_default = QWEN3_FRAME_MAX_PIXELS if family == "qwen3_vl" else DEFAULT_FRAME_MAX_PIXELS
-    # a checkpoint that asks for smaller frames than potwatch's default (the trained `tiny`) gets them
-    own_limit = qwen_pixel_limits(settings)[1] or real_default
-    max_pixels = frame_max_pixels or (DEMO_MAX_PIXELS if is_demo else min(real_default, own_limit))
-    adapter_class = Qwen3VLAdapter if family == "qwen3_vl" else QwenVLAdapter
-    return adapter_class(model, tokenizer, qwen_processor(settings, config, max_pixels), name, is_demo,
-                         chat_template=chat_template)
+    return family.adapter(model, tokenizer, processor, name, is_demo, chat_template=chat_template)
 
 
 def _read_preprocessor_config(source: str) -> dict:
@@ -175,7 +143,6 @@ def load_model(name: str = TINY_NAME, dtype: str | torch.dtype | None = None, de
 
 
 def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code, label_name: str | None = None) -> ModelAdapter:
-    import transformers
     from transformers import AutoConfig, AutoTokenizer
 
     local = _check_local_folder(name)
@@ -191,16 +158,17 @@ def _load_pretrained(name, dtype, target, frame_max_pixels, trust_remote_code, l
             f"Cannot load model '{name}': it is not a demo name ({', '.join(DEMO_SPECS)}), a local model folder, "
             "or a hub id that can be downloaded or is in the local cache; check the name or download the model first."
         ) from None
-    if config.model_type not in SUPPORTED_TYPES:
+    family = family_for(config.model_type)
+    if family is None:
         raise ModelLoadError(
-            f"Model '{name}' is a '{config.model_type}' model; potwatch supports {', '.join(SUPPORTED_TYPES)} for now."
+            f"Model '{name}' is a '{config.model_type}' model; potwatch supports {', '.join(supported_types())} for now."
         )
     if local and not _has_weights(Path(name)):
         raise ModelLoadError(
             f"'{name}' has a config.json but no weights (model.safetensors or pytorch_model.bin); "
             "copy the whole model folder."
         )
-    model_class = getattr(transformers, MODEL_CLASSES[config.model_type])
+    model_class = family.load_model_class()
     model_dtype = getattr(config.text_config, "dtype", None) or getattr(config, "dtype", None)
     if isinstance(model_dtype, str):
         model_dtype = getattr(torch, model_dtype, None)
@@ -272,8 +240,9 @@ def save_demo(name: str, folder: str | Path) -> Path:
     model, tokenizer = build_demo(name)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    processor = _adapter_for(model, tokenizer, {}, name, True, None).processor
-    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_settings(processor), indent=2))
+    adapter = _adapter_for(model, tokenizer, {}, name, True, None)
+    settings = adapter.description.saved_settings(adapter.processor)
+    (folder / "preprocessor_config.json").write_text(json.dumps(settings, indent=2))
     return folder
 
 

@@ -29,8 +29,6 @@ from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
 from potwatch.compression.token_meta import TokenMeta
 from potwatch.models.adapter import Block
 from potwatch.models.chat_format import ChatFormat, VideoLayout
-from potwatch.models.frame_preprocessing_smolvlm import SmolVLMFrameProcessor
-from potwatch.models.positions_1d import FrameClockPositions
 from potwatch.models.rope_1d_adapter import Rope1DAdapter
 
 STREAM_INTRO = "You are provided the following series of frames from a live video.\n"
@@ -49,21 +47,16 @@ class SmolVLMAdapter(Rope1DAdapter):
     # SmolVLM's processor renders every chat with a video through this template, whatever the checkpoint's
     # (SmolVLM2's own templates have no video part); potwatch takes it when the checkpoint's drops the video
     video_chat_template = DEFAULT_CHAT_TEMPLATE
+    default_system_prompt = None  # no system turn, as in SmolVLM2's video prompts
 
-    def __init__(self, model, tokenizer, processor: SmolVLMFrameProcessor, name: str, is_demo: bool,
-                 system_prompt: str | None = None, chat_template: str | None = None):
-        super().__init__(model, tokenizer, model.model.text_model, name, is_demo)
-        self.processor = processor
-        self.system_prompt = system_prompt  # None: no system turn, as in SmolVLM2's video prompts
-        config = model.config
+    def _language_model(self, model) -> torch.nn.Module:
+        return model.model.text_model
+
+    def _read_config(self, config) -> None:
         self.grid_side = config.vision_config.image_size // config.vision_config.patch_size // config.scale_factor
         self.image_token_id = config.image_token_id
         self._frame_end_ids = self._ids(FRAME_END)
         self._tokens_per_frame: int | None = None
-        self.prompt = self._chat_prompt(chat_template)
-
-    def new_positions(self, fps: float) -> FrameClockPositions:
-        return FrameClockPositions(fps)
 
     def tokens_per_group(self, height: int, width: int) -> int:
         """Tokens of the longest frame block: every block has this many when the tokenizer gives every

@@ -13,7 +13,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2VLConfig
 
-from potwatch.models.demo_tokenizer import QWEN_SPECIAL_TOKENS
+from potwatch.models.families.qwen2_vl import QWEN_SPECIAL_TOKENS
 
 TINY_VOCAB = 768
 TINY_MAX_PIXELS = 112 * 84

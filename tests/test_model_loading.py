@@ -44,3 +44,14 @@ def test_an_unknown_name_and_dtype():
         load_model("nobody/no-such-model")
     with pytest.raises(ModelLoadError, match="Unknown dtype"):
         load_model("demo", dtype="int3")
+
+
+def test_each_family_is_described_once_and_registered_once():
+    from potwatch.models.families import qwen2_vl
+    from potwatch.models.family import DEMO_SPECS, families, register, supported_types
+
+    assert supported_types() == ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "smolvlm")
+    assert sorted(DEMO_SPECS) == sorted(name for family in families() for name in family.demos)
+    assert all(spec.family == family.model_type for family in families() for spec in family.demos.values())
+    with pytest.raises(ValueError, match="registered already"):
+        register(qwen2_vl.FAMILY)

@@ -107,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
 def _list_models() -> int:
     """Supported families with the KV cost of their smallest real checkpoint, the trained tiny model,
     then the demo models."""
-    from potwatch.models.checkpoints import SMALLEST_CHECKPOINTS
+    from potwatch.models.family import smallest_checkpoints
     from potwatch.models.demo_models import DEMO_SPECS
 
     print("families (any checkpoint by hub id or local folder; bytes per token in bfloat16):")
-    for checkpoint in SMALLEST_CHECKPOINTS:
+    for checkpoint in smallest_checkpoints():
         geometry = checkpoint.geometry()
         shape = f"{checkpoint.layers} layers x {checkpoint.kv_heads} KV heads x {checkpoint.head_dim}"
         print(f"  {checkpoint.family:16s} e.g. {checkpoint.hub_id}: {shape} = {geometry.kv_bytes_per_token:,} B/token K+V"

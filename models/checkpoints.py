@@ -1,6 +1,7 @@
 """The smallest real checkpoint of a family and its language model's KV geometry, so `potwatch models`
 can say what a token costs before anything is downloaded. Each family's description names its own
-(models/families/, with the config.json figures it comes from); `SMALLEST_CHECKPOINTS` lists them all."""
+(models/families/, with the config.json figures it comes from); `models.family.smallest_checkpoints()`
+lists them all."""
 
 from __future__ import annotations
 
@@ -22,11 +23,3 @@ class RealCheckpoint:
 
     def geometry(self, dtype: torch.dtype = torch.bfloat16) -> KVGeometry:
         return KVGeometry(self.layers, self.kv_heads, self.head_dim, dtype, pos_rows=self.pos_rows)
-
-
-def __getattr__(name: str):
-    if name == "SMALLEST_CHECKPOINTS":  # read from the registered families, so a new family shows at once
-        from potwatch.models.family import families
-
-        return tuple(family.smallest for family in families())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

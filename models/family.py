@@ -5,7 +5,9 @@ adapter, how frames are preprocessed (and what a saved demo writes back), the po
 models and their config builder, the demo tokenizer's special tokens and chat template, and the
 smallest real checkpoint. Each family's description lives in its own module under `models/families/`
 and is registered there with one line; the registry, the loaders and the demo builders read these
-descriptions and never match a family's name.
+descriptions and never match a family's name. The package's `__init__` imports `models/families/`, so
+the built-in families are registered before any module of `potwatch.models` is used, and this module
+stays a leaf that the families import.
 
 A family is keyed by its transformers `model_type` (what a checkpoint's config.json says)."""
 
@@ -66,7 +68,6 @@ DEMO_SPECS: dict[str, DemoSpec] = {}  # every registered family's demos, by name
 
 def register(family: Family) -> Family:
     """Add a family (and its demos); a model_type or demo name registered twice is a programming error."""
-    _load_built_ins()  # the built-in families first, whoever registers first
     if family.model_type in _FAMILIES:
         raise ValueError(f"family {family.model_type!r} is registered already")
     clash = set(family.demos) & set(DEMO_SPECS)
@@ -96,7 +97,6 @@ def registered(family: Family):
 def families() -> list[Family]:
     """The registered families as potwatch lists them: M-RoPE families first, then plain-RoPE ones, each
     group in the order registered (demo names keep the plain registration order)."""
-    _load_built_ins()
     return sorted(_FAMILIES.values(), key=lambda family: -family.pos_rows)
 
 
@@ -106,14 +106,14 @@ def supported_types() -> tuple[str, ...]:
 
 def family_for(model_type: str) -> Family | None:
     """The registered family of a model_type, None when potwatch does not support it."""
-    _load_built_ins()
     return _FAMILIES.get(model_type)
 
 
 def demo_specs() -> dict[str, DemoSpec]:
-    _load_built_ins()
     return DEMO_SPECS
 
 
-def _load_built_ins() -> None:
-    import potwatch.models.families  # noqa: F401 - registers the built-in families on first import
+def smallest_checkpoints() -> tuple[RealCheckpoint, ...]:
+    """Each registered family's smallest real checkpoint, in the order families are listed (for
+    `potwatch models`); read afresh, so a family registered later shows at once."""
+    return tuple(family.smallest for family in families())

@@ -11,7 +11,7 @@ import torch
 
 from potwatch import StreamSession, load_model
 from potwatch.app.cli import main
-from potwatch.models.checkpoints import SMALLEST_CHECKPOINTS
+from potwatch.models.family import smallest_checkpoints
 from potwatch.models.registry import save_demo
 from potwatch.streaming.sources import FileSource
 from tests.conftest import random_frames
@@ -81,7 +81,7 @@ def test_models_lists_families_demos_and_bytes_per_token(capsys):
     ("demo-qwen3-2b", "qwen3_vl"),
 ])
 def test_real_geometry_demos_cost_what_the_real_checkpoints_cost(name, family):
-    checkpoint = next(c for c in SMALLEST_CHECKPOINTS if c.family == family)
+    checkpoint = next(c for c in smallest_checkpoints() if c.family == family)
     adapter = load_model(name, dtype="bfloat16")
     assert adapter.geometry() == checkpoint.geometry(torch.bfloat16)
     per_frame = {"llava_onevision": 196, "smolvlm": 64}.get(family)  # image tokens a frame, as the real model

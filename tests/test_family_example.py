@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from potwatch.errors import ModelLoadError
-from potwatch.models import checkpoints
-from potwatch.models.family import registered, supported_types
+
+from potwatch.models.family import registered, smallest_checkpoints, supported_types
 from potwatch.models.registry import demo_names, load_model, save_demo
 from potwatch.streaming.session import StreamSession
 from tests import example_family
@@ -26,7 +26,7 @@ def _answer(adapter) -> str:
 def test_an_example_family_is_built_saved_loaded_and_streamed_through_the_registry(tmp_path, demo_adapter):
     with registered(example_family.FAMILY):
         assert example_family.MODEL_TYPE in supported_types() and "demo-example" in demo_names()
-        assert example_family.FAMILY.smallest in checkpoints.SMALLEST_CHECKPOINTS
+        assert example_family.FAMILY.smallest in smallest_checkpoints()
         built = load_test_model("demo-example")
         folder = save_demo("demo-example", tmp_path / "example-checkpoint")
         loaded = load_test_model(str(folder))
@@ -40,6 +40,6 @@ def test_an_example_family_is_built_saved_loaded_and_streamed_through_the_regist
         answers = {_answer(adapter) for adapter in (built, loaded, demo_adapter)}
         assert len(answers) == 1 and answers.pop()
     assert example_family.MODEL_TYPE not in supported_types() and "demo-example" not in demo_names()
-    assert example_family.FAMILY.smallest not in checkpoints.SMALLEST_CHECKPOINTS
+    assert example_family.FAMILY.smallest not in smallest_checkpoints()
     with pytest.raises(ModelLoadError, match="potwatch supports"):
         load_model(str(folder))

@@ -36,6 +36,25 @@ class DemoSpec:
     vision: dict = field(default_factory=dict)  # family-specific vision settings
     hidden: int | None = None  # residual width, when not heads x head_dim (Qwen3 has an explicit head dim)
 
+    def text_config(self, vocab_size: int, max_positions: int, rope: dict, bos: int, eos: int, pad: int,
+                    **family_fields) -> dict:
+        """The demo language model's config fields every family shares (its shape from this spec), plus
+        the family's own (`model_type`, `head_dim`, `rms_norm_eps`, ...)."""
+        return dict(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden or self.heads * self.head_dim,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
+            max_position_embeddings=max_positions,
+            rope_parameters={"rope_type": "default", **rope},
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            **family_fields,
+        )
+
 
 @dataclass(frozen=True)
 class Family:

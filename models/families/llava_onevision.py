@@ -25,20 +25,8 @@ def demo_config(spec: DemoSpec, tokenizer):
     from transformers import LlavaOnevisionConfig
 
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    text = dict(
-        model_type="qwen2",
-        vocab_size=len(tokenizer),
-        hidden_size=spec.heads * spec.head_dim,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
+    text = spec.text_config(len(tokenizer), 32768, {"rope_theta": 1000000.0}, bos=ids["<|endoftext|>"],
+                            eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"], model_type="qwen2")
     vision = dict(
         model_type="siglip_vision_model",
         hidden_size=32,

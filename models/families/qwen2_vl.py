@@ -31,19 +31,8 @@ def token_ids(tokenizer, tokens: tuple[str, ...] = QWEN_SPECIAL_TOKENS) -> dict[
 def qwen2_text_config(spec: DemoSpec, tokenizer) -> dict:
     """The demo language model of Qwen2-VL and Qwen2.5-VL (a byte vocabulary of 320 ids)."""
     ids = token_ids(tokenizer)
-    return dict(
-        vocab_size=320,
-        hidden_size=spec.heads * spec.head_dim,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(spec.mrope_section)},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
+    rope = {"rope_theta": 1000000.0, "mrope_section": list(spec.mrope_section)}
+    return spec.text_config(320, 32768, rope, bos=ids["<|endoftext|>"], eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])
 
 
 def vision_token_ids(tokenizer) -> dict[str, int]:

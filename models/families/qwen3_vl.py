@@ -28,28 +28,15 @@ def demo_config(spec: DemoSpec, tokenizer):
     from transformers import Qwen3VLConfig
 
     ids = qwen2_vl.token_ids(tokenizer)
-    hidden = spec.hidden or spec.heads * spec.head_dim
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
-        head_dim=spec.head_dim,
-        max_position_embeddings=262144,
-        rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": list(spec.mrope_section),
-                         "mrope_interleaved": True},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
+    rope = {"rope_theta": 5000000.0, "mrope_section": list(spec.mrope_section), "mrope_interleaved": True}
+    text = spec.text_config(len(tokenizer), 262144, rope, bos=ids["<|endoftext|>"], eos=ids["<|im_end|>"],
+                            pad=ids["<|endoftext|>"], head_dim=spec.head_dim)
     vision = dict(
         depth=spec.vision["depth"],
         hidden_size=32,
         intermediate_size=64,
         num_heads=2,
-        out_hidden_size=hidden,
+        out_hidden_size=text["hidden_size"],
         num_position_embeddings=64,  # an 8 x 8 learned grid, interpolated to each frame's grid
         deepstack_visual_indexes=list(range(spec.vision["deepstack"])),
         patch_size=16,

@@ -34,22 +34,9 @@ def demo_config(spec: DemoSpec, tokenizer):
     from transformers import SmolVLMConfig
 
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    text = dict(
-        model_type="llama",
-        vocab_size=len(tokenizer),
-        hidden_size=spec.heads * spec.head_dim,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
-        head_dim=spec.head_dim,
-        max_position_embeddings=16384,
-        rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-        bos_token_id=ids["<|im_start|>"],
-        eos_token_id=ids["<end_of_utterance>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
+    text = spec.text_config(len(tokenizer), 16384, {"rope_theta": 100000.0}, bos=ids["<|im_start|>"],
+                            eos=ids["<end_of_utterance>"], pad=ids["<|endoftext|>"], model_type="llama",
+                            head_dim=spec.head_dim, rms_norm_eps=1e-5)
     vision = dict(
         hidden_size=32,
         intermediate_size=64,

@@ -143,7 +143,7 @@ def use_serve_threads(threads: int | None, max_sessions: int) -> tuple[ThreadCho
     lanes, count = serve_lanes(cores, max_sessions, check_threads(threads) if threads is not None else None)
     reason = "as asked" if threads is not None else f"{cores} usable cores"
     if lanes > 1:
-        reason += f", for each of up to {lanes} tabs running the model at once (more take turns)"
+        reason += f", for each of up to {lanes} tabs running the model at once; more take turns"
     else:
         reason += ", tabs take turns running the model"
     import torch

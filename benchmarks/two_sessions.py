@@ -1,7 +1,7 @@
 """Two web-UI sessions streaming at once on one model: does each keep its share of the machine?
 
     .venv/bin/python benchmarks/two_sessions.py                  # demo-2b, 40 frames of 640x360
-    .venv/bin/python benchmarks/two_sessions.py --without-turns  # as before sessions took turns
+    .venv/bin/python benchmarks/two_sessions.py --configs free:1   # a lane per tab: none waits for the model
 
 Both sessions go through the web UI's own path: a `SessionPool` on one model, a `TabSession` per tab.
 Two runs, each first with one session alone, then with two at once:
@@ -23,7 +23,6 @@ reference copy is benchmarks/reference/two_sessions.md)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -170,27 +169,6 @@ def paced_runs(pool, settings, video: Path, seconds: float) -> tuple[Run, list[R
     return alone, both
 
 
-@contextlib.contextmanager
-def without_turns(enabled: bool):
-    """For comparison only: sessions run the model whenever they like, as before they took turns."""
-    if not enabled:
-        yield
-        return
-    import potwatch.streaming.session as session_module
-
-    class NoTurns:
-        @contextlib.contextmanager
-        def turn(self, kind):
-            yield
-
-    original = session_module.model_turns
-    session_module.model_turns = lambda adapter: NoTurns()
-    try:
-        yield
-    finally:
-        session_module.model_turns = original
-
-
 def table(title: str, alone: Run, both: list[Run], paced: bool) -> tuple[list[str], float]:
     """The runs as a markdown table, and the ratio: the slower of the two over one alone."""
     worst = min(run.fps for run in both) / alone.fps if alone.fps else 0.0
@@ -219,7 +197,8 @@ def configurations(text: str) -> list[tuple[str, int, int]]:
             continue
         if mode not in ("turns", "free") or not threads.isdigit() or int(threads) < 1:
             raise SystemExit(f"--configs: '{part}' is not serve, turns:N or free:N (N threads), e.g. serve,turns:2.")
-        chosen.append((mode, int(threads), 1))
+        # free: a lane per tab, so no tab ever waits for the model (as before tabs took turns)
+        chosen.append((mode, int(threads), 2 if mode == "free" else 1))
     return chosen
 
 
@@ -277,32 +256,31 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(threads)  # new threads (each run's) take it too
             model_turns(adapter).lanes = lanes
             loads = [load_average()]
-            with without_turns(mode == "free"):
-                settings = TabSettings(mem_cap=args.mem_cap, fps=30).checked()
-                pool = SessionPool(adapter, max_sessions=2, settings=settings, max_new_tokens=8)
-                feed_all(pool.open("tab-1"), frames[:4])  # first calls allocate what they need
-                alone, both = fast_runs(pool, settings, frames)
-                lines, fast = table("as fast as possible (each tab fed by its own thread through TabSession.feed)",
-                                    alone, both, False)
-                asked = question_while_streaming(pool, settings, frames)
-                lines += [f"A question asked while the other tab streams as fast as it can waited "
-                          f"{1000 * asked['wait_s']:.0f} ms for the model (the other tab's longest block: "
-                          f"{1000 * asked['block_s']:.0f} ms); first token after {1000 * asked['first_token_s']:.0f} ms.", ""]
-                paced_cell = drops_cell = "—"
-                if not args.skip_paced:
-                    paced_fps = paced_fps or round(min(30.0, max(0.5, PACED_SHARE * alone.fps)), 2)
-                    seconds = args.frames / paced_fps
-                    paced = TabSettings(mem_cap=args.mem_cap, fps=paced_fps).checked()
-                    clip = Path(folder) / f"paced-{paced_fps:g}.mp4"
-                    if not clip.exists():
-                        write_video(clip, args.frames, paced_fps, (width, height))
-                    alone_p, both_p = paced_runs(pool, paced, clip, seconds)
-                    more, ratio = table(f"paced like the UI ({paced_fps:g} fps each, a {seconds:.1f} s video played "
-                                        "to its end; the Ingester drops what waits too long)", alone_p, both_p, True)
-                    lines += more
-                    paced_cell = f"{ratio:.2f}"
-                    drops_cell = f"{alone_p.dropped} / {' + '.join(str(run.dropped) for run in both_p)}"
-                pool.close_all()
+            settings = TabSettings(mem_cap=args.mem_cap, fps=30).checked()
+            pool = SessionPool(adapter, max_sessions=2, settings=settings, max_new_tokens=8)
+            feed_all(pool.open("tab-1"), frames[:4])  # first calls allocate what they need
+            alone, both = fast_runs(pool, settings, frames)
+            lines, fast = table("as fast as possible (each tab fed by its own thread through TabSession.feed)",
+                                alone, both, False)
+            asked = question_while_streaming(pool, settings, frames)
+            lines += [f"A question asked while the other tab streams as fast as it can waited "
+                      f"{1000 * asked['wait_s']:.0f} ms for the model (the other tab's longest block: "
+                      f"{1000 * asked['block_s']:.0f} ms); first token after {1000 * asked['first_token_s']:.0f} ms.", ""]
+            paced_cell = drops_cell = "—"
+            if not args.skip_paced:
+                paced_fps = paced_fps or round(min(30.0, max(0.5, PACED_SHARE * alone.fps)), 2)
+                seconds = args.frames / paced_fps
+                paced = TabSettings(mem_cap=args.mem_cap, fps=paced_fps).checked()
+                clip = Path(folder) / f"paced-{paced_fps:g}.mp4"
+                if not clip.exists():
+                    write_video(clip, args.frames, paced_fps, (width, height))
+                alone_p, both_p = paced_runs(pool, paced, clip, seconds)
+                more, ratio = table(f"paced like the UI ({paced_fps:g} fps each, a {seconds:.1f} s video played "
+                                    "to its end; the Ingester drops what waits too long)", alone_p, both_p, True)
+                lines += more
+                paced_cell = f"{ratio:.2f}"
+                drops_cell = f"{alone_p.dropped} / {' + '.join(str(run.dropped) for run in both_p)}"
+            pool.close_all()
             loads.append(load_average())
             loads_seen += [*loads, *(run.load[1] for run in (alone, *both))]
             summary.append(f"| {name} | {threads} | **{fast:.2f}** | {paced_cell} | {drops_cell} | "

@@ -1,4 +1,4 @@
-"""Generate the demo video deterministically (see `potwatch.streaming.synthetic_scene`).
+"""Generate the demo video deterministically (see `potwatch.world.demo_scene`).
 
     python assets/make_demo_video.py [--out assets/demo.mp4] [--seconds 30] [--size 320x240]
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import av
 
-from potwatch.streaming.synthetic_scene import DEMO_FPS, DEMO_SECONDS, event_window, render_frames
+from potwatch.world.demo_scene import DEMO_FPS, DEMO_SECONDS, event_window, render_frames
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -42,7 +42,7 @@ class QAItem:
     task: str | None = None
     ask_at: float | None = None
     early: bool = False
-    truth: dict | None = None  # what a free-text answer must say (make-qa sets; see world_questions.check_answer)
+    truth: dict | None = None  # what a free-text answer must say (make-qa sets; see world.questions.check_answer)
 
     @property
     def letters(self) -> list[str]:

@@ -83,7 +83,7 @@ def block_layout(adapter, frame_size: tuple[int, int], fps: float) -> tuple[Bloc
     """The layout of one vision block of `adapter` for frames of `frame_size` (width, height), and the
     system prompt's token count: read from an uncapped session fed one block of synthetic frames."""
     from potwatch.streaming.session import StreamSession
-    from potwatch.streaming.synthetic_scene import render_frame
+    from potwatch.world.demo_scene import render_frame
 
     session = StreamSession(adapter, mem_cap=None, policy="none", fps=fps)
     try:

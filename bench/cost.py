@@ -17,7 +17,7 @@ from potwatch.bench.gpu_memory import peak_figures, start_peak
 from potwatch.bench.machine import rss_bytes
 from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession
-from potwatch.streaming.synthetic_scene import render_frame
+from potwatch.world.demo_scene import render_frame
 
 TTFT_QUESTION = "Did anything arrive in the kitchen?"
 

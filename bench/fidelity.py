@@ -171,7 +171,7 @@ def _ask(session, item: QAItem, ids: dict[str, list[int]], answers: str = "lette
     answers the "letter" is the right one when the answer checks out, else WRONG_TEXT, so the figures are
     computed the same way for both."""
     from potwatch.compression.token_meta import TokenKind
-    from potwatch.streaming.world_questions import check_answer
+    from potwatch.world.questions import check_answer
 
     session.flush()  # as `ask` does: the question sees every frame fed
     if answers == "text":

@@ -45,8 +45,8 @@ def run_make_qa(args) -> int:
 
 def qa_stream(seed: int, index: int, seconds: float):
     """Stream `index` of held-out set `seed` and its questions (a string seed: never a training seed)."""
-    from potwatch.streaming.synthetic_world import random_stream
-    from potwatch.streaming.world_questions import questions_for
+    from potwatch.world.stream import random_stream
+    from potwatch.world.questions import questions_for
 
     rng = random.Random(f"potwatch-qa:{seed}:{index}")
     stream = random_stream(rng, seconds=seconds)
@@ -55,7 +55,7 @@ def qa_stream(seed: int, index: int, seconds: float):
 
 def make_qa(seed: int, streams: int, seconds: float, out: str | Path, progress: bool = False) -> dict:
     """Write the videos and questions.json into `out`; returns counts for the report."""
-    from potwatch.streaming.synthetic_world import SAMPLE_FPS, TIME_TOLERANCE_S
+    from potwatch.world.stream import SAMPLE_FPS, TIME_TOLERANCE_S
 
     _check(streams, seconds)
     folder = _writable_folder(Path(out))
@@ -77,7 +77,8 @@ def write_stream_video(stream, path: Path) -> Path:
     """H.264 at WRITE_FPS_FACTOR x the sampling rate, exactly as many frames as the sampled ones need."""
     import av
 
-    from potwatch.streaming.synthetic_world import SAMPLE_FPS, render
+    from potwatch.world.stream import SAMPLE_FPS
+    from potwatch.world.render import render
 
     rate = WRITE_FPS_FACTOR * SAMPLE_FPS
     count = WRITE_FPS_FACTOR * len(stream.frame_times)  # the last sampled frame is the last-but-one written

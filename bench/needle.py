@@ -15,7 +15,7 @@ import torch
 from potwatch.bench.configurations import compressing_policies, configuration
 from potwatch.compression.token_meta import TokenKind
 from potwatch.streaming.session import StreamSession
-from potwatch.streaming.synthetic_scene import event_window, render_frame
+from potwatch.world.demo_scene import event_window, render_frame
 
 STATIC, MOVING, EVENT = 0, 1, 2
 CLASS_NAMES = ("static", "moving", "event")

@@ -82,7 +82,7 @@ def worker(config: str, model: str, frames: int, size: tuple[int, int], warmup: 
         torch.set_num_threads(int(threads))
     from potwatch.models.registry import load_model
     from potwatch.streaming.session import StreamSession
-    from potwatch.streaming.synthetic_scene import render_frame
+    from potwatch.world.demo_scene import render_frame
 
     session = StreamSession(load_model(model, device="cpu"), mem_cap=None, policy="none", threads=None)
     pictures = [render_frame(i / 2.0, size, seconds=frames) for i in range(warmup + frames)]

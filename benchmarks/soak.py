@@ -108,7 +108,7 @@ def _soak(frames, mem_cap, model, policy, ask_every, warmup, max_new_tokens, siz
     from potwatch.models.registry import load_model
     from potwatch.streaming.session import StreamSession
     from potwatch.streaming.sources import Frame
-    from potwatch.streaming.synthetic_scene import render_frames
+    from potwatch.world.demo_scene import render_frames
 
     adapter = load_model(model)
     session = StreamSession(adapter, mem_cap=mem_cap, policy=policy, max_new_tokens=max_new_tokens)

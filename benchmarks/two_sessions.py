@@ -61,7 +61,7 @@ def write_video(path: Path, frames: int, fps: float, size: tuple[int, int]) -> P
     """The synthetic kitchen scene at `size` (width, height), long enough for `frames` frames at `fps`."""
     import cv2
 
-    from potwatch.streaming.synthetic_scene import render_frames
+    from potwatch.world.demo_scene import render_frames
 
     native = 30.0
     seconds = frames / fps

@@ -124,7 +124,7 @@ def _torch_peak(run) -> int:
 def test_the_estimate_covers_the_measured_peak_on_cpu(policy):
     """A compression pass, a block and an answer, each measured on a full 60 MB cache of demo-2b: the
     estimate at that cache length covers every one (the policies with the largest working sets)."""
-    from potwatch.streaming.synthetic_scene import render_frame
+    from potwatch.world.demo_scene import render_frame
 
     session = StreamSession(load_test_model("demo-2b"), mem_cap="60MB", policy=policy, frame_size=(360, 640),
                             threads=None, max_new_tokens=3)
@@ -228,7 +228,7 @@ def test_watch_with_auto_cap_prints_what_it_chose():
 # --- CUDA: free device memory, and the estimate against the measured peak ------------------------------------
 @pytest.mark.skipif(not ON_CUDA, reason="needs POTWATCH_TEST_DEVICE=cuda and a GPU")
 def test_cuda_free_memory_and_the_estimate_covers_the_measured_peak():
-    from potwatch.streaming.synthetic_scene import render_frame
+    from potwatch.world.demo_scene import render_frame
 
     adapter = load_test_model("demo-2b")
     free, where = free_memory(adapter.device)

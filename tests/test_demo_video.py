@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from potwatch.streaming.sources import FileSource
-from potwatch.streaming.synthetic_scene import (
+from potwatch.world.demo_scene import (
     EVENT_END_S,
     EVENT_START_S,
     RED,

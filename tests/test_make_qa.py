@@ -17,7 +17,8 @@ from potwatch.bench.accuracy import load_questions
 from potwatch.app.cli import main
 from potwatch.bench.make_qa import make_qa, qa_stream
 from potwatch.streaming.sources import FileSource
-from potwatch.streaming.synthetic_world import TIME_TOLERANCE_S, random_stream, render_sampled
+from potwatch.world.stream import TIME_TOLERANCE_S, random_stream
+from potwatch.world.render import render_sampled
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED, STREAMS, SECONDS = 0, 2, 6.0

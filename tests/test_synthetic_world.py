@@ -9,18 +9,10 @@ import random
 import numpy as np
 import pytest
 
-from potwatch.streaming.synthetic_scene import render_frame
-from potwatch.streaming.synthetic_world import (
-    COLOURS,
-    SHAPES,
-    Stream,
-    WorldObject,
-    demo_stream,
-    random_stream,
-    render,
-    render_sampled,
-)
-from potwatch.streaming.world_questions import KINDS, check_answer, clock, questions_for
+from potwatch.world.demo_scene import render_frame
+from potwatch.world.stream import COLOURS, SHAPES, Stream, WorldObject, demo_stream, random_stream
+from potwatch.world.render import render, render_sampled
+from potwatch.world.questions import KINDS, check_answer, clock, questions_for
 
 
 def test_the_demo_video_is_a_world_stream():

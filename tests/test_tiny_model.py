@@ -16,8 +16,9 @@ from potwatch.bench.loyalty import kl_divergence
 from potwatch.compression.capped_cache import CappedKVCache
 from potwatch.models.registry import tiny_folder
 from potwatch.streaming.session import StreamSession
-from potwatch.streaming.synthetic_world import SAMPLE_FPS, Stream, WorldObject, random_stream, render_sampled
-from potwatch.streaming.world_questions import KINDS, check_answer, questions_for
+from potwatch.world.stream import SAMPLE_FPS, Stream, WorldObject, random_stream
+from potwatch.world.render import render_sampled
+from potwatch.world.questions import KINDS, check_answer, questions_for
 from tests.device import load_test_model
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from potwatch.streaming.synthetic_scene import render_frames
+from potwatch.world.demo_scene import render_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"

@@ -13,7 +13,7 @@ pytest.importorskip("gradio")
 
 from potwatch.app.ui.handlers import Handlers  # noqa: E402
 from potwatch.app.ui.sessions import PoolFullError, SessionPool, TabClosedError, TabSettings  # noqa: E402
-from potwatch.streaming.synthetic_scene import render_frames  # noqa: E402
+from potwatch.world.demo_scene import render_frames  # noqa: E402
 from tests.cache_invariants import cache_problems  # noqa: E402
 from tests.test_concurrency import run_threads  # noqa: E402
 

@@ -22,7 +22,7 @@ from potwatch.app.ui.player import PushSource  # noqa: E402
 from potwatch.app.ui.plots import memory_figure, retention_figure  # noqa: E402
 from potwatch.app.ui.sessions import HISTORY_SAMPLES, MemorySample, PoolFullError, SessionPool, TabSettings  # noqa: E402
 from potwatch.errors import MemCapError, UserError  # noqa: E402
-from potwatch.streaming.synthetic_scene import render_frames  # noqa: E402
+from potwatch.world.demo_scene import render_frames  # noqa: E402
 
 SMALL_CAP = "400kB"
 

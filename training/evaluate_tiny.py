@@ -18,8 +18,9 @@ import torch
 
 from potwatch.models.registry import load_model
 from potwatch.streaming.session import StreamSession
-from potwatch.streaming.synthetic_world import SAMPLE_FPS, random_stream, render_sampled
-from potwatch.streaming.world_questions import KINDS, check_answer, questions_for
+from potwatch.world.stream import SAMPLE_FPS, random_stream
+from potwatch.world.render import render_sampled
+from potwatch.world.questions import KINDS, check_answer, questions_for
 
 
 def evaluate(adapter, streams: int, seed: int = 0, min_s: float = 8.0, max_s: float = 96.0) -> dict:

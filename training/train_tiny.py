@@ -25,8 +25,9 @@ import torch
 from potwatch.models.family_processors import qwen_processor
 from potwatch.models.qwen_vl import DEFAULT_SYSTEM_PROMPT, QwenVLAdapter
 from potwatch.models.tiny_build import TINY_MAX_PIXELS, preprocessor_config, tiny_config, train_tokenizer
-from potwatch.streaming.synthetic_world import easy_stream, random_stream, render_sampled
-from potwatch.streaming.world_questions import questions_for
+from potwatch.world.stream import easy_stream, random_stream
+from potwatch.world.render import render_sampled
+from potwatch.world.questions import questions_for
 from world_samples import IGNORE, build_sample, collate, pick_turns, turn_text
 
 SIZES = ((224, 168), (320, 240), (256, 144))  # render sizes (4:3 twice as often as 16:9)

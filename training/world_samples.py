@@ -14,8 +14,8 @@ import torch
 
 from potwatch.bench.accuracy import QAItem
 from potwatch.compression.token_meta import TokenKind
-from potwatch.streaming.synthetic_world import SAMPLE_FPS
-from potwatch.streaming.world_questions import WorldQuestion
+from potwatch.world.stream import SAMPLE_FPS
+from potwatch.world.questions import WorldQuestion
 
 IGNORE = -100
 MC_SHARE = 0.35  # of turns asked as multiple choice, answered by a letter

@@ -12,15 +12,7 @@ import re
 import string
 from dataclasses import dataclass, field
 
-from potwatch.streaming.synthetic_world import (
-    COLOURS,
-    NUMBER_WORDS,
-    SCENE_WORDS,
-    SHAPES,
-    TIME_TOLERANCE_S,
-    Stream,
-    WorldObject,
-)
+from potwatch.world.stream import COLOURS, NUMBER_WORDS, SCENE_WORDS, SHAPES, TIME_TOLERANCE_S, Stream, WorldObject
 
 KINDS = ("colour", "shape", "presence", "order", "count", "now", "time")
 EARLY_FRACTION = 1 / 3

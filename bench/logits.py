@@ -29,9 +29,9 @@ def cache_logits(adapter, cache, positions, question: str) -> torch.Tensor:
         cache.truncate(start)
 
 
-def cache_answer(adapter, cache, positions, question: str, max_tokens: int) -> str:
-    """The greedy free-text answer to `question` over `cache`, as `ask` would give it; the cache is rolled
-    back after, so the next question sees the cache as it was."""
+def cache_answer(adapter, cache, positions, question: str, max_tokens: int) -> tuple[str, int]:
+    """The greedy free-text answer to `question` over `cache`, as `ask` would give it, and the question's
+    first position id; the cache is rolled back after, so the next question sees the cache as it was."""
     positions = copy.deepcopy(positions)
     start = cache.length
     stops = adapter.stop_ids()
@@ -39,6 +39,7 @@ def cache_answer(adapter, cache, positions, question: str, max_tokens: int) -> s
     try:
         with torch.no_grad():
             block = adapter.text_block(adapter.question_ids(question), TokenKind.DIALOGUE, positions, turn=0)
+            question_position = int(block.meta.pos.reshape(-1, block.meta.pos.shape[-1])[0, 0])
             logits = adapter.forward(block, cache, logits=True)
             while len(generated) < max_tokens:
                 token = int(torch.argmax(logits))
@@ -49,7 +50,7 @@ def cache_answer(adapter, cache, positions, question: str, max_tokens: int) -> s
                 logits = adapter.forward(block, cache, logits=True)
     finally:
         cache.truncate(start)
-    return adapter.decode(generated).strip()
+    return adapter.decode(generated).strip(), question_position
 
 
 def make_question_room(session, question: str, answer_tokens: int = 1) -> None:
@@ -72,10 +73,12 @@ def session_logits(session, question: str) -> torch.Tensor:
 
 
 def session_answer(session, question: str, max_tokens: int) -> str:
-    """`cache_answer` on a live session, with room made for the question and its answer first."""
+    """`cache_answer` on a live session, with room made for the question and its answer first; an age is
+    read back to stream time as `ask` does (streaming/position_clock.py)."""
     with session._lock:
         make_question_room(session, question, max_tokens + 1)
-        return cache_answer(session.adapter, session.cache, session.positions, question, max_tokens)
+        text, question_position = cache_answer(session.adapter, session.cache, session.positions, question, max_tokens)
+        return session.read_back_ages(text, question_position)
 
 
 def spare_copy(cache: CappedKVCache, extra_tokens: int, kv_bits: int | None = None) -> CappedKVCache:

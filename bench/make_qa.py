@@ -44,18 +44,22 @@ def run_make_qa(args) -> int:
 
 
 def qa_stream(seed: int, index: int, seconds: float):
-    """Stream `index` of held-out set `seed` and its questions (a string seed: never a training seed)."""
+    """Stream `index` of held-out set `seed` and its questions (a string seed: never a training seed): every
+    question asked at the end but "now", asked when its moment comes (something in view half the time)."""
+    from potwatch.world.questions import now_question, questions_for
     from potwatch.world.stream import random_stream
-    from potwatch.world.questions import questions_for
 
     rng = random.Random(f"potwatch-qa:{seed}:{index}")
     stream = random_stream(rng, seconds=seconds)
-    return stream, questions_for(stream, rng)
+    questions = [q for q in questions_for(stream, rng) if q.kind != "now"]
+    now = now_question(stream, random.Random(f"potwatch-qa-now:{seed}:{index}"))
+    return stream, questions + ([now[1]] if now else [])
 
 
 def make_qa(seed: int, streams: int, seconds: float, out: str | Path, progress: bool = False) -> dict:
     """Write the videos and questions.json into `out`; returns counts for the report."""
-    from potwatch.world.stream import SAMPLE_FPS, TIME_TOLERANCE_S
+    from potwatch.streaming.age_phrases import GRID, MIN_TOLERANCE_S
+    from potwatch.world.stream import SAMPLE_FPS
 
     _check(streams, seconds)
     folder = _writable_folder(Path(out))
@@ -66,8 +70,10 @@ def make_qa(seed: int, streams: int, seconds: float, out: str | Path, progress: 
         video_bytes += write_stream_video(stream, folder / name).stat().st_size
         videos.append({"video": name, "scene": stream.scene, "events": [asdict(e) for e in stream.events]})
         entries += [q.mc_entry(name, f"{index:03d}-{j:02d}") for j, q in enumerate(questions)]
-    document = {"seed": seed, "streams": streams, "seconds": seconds, "tolerance_s": TIME_TOLERANCE_S,
-                "sample_fps": SAMPLE_FPS, "videos": videos, "questions": entries}
+    age_grid = [{"below_s": below, "step_s": step} for below, step, _, _ in GRID]
+    document = {"seed": seed, "streams": streams, "seconds": seconds, "sample_fps": SAMPLE_FPS,
+                "ages": {"said_on": age_grid, "right_within": "one step of the grid", "at_least_s": MIN_TOLERANCE_S},
+                "videos": videos, "questions": entries}
     (folder / "questions.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     return {"streams": streams, "questions": len(entries), "early": sum(e["early"] for e in entries),
             "video_bytes": video_bytes}

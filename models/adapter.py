@@ -72,6 +72,9 @@ class ModelAdapter(ABC):
         self.device = next(model.parameters()).device
         self.dtype = self.language_model.embed_tokens.weight.dtype
         self._text_config = model.config.text_config
+        # a potwatch-trained model that says ages as the position distance it reads ("About 35 seconds ago."):
+        # the session reads them back to stream times (streaming/position_clock.py)
+        self.ages_from_positions = bool(getattr(model.config, "potwatch_ages_from_positions", False))
         self._read_config(model.config)
         self.prompt = self._chat_prompt(chat_template)
 

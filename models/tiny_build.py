@@ -19,10 +19,17 @@ TINY_VOCAB = 768
 TINY_MAX_PIXELS = 112 * 84
 TINY_MIN_PIXELS = 56 * 56
 TINY_MARK = "potwatch_tiny"  # config attribute: what the model knows, shown beside its answers
+# config attribute: the model says ages as the position distance it reads; see streaming/position_clock.py
+AGES_MARK = "potwatch_ages_from_positions"
 TINY_LABEL = (
     "tiny: a 1.3M-parameter Qwen2-VL trained only on potwatch's synthetic world (coloured boxes, discs and "
     "triangles that come and go; colours, shapes, order, counts, times); it knows nothing of real scenes"
 )
+
+
+def tiny_label(parameters: int) -> str:
+    """What a tiny model of this many parameters knows, as `watch`, the web UI and `potwatch models` show it."""
+    return TINY_LABEL.replace("1.3M", f"{parameters / 1e6:.1f}M")
 
 # Qwen2-VL's chat layout: the system turn, then user turns whose video sits between vision markers,
 # then the assistant. It renders exactly the prompt the streaming adapter builds token by token.
@@ -71,14 +78,16 @@ def train_tokenizer(texts: list[str], vocab_size: int = TINY_VOCAB) -> PreTraine
     return wrapped
 
 
-def tiny_config(tokenizer) -> Qwen2VLConfig:
+def tiny_config(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int = 2,
+                vision_width: int = 96) -> Qwen2VLConfig:
+    """A stock Qwen2-VL config at the tiny model's size (the defaults), with 32-wide attention heads."""
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
     text = dict(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 32,
         num_key_value_heads=2,
         max_position_embeddings=32768,
         rope_parameters={"rope_type": "default", "rope_theta": 100000.0, "mrope_section": [6, 5, 5]},
@@ -87,7 +96,7 @@ def tiny_config(tokenizer) -> Qwen2VLConfig:
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    vision = dict(depth=2, embed_dim=96, hidden_size=128, num_heads=3, mlp_ratio=2)
+    vision = dict(depth=vision_depth, embed_dim=vision_width, hidden_size=hidden, num_heads=vision_width // 32, mlp_ratio=2)
     config = Qwen2VLConfig(
         text_config=text,
         vision_config=vision,
@@ -98,6 +107,7 @@ def tiny_config(tokenizer) -> Qwen2VLConfig:
         tie_word_embeddings=True,
     )
     setattr(config, TINY_MARK, TINY_LABEL)
+    setattr(config, AGES_MARK, True)
     return config
 
 

@@ -18,6 +18,7 @@ from potwatch.errors import DeviceMemoryError, QuestionError
 from potwatch.streaming.answer import Answer
 from potwatch.streaming.model_turns import ANSWER, model_turns
 from potwatch.streaming.oom_retry import is_out_of_memory, release_device_memory
+from potwatch.streaming.position_clock import positions_per_second, with_stream_time
 from potwatch.streaming.question_text import clean_question
 from potwatch.streaming.settings import answer_length
 
@@ -75,7 +76,8 @@ class Dialogue:
             saved_positions = copy.deepcopy(self.positions)
             length_before = self.cache.length
             try:
-                generated, finished, first_token_s = yield from self._generate(question_ids, turn, limit, started)
+                generated, finished, first_token_s, question_position = yield from self._generate(
+                    question_ids, turn, limit, started)
             except BaseException as error:
                 # a failed or abandoned answer leaves no half turn behind
                 self.cache.truncate(length_before)
@@ -90,7 +92,7 @@ class Dialogue:
             self.turns += 1
             answer = Answer(
                 question=question,
-                text=self.adapter.decode(generated).strip(),
+                text=self.read_back_ages(self.adapter.decode(generated).strip(), question_position),
                 tokens=len(generated),
                 seconds=time.perf_counter() - started,
                 first_token_s=first_token_s or 0.0,
@@ -101,10 +103,21 @@ class Dialogue:
             )
         yield answer
 
+    def read_back_ages(self, text: str, question_position: int) -> str:
+        """The answer as the user reads it: an age said by a model that reads ages off its positions is
+        read back to the stream's true age and clock time (streaming/position_clock.py)."""
+        if not self.adapter.ages_from_positions:
+            return text
+        per_second = positions_per_second(self.positions, self.adapter.frames_per_group, self.fps)
+        return with_stream_time(text, self.cache, question_position, per_second, self.fps, self.frames_seen)
+
     def _generate(self, question_ids: list[int], turn: int, limit: int, started: float):
-        """Prefill the question, decode greedily while yielding text, then close the turn.
-        Returns (answer ids, whether the model ended the answer itself, seconds to the first token)."""
-        logits = self._run(self.adapter.text_block(question_ids, TokenKind.DIALOGUE, self.positions, turn), logits=True)
+        """Prefill the question, decode greedily while yielding text, then close the turn. Returns (answer
+        ids, whether the model ended the answer itself, seconds to the first token, the question's first
+        position id)."""
+        question = self.adapter.text_block(question_ids, TokenKind.DIALOGUE, self.positions, turn)
+        question_position = int(question.meta.pos.reshape(-1, question.meta.pos.shape[-1])[0, 0])
+        logits = self._run(question, logits=True)
         first_token_s = None
         generated: list[int] = []
         stops = self.adapter.stop_ids()
@@ -126,5 +139,5 @@ class Dialogue:
             logits = self._run(self.adapter.text_block([token], TokenKind.DIALOGUE, self.positions, turn), logits=True)
         closing = ([token] if finished else []) + self.adapter.resume_ids(answer_finished=finished)
         self._run(self.adapter.text_block(closing, TokenKind.DIALOGUE, self.positions, turn), logits=False)
-        return generated, finished, first_token_s
+        return generated, finished, first_token_s, question_position
 

@@ -17,7 +17,7 @@ from potwatch.bench.accuracy import load_questions
 from potwatch.app.cli import main
 from potwatch.bench.make_qa import make_qa, qa_stream
 from potwatch.streaming.sources import FileSource
-from potwatch.world.stream import TIME_TOLERANCE_S, random_stream
+from potwatch.world.stream import random_stream
 from potwatch.world.render import render_sampled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +40,9 @@ def qa_set(tmp_path_factory) -> Path:
 
 def test_questions_load_and_describe_the_set(qa_set):
     document = json.loads((qa_set / "questions.json").read_text())
-    assert {key: document[key] for key in ("seed", "streams", "seconds", "tolerance_s")} == {
-        "seed": SEED, "streams": STREAMS, "seconds": SECONDS, "tolerance_s": TIME_TOLERANCE_S}
+    assert {key: document[key] for key in ("seed", "streams", "seconds")} == {
+        "seed": SEED, "streams": STREAMS, "seconds": SECONDS}
+    assert document["ages"]["at_least_s"] == 2.0 and document["ages"]["said_on"][0] == {"below_s": 20.0, "step_s": 1.0}
     items = load_questions(qa_set / "questions.json")
     assert len(items) == len(document["questions"]) > 0
     assert {item.video for item in items} == {"stream_000.mp4", "stream_001.mp4"}

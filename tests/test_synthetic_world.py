@@ -1,6 +1,6 @@
 """The synthetic world: deterministic from a seed, the demo video is one of its streams, facts follow
-the sampled frames, and every question kind has a true answer that the checker accepts and wrong ones
-it refuses."""
+the sampled frames, every question kind has a true answer that the checker accepts and wrong ones it
+refuses, "now" questions show something half the time, and per-token labels name what covers a cell."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from potwatch.world.demo_scene import render_frame
 from potwatch.world.stream import COLOURS, SHAPES, Stream, WorldObject, demo_stream, random_stream
 from potwatch.world.render import render, render_sampled
-from potwatch.world.questions import KINDS, check_answer, clock, questions_for
+from potwatch.world.labels import COLOUR_CLASSES, SHAPE_CLASSES, stream_token_labels, token_labels
+from potwatch.world.questions import KINDS, check_answer, check_clock, clock, now_question, questions_for
 
 
 def test_the_demo_video_is_a_world_stream():
@@ -20,7 +21,7 @@ def test_the_demo_video_is_a_world_stream():
     for time_s in (0.0, 5.5, 12.0, 13.5, 14.5, 29.5):
         assert np.array_equal(render(stream, time_s), render_frame(time_s))
     answers = {q.question: q.answer for q in questions_for(stream, random.Random(0)) if q.kind == "presence"}
-    assert "Yes, a red box, from about 0:12 to 0:14." in answers.values()
+    assert "Yes, a red box, about 18 seconds ago." in answers.values()  # first seen at 12.0 s, asked at 30.0 s
 
 
 def test_streams_and_questions_are_deterministic_from_the_seed():
@@ -56,7 +57,11 @@ def test_facts_follow_the_sampled_frames():
     stream = Stream(10.0, "garage", (box,), ())
     assert stream.seen(box) == [3.5, 4.0]
     time_question = next(q for q in questions_for(stream, random.Random(0)) if q.kind == "time")
-    assert time_question.answer == "At 0:03." and clock(75.9) == "1:15"
+    assert time_question.answer == "About 7 seconds ago." and time_question.seen_frame == 7  # 3.5 s, asked at 10 s
+    assert time_question.truth["seconds"] == 3.5 and clock(75.9) == "1:15"
+    assert time_question.answer_with_age(31.0) == "About 31 seconds ago."
+    mid_stream = next(q for q in questions_for(stream.cut(12), random.Random(0)) if q.kind == "time")
+    assert mid_stream.answer == "About 3 seconds ago." and mid_stream.truth["age"] == 2.5  # halves round up
     hidden = WorldObject("red", "box", 3.1, 3.4, slot=1)  # between two sampled frames: never seen
     assert Stream(10.0, "garage", (hidden,), ()).events_seen() == []
 
@@ -86,11 +91,61 @@ def test_every_kind_is_asked_and_early_questions_exist():
 
 def test_wrong_details_are_refused():
     truth = {"kind": "presence", "yes": True, "colours": ["red"], "shapes": ["box"]}
-    assert check_answer(truth, "Yes, a red box, from about 0:12 to 0:14.")
-    assert not check_answer(truth, "Yes, a red disc, from about 0:12 to 0:14.")
+    assert check_answer(truth, "Yes, a red box, about 18 seconds ago.")
+    assert not check_answer(truth, "Yes, a red disc, about 18 seconds ago.")
     assert not check_answer(truth, "No, nothing red appeared.")
-    assert check_answer({"kind": "time", "seconds": 12.0}, "At 0:14.")
-    assert not check_answer({"kind": "time", "seconds": 12.0}, "At 0:15.")
+    young, old = {"kind": "time", "seconds": 12.0, "age": 8.0}, {"kind": "time", "seconds": 12.0, "age": 48.0}
+    assert check_answer(young, "About 10 seconds ago (at 0:10).") and not check_answer(young, "About 11 seconds ago.")
+    assert check_answer(old, "About 45 seconds ago.") and check_answer(old, "About 53 seconds ago.")
+    assert not check_answer(old, "About 55 seconds ago.") and not check_answer(old, "At 0:12.")
+    assert check_clock(young, "About 10 seconds ago (at 0:14).") and not check_clock(young, "About 8 seconds ago (at 0:15).")
     assert check_answer({"kind": "count", "count": 2}, "Two.") and not check_answer({"kind": "count", "count": 2}, "Three.")
     now = {"kind": "now", "colours": ["blue", "red"], "shapes": ["box", "disc"]}
     assert check_answer(now, "A red box and a blue disc.") and not check_answer(now, "A red box.")
+
+
+def test_the_first_sets_questions_are_asked_again_in_the_same_order():
+    """`new_phrasings=False` keeps every question of the first held-out sets; only answers are new."""
+    def asked(new):
+        rng = random.Random("potwatch-eval:0:3")
+        stream = random_stream(rng, min_s=8.0, max_s=96.0)
+        return [(q.kind, q.question, q.options if q.kind != "time" else None) for q in questions_for(stream, rng, new)]
+
+    first, new = asked(False), asked(True)
+    assert [kind for kind, _, _ in first] == [kind for kind, _, _ in new]
+    assert [q for q in first if q[0] != "time"] == [q for q in new if q[0] != "time"]
+    assert all(q[1].startswith(("When", "At what time")) for q in first if q[0] == "time")
+
+
+def test_now_questions_show_something_about_half_the_time():
+    rng = random.Random(5)
+    something = nothing = 0
+    for _ in range(200):
+        stream = random_stream(rng, min_s=8.0)
+        asked = now_question(stream, rng)
+        if asked is None:
+            continue
+        frames, question = asked
+        assert question.kind == "now" and check_answer(question.truth, question.answer)
+        assert question.ask_at == frames / 2 and frames <= len(stream.frame_times)
+        shown = stream.in_view(stream.frame_times[frames - 1])
+        assert sorted(o.colour for o in shown) == question.truth["colours"]
+        something += bool(shown)
+        nothing += not shown
+    assert 0.35 < something / (something + nothing) < 0.65
+
+
+def test_token_labels_name_the_object_under_each_cell():
+    stream = demo_stream()  # the red box stands at 0.41 of the width, on the floor, from 12.0 to 14.5 s
+    colour, shape = token_labels(stream, [13.0, 13.5], rows=3, cols=4)
+    red, box = COLOUR_CLASSES.index("red"), SHAPE_CLASSES.index("box")
+    assert set(colour.tolist()) == {0, red} and set(shape.tolist()) == {0, box}
+    grid = colour.reshape(3, 4)
+    assert grid[2, 1] == red and grid[0].tolist() == [0, 0, 0, 0] and grid[:, 3].tolist() == [0, 0, 0]
+    assert token_labels(stream, [5.0, 5.5], rows=3, cols=4)[0].tolist() == [0] * 12  # distractors only
+    for name in SHAPES:
+        disc = Stream(4.0, "garden", (WorldObject("green", name, 0.0, 4.0, slot=2, scale=1.6),), ())
+        labels = token_labels(disc, [1.0], rows=3, cols=4)[1]
+        assert set(labels.tolist()) == {0, SHAPE_CLASSES.index(name)}
+    colours, shapes = stream_token_labels(Stream(2.5, "garden", (), ()), 2, rows=3, cols=4)
+    assert colours.shape == shapes.shape == (3 * 12,)  # five frames: three groups, the last one repeated

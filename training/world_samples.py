@@ -1,9 +1,15 @@
 """Training samples for the `tiny` model, laid out token for token as a streaming session feeds them.
 
-A sample is one synthetic-world stream watched with the full cache, then one to three questions asked
-at its end, each answered and closed as `StreamSession.ask` does (the answer's end-of-turn token, then
-the tokens that reopen the video). The blocks come from the model's own `QwenVLAdapter`, so the
-positions, special tokens and frame preprocessing are the ones inference uses."""
+A sample is one synthetic-world stream watched with the full cache, with questions asked at one or more
+stops: at the end, and sometimes mid-stream, after which more video follows (as users ask while the
+stream goes on). Each question is answered and closed as `StreamSession.ask` does (the answer's
+end-of-turn token, then the tokens that reopen the video). The blocks come from the model's own
+`QwenVLAdapter`, so the positions, special tokens and frame preprocessing are the ones inference uses.
+
+Ages ("About 35 seconds ago.") are said as the distance in temporal position ids from the question back
+to the event's first group, in seconds of video at the trained rate: what the model can read off its
+relative positions. Turns in between add their tokens to that distance; the session reads the said age
+back through the positions it holds (streaming/position_clock.py), so the user sees the true age."""
 
 from __future__ import annotations
 
@@ -14,11 +20,26 @@ import torch
 
 from potwatch.bench.accuracy import QAItem
 from potwatch.compression.token_meta import TokenKind
-from potwatch.world.stream import SAMPLE_FPS
+from potwatch.streaming.position_clock import positions_per_second
 from potwatch.world.questions import WorldQuestion
+from potwatch.world.stream import SAMPLE_FPS
 
 IGNORE = -100
-MC_SHARE = 0.35  # of turns asked as multiple choice, answered by a letter
+MC_SHARE = 0.2  # of turns asked as multiple choice, answered by a letter (never the time questions)
+
+
+@dataclass
+class Turn:
+    question: WorldQuestion
+    multiple_choice: bool = False
+
+
+@dataclass
+class Stop:
+    """Questions asked after the first `frames` sampled frames of the stream."""
+
+    frames: int
+    turns: list[Turn]
 
 
 @dataclass
@@ -26,61 +47,115 @@ class Sample:
     embeds: torch.Tensor  # [n, hidden]
     positions: torch.Tensor  # [3, n]
     targets: torch.Tensor  # [n]: the next token where it is an answer token, else IGNORE
+    colour_labels: torch.Tensor  # [n]: each visual token's colour class (world/labels.py), else IGNORE
+    shape_labels: torch.Tensor  # [n]
+    asked: list[tuple[int, int, str]]  # (question's first position id, frames seen, answer) of every turn
+    blocks: list  # the blocks, in order, as a session would run them into its cache
 
 
-def turn_text(question: WorldQuestion, multiple_choice: bool) -> tuple[str, str]:
-    """(prompt, answer) of a question, free text or as the bench's multiple-choice prompt."""
+def turn_text(question: WorldQuestion, multiple_choice: bool, age_s: float | None = None) -> tuple[str, str]:
+    """(prompt, answer) of a question, free text (its age said as `age_s` when given) or as the bench's
+    multiple-choice prompt."""
     if not multiple_choice:
-        return question.question, question.answer
+        return question.question, question.answer if age_s is None else question.answer_with_age(age_s)
     item = QAItem(id="", video="", question=question.question, options=question.options, answer=question.letter)
     return item.prompt(), question.letter
 
 
-def build_sample(adapter, frames: list, turns: list[tuple[str, str]]) -> Sample:
-    """The whole sequence a session would hold after watching `frames` (a stream's sampled frames,
-    see `render_sampled`) and answering `turns`."""
+def pick_turns(questions: list[WorldQuestion], rng: random.Random, most: int) -> list[Turn]:
+    """Up to `most` of the questions in a random order, a share of them as multiple choice."""
+    chosen = rng.sample(questions, min(len(questions), most))
+    return [Turn(q, q.kind != "time" and rng.random() < MC_SHARE) for q in chosen]
+
+
+def build_sample(adapter, frames: list, stops: list[Stop], labels: tuple | None = None) -> Sample:
+    """The whole sequence a session would hold after watching `frames` (a stream's sampled frames) and
+    answering the questions of every stop; `labels` (colour, shape) per visual token in group order, from
+    `world.labels.stream_token_labels`, become the tokens' label rows."""
     frames = list(frames)
     if len(frames) % adapter.frames_per_group:  # a question flushes the odd frame by repeating it
         frames.append(frames[-1])
     positions = adapter.new_positions(SAMPLE_FPS)
-    blocks = [adapter.system_block(positions), adapter.vision_block(frames, 0, positions)]
-    targets = [torch.full((len(block),), IGNORE) for block in blocks]
+    per_second = positions_per_second(positions, adapter.frames_per_group, SAMPLE_FPS)
+    system = adapter.system_block(positions)
+    parts = [(system, torch.full((len(system),), IGNORE), None)]
+    group_position: dict[int, int] = {}  # temporal group -> its temporal position id
     end = adapter.stop_ids() & {adapter.tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    for index, (prompt, answer) in enumerate(turns):
-        question = adapter.question_ids(prompt)
-        answer_ids = adapter.tokenizer.encode(answer, add_special_tokens=False) + sorted(end)
-        blocks.append(adapter.text_block(question, TokenKind.DIALOGUE, positions, index))
-        targets.append(torch.tensor([IGNORE] * (len(question) - 1) + answer_ids[:1]))
-        blocks.append(adapter.text_block(answer_ids, TokenKind.DIALOGUE, positions, index))
-        targets.append(torch.tensor(answer_ids[1:] + [IGNORE]))
-        if index < len(turns) - 1:
-            resume = adapter.resume_ids(answer_finished=True)
-            blocks.append(adapter.text_block(resume, TokenKind.DIALOGUE, positions, index))
-            targets.append(torch.full((len(resume),), IGNORE))
+    fed, turn_index, answer_open = 0, 0, False
+    asked: list[tuple[int, int, str]] = []
+
+    def close_answer() -> None:  # the last answer is closed and a new user turn opens, for video or a question
+        resume = adapter.resume_ids(answer_finished=True)
+        block = adapter.text_block(resume, TokenKind.DIALOGUE, positions, turn_index - 1)
+        parts.append((block, torch.full((len(resume),), IGNORE), None))
+
+    for stop_index, stop in enumerate(stops):
+        upto = len(frames) if stop_index == len(stops) - 1 else stop.frames
+        if upto > fed:
+            if answer_open:
+                close_answer()
+                answer_open = False
+            vision = adapter.vision_block(frames[fed:upto], fed, positions)
+            groups = vision.meta.frame // adapter.frames_per_group
+            for group, temporal in zip(groups.tolist(), vision.meta.pos[0].tolist()):
+                group_position.setdefault(group, temporal)
+            per_group = len(vision) // ((upto - fed) // adapter.frames_per_group)
+            first = fed // adapter.frames_per_group * per_group
+            parts.append((vision, torch.full((len(vision),), IGNORE), slice(first, first + len(vision))))
+            fed = upto
+        for turn in stop.turns:
+            if answer_open:
+                close_answer()
+            question_position = positions.max_position + 1  # the first id the question block takes
+            age = None
+            if turn.question.seen_frame is not None and not turn.multiple_choice:
+                seen_group = turn.question.seen_frame // adapter.frames_per_group
+                age = (question_position - group_position[seen_group]) / per_second
+            prompt, answer = turn_text(turn.question, turn.multiple_choice, age)
+            asked.append((question_position, fed, answer))
+            question_ids = adapter.question_ids(prompt)
+            answer_ids = adapter.tokenizer.encode(answer, add_special_tokens=False) + sorted(end)
+            block = adapter.text_block(question_ids, TokenKind.DIALOGUE, positions, turn_index)
+            parts.append((block, torch.tensor([IGNORE] * (len(question_ids) - 1) + answer_ids[:1]), None))
+            block = adapter.text_block(answer_ids, TokenKind.DIALOGUE, positions, turn_index)
+            parts.append((block, torch.tensor(answer_ids[1:] + [IGNORE]), None))
+            turn_index += 1
+            answer_open = True
+    colour_rows, shape_rows = [], []
+    for block, _, token_slice in parts:
+        if token_slice is None or labels is None:
+            colour_rows.append(torch.full((len(block),), IGNORE))
+            shape_rows.append(torch.full((len(block),), IGNORE))
+        else:
+            colour_rows.append(torch.as_tensor(labels[0][token_slice]))
+            shape_rows.append(torch.as_tensor(labels[1][token_slice]))
     return Sample(
-        embeds=torch.cat([block.embeds[0] for block in blocks]),
-        positions=torch.cat([block.meta.pos for block in blocks], dim=1),
-        targets=torch.cat(targets),
+        embeds=torch.cat([block.embeds[0] for block, _, _ in parts]),
+        positions=torch.cat([block.meta.pos for block, _, _ in parts], dim=1),
+        targets=torch.cat([targets for _, targets, _ in parts]),
+        colour_labels=torch.cat(colour_rows),
+        shape_labels=torch.cat(shape_rows),
+        asked=asked,
+        blocks=[block for block, _, _ in parts],
     )
 
 
-def pick_turns(questions: list[WorldQuestion], rng: random.Random, most: int = 3) -> list[tuple[str, str]]:
-    chosen = rng.sample(questions, min(len(questions), rng.randint(1, most)))
-    return [turn_text(q, rng.random() < MC_SHARE) for q in chosen]
-
-
-def collate(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded batch: embeds [B, L, H], positions [3, B, L], targets [B, L]. Padding sits after
-    every real token, so causal attention keeps it out of the real tokens' way."""
+def collate(samples: list[Sample]) -> tuple[torch.Tensor, ...]:
+    """Right-padded batch: embeds [B, L, H], positions [3, B, L], targets, colour and shape labels [B, L].
+    Padding sits after every real token, so causal attention keeps it out of the real tokens' way."""
     longest = max(len(s.targets) for s in samples)
     hidden = samples[0].embeds.shape[1]
     embeds = samples[0].embeds.new_zeros(len(samples), longest, hidden)
     positions = torch.zeros(3, len(samples), longest, dtype=torch.long)
     targets = torch.full((len(samples), longest), IGNORE)
+    colours = torch.full((len(samples), longest), IGNORE)
+    shapes = torch.full((len(samples), longest), IGNORE)
     for b, sample in enumerate(samples):
         n = len(sample.targets)
         embeds[b, :n] = sample.embeds
         positions[:, b, :n] = sample.positions
         positions[:, b, n:] = sample.positions.max() + 1 + torch.arange(longest - n)
         targets[b, :n] = sample.targets
-    return embeds, positions, targets
+        colours[b, :n] = sample.colour_labels
+        shapes[b, :n] = sample.shape_labels
+    return embeds, positions, targets, colours, shapes

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 SAMPLE_FPS = 2.0  # the rate sessions sample frames at; facts and times follow it
-TIME_TOLERANCE_S = 2.0  # a time answer within this many seconds of the truth counts as right
+TIME_TOLERANCE_S = 2.0  # the first sets' clock-time answers ("At 0:12.") were right within this many seconds
 
 COLOURS = {
     "red": (235, 20, 20),
@@ -97,6 +97,10 @@ class Stream:
     def in_view(self, time_s: float) -> list[WorldObject]:
         """Events in view at `time_s`, left to right."""
         return sorted((e for e in self.events if e.visible_at(time_s)), key=lambda e: e.slot)
+
+    def cut(self, frames: int) -> "Stream":
+        """The stream as seen after its first `frames` sampled frames: a question asked then sees these."""
+        return replace(self, seconds=frames / SAMPLE_FPS)
 
 
 # --- streams ------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def answer_loss(adapter, embeds, positions, targets) -> tuple[torch.Tensor, floa
 
 
 def question_step(adapter, probe: TokenProbe, plans, probe_weight: float) -> tuple[torch.Tensor, dict]:
-    samples = [build_sample(adapter, frames, stops, labels) for frames, stops, labels in plans]
+    samples = [build_sample(adapter, frames, stops, labels, gap) for frames, stops, labels, gap in plans]
     embeds, positions, targets, colours, shapes = collate(samples)
     loss, right = answer_loss(adapter, embeds, positions, targets)
     seen, shape_right = probe.loss(embeds, colours, shapes)

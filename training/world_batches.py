@@ -27,6 +27,10 @@ EASY_SHARE = 0.15  # of question batches: short, clean streams with one object i
 END_QUESTIONS = 10
 MID_STOPS = ((0, 1, 2), (0.45, 0.4, 0.15))  # how many mid-stream stops a stream gets, and how often
 MID_QUESTIONS = 3  # at most, besides the "now" question
+# Streams whose temporal ids jump inside the video, as a capped cache's held frames do under `keep` after
+# evictions, and as a day-long stream's do: the model then meets distances far beyond a 96 s stream.
+GAP_SHARE = 0.2
+GAP_GROUPS = (8, 3000)  # log-uniform
 
 
 def choose_size(rng: random.Random) -> tuple[int, int]:
@@ -84,7 +88,7 @@ def plan_stops(stream, rng: random.Random) -> list[Stop]:
 
 def question_batch(rng: random.Random, processor, tokens_per_step: int, max_s: float,
                    easy_share: float = EASY_SHARE) -> list[tuple]:
-    """(frames, stops, labels) of streams of one length, as many as fit `tokens_per_step`."""
+    """(frames, stops, labels, gap) of streams of one length, as many as fit `tokens_per_step`."""
     easy = rng.random() < easy_share
     size = choose_size(rng)
     rows, cols = token_grid(processor, size[1], size[0])
@@ -98,8 +102,17 @@ def question_batch(rng: random.Random, processor, tokens_per_step: int, max_s: f
     for _ in range(count):
         stream = easy_stream(rng) if easy else random_stream(rng, seconds=seconds)
         labels = stream_token_labels(stream, processor.temporal_patch_size, rows, cols)
-        plans.append((render_sampled(stream, size), plan_stops(stream, rng), labels))
+        plans.append((render_sampled(stream, size), plan_stops(stream, rng), labels, plan_gap(stream, rng)))
     return plans
+
+
+def plan_gap(stream, rng: random.Random) -> tuple[int, int] | None:
+    """(frame, groups): where the temporal ids jump and by how much, for a share of the streams."""
+    groups = len(stream.frame_times) // 2
+    if groups < 4 or rng.random() >= GAP_SHARE:
+        return None
+    jump = math.exp(rng.uniform(math.log(GAP_GROUPS[0]), math.log(GAP_GROUPS[1])))
+    return 2 * rng.randrange(1, groups), int(jump)
 
 
 class WorldBatches(torch.utils.data.IterableDataset):

@@ -68,10 +68,13 @@ def pick_turns(questions: list[WorldQuestion], rng: random.Random, most: int) ->
     return [Turn(q, q.kind != "time" and rng.random() < MC_SHARE) for q in chosen]
 
 
-def build_sample(adapter, frames: list, stops: list[Stop], labels: tuple | None = None) -> Sample:
+def build_sample(adapter, frames: list, stops: list[Stop], labels: tuple | None = None,
+                 gap: tuple[int, int] | None = None) -> Sample:
     """The whole sequence a session would hold after watching `frames` (a stream's sampled frames) and
     answering the questions of every stop; `labels` (colour, shape) per visual token in group order, from
-    `world.labels.stream_token_labels`, become the tokens' label rows."""
+    `world.labels.stream_token_labels`, become the tokens' label rows. `gap` (frame, groups) makes the
+    temporal ids jump by `groups` before that frame (a whole group's first), as held frames' ids do where
+    a capped cache under `--positions keep` evicted a stretch, or where nothing was fed for a while."""
     frames = list(frames)
     if len(frames) % adapter.frames_per_group:  # a question flushes the odd frame by repeating it
         frames.append(frames[-1])
@@ -95,13 +98,18 @@ def build_sample(adapter, frames: list, stops: list[Stop], labels: tuple | None 
             if answer_open:
                 close_answer()
                 answer_open = False
-            vision = adapter.vision_block(frames[fed:upto], fed, positions)
-            groups = vision.meta.frame // adapter.frames_per_group
-            for group, temporal in zip(groups.tolist(), vision.meta.pos[0].tolist()):
-                group_position.setdefault(group, temporal)
-            per_group = len(vision) // ((upto - fed) // adapter.frames_per_group)
-            first = fed // adapter.frames_per_group * per_group
-            parts.append((vision, torch.full((len(vision),), IGNORE), slice(first, first + len(vision))))
+            pieces = [(fed, upto)]
+            if gap is not None and fed < gap[0] < upto:
+                pieces = [(fed, gap[0]), (gap[0], upto)]
+            for start, stop_frame in pieces:
+                shift = gap[1] * adapter.frames_per_group if gap is not None and start >= gap[0] else 0
+                vision = adapter.vision_block(frames[start:stop_frame], start + shift, positions)
+                per_group = len(vision) // ((stop_frame - start) // adapter.frames_per_group)
+                first_group = start // adapter.frames_per_group
+                for index, temporal in enumerate(vision.meta.pos[0].tolist()):  # groups by their unshifted index
+                    group_position.setdefault(first_group + index // per_group, temporal)
+                first = first_group * per_group
+                parts.append((vision, torch.full((len(vision),), IGNORE), slice(first, first + len(vision))))
             fed = upto
         for turn in stop.turns:
             if answer_open:

@@ -41,6 +41,7 @@ PHRASINGS = {
               "Which shape did the {colour} object have?"),
     "presence": ("Did anything {colour} appear?", "Was there anything {colour}?", "Did you see anything {colour}?",
                  "Is anything {colour}?"),
+    "presence_named": ("Did you see a {name}?", "Was there a {name}?", "Did a {name} come in?"),
     "order": ("Which came first, the {a} or the {b}?", "Which appeared earlier, the {a} or the {b}?"),
     "count": ("How many objects came in?", "How many objects appeared?", "How many things arrived?"),
     "now": ("What is in view now?", "What can you see right now?", "What is there now?"),
@@ -109,9 +110,9 @@ def questions_for(stream: Stream, rng: random.Random, new_phrasings: bool = True
     forms = random.Random(f"potwatch-forms:{stream.seed}:{len(stream.frame_times)}")
     out: list[WorldQuestion] = []
 
-    def add(kind, question, answer, options, right, is_early=False, seen_at=None, **truth):
+    def add(kind, question, answer, options, right, is_early=False, seen_at=None, shuffle=rng, **truth):
         shuffled = options[:]
-        rng.shuffle(shuffled)
+        shuffle.shuffle(shuffled)
         letter = string.ascii_uppercase[shuffled.index(right)]
         frame = None if seen_at is None else round(seen_at * SAMPLE_FPS)
         out.append(WorldQuestion(kind, question, answer, shuffled, letter, is_early, truth=dict(kind=kind, **truth),
@@ -172,6 +173,20 @@ def questions_for(stream: Stream, rng: random.Random, new_phrasings: bool = True
         options = [right] + wrong[:3]
         add("now", rng.choice(PHRASINGS["now"]), answer, options, right,
             colours=sorted(o.colour for o in now), shapes=sorted(o.shape for o in now))
+    if new_phrasings:  # presence of one named object: a question that names one event of a long day
+        pairs_seen = {(o.colour, o.shape): o for o in seen}
+        if seen and forms.random() < 0.5:
+            obj = forms.choice(seen)
+            colour, shape = obj.colour, obj.shape
+            answer = f"Yes, {with_article(obj.name)}, about {say_age(age(obj))}."
+        else:
+            near = [(o.colour, s) for o in seen for s in SHAPES] + [(c, o.shape) for o in seen for c in COLOURS]
+            pool = near if near and forms.random() < 0.5 else [(c, s) for c in COLOURS for s in SHAPES]
+            colour, shape = forms.choice([pair for pair in pool if pair not in pairs_seen])
+            obj, answer = None, f"No, I saw no {colour} {shape}."
+        phrase = forms.choice(PHRASINGS["presence_named"]).format(name=f"{colour} {shape}")
+        add("presence", phrase, answer, ["yes", "no"], "yes" if obj else "no", bool(obj) and early[obj],
+            seen_at=first[obj] if obj else None, shuffle=forms, yes=obj is not None, colours=[colour], shapes=[shape])
     return out
 
 

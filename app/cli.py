@@ -116,10 +116,10 @@ def _list_models() -> int:
         shape = f"{checkpoint.layers} layers x {checkpoint.kv_heads} KV heads x {checkpoint.head_dim}"
         print(f"  {checkpoint.family:16s} e.g. {checkpoint.hub_id}: {shape} = {geometry.kv_bytes_per_token:,} B/token K+V"
               f" + {geometry.meta_bytes_per_token:,} B metadata")
-    from potwatch.models.tiny_build import TINY_LABEL
+    from potwatch.models.tiny_build import shipped_tiny_label
 
     print("trained model (shipped with potwatch, offline):")
-    print(f"  {'tiny':18s} {'qwen2_vl':16s} {TINY_LABEL.split(': ', 1)[1]}")
+    print(f"  {'tiny':18s} {'qwen2_vl':16s} {shipped_tiny_label().split(': ', 1)[1]}")
     print("demo models (random weights, offline; every answer is marked meaningless):")
     for name, spec in DEMO_SPECS.items():
         print(f"  {name:18s} {spec.family:16s} {spec.description}")

@@ -81,10 +81,18 @@ class WatchRun:
         live = not self.json
         if live:
             print(f"[{_clock(self.last_time_s)}] Q: {question}\n          A: ", end="", flush=True)
-        answer = self.session.ask(question, on_token=(lambda piece: print(piece, end="", flush=True)) if live else None)
+        streamed: list[str] = []
+
+        def show(piece: str) -> None:
+            streamed.append(piece)
+            print(piece, end="", flush=True)
+
+        answer = self.session.ask(question, on_token=show if live else None)
         self.answers.append(answer)
         if live:
             notice = f" {DEMO_NOTICE}" if answer.meaningless else ""
+            if "".join(streamed).strip() != answer.text:  # an age read back to stream time (streaming/position_clock.py)
+                notice += f"\n          → {answer.text}"
             print(f"{notice}\n          ({answer.seconds:.2f} s, first token {answer.first_token_s:.2f} s, "
                   f"{answer.frames_covered} of {answer.frames_seen} frames in cache)", flush=True)
 

@@ -31,6 +31,16 @@ def tiny_label(parameters: int) -> str:
     """What a tiny model of this many parameters knows, as `watch`, the web UI and `potwatch models` show it."""
     return TINY_LABEL.replace("1.3M", f"{parameters / 1e6:.1f}M")
 
+
+def shipped_tiny_label() -> str:
+    """The label in the shipped checkpoint's config, read without loading the model."""
+    import json
+
+    from potwatch.assets import tiny_folder
+
+    config = json.loads((tiny_folder() / "config.json").read_text())
+    return config.get(TINY_MARK, TINY_LABEL)
+
 # Qwen2-VL's chat layout: the system turn, then user turns whose video sits between vision markers,
 # then the assistant. It renders exactly the prompt the streaming adapter builds token by token.
 CHAT_TEMPLATE = (

@@ -49,15 +49,15 @@ def test_writes_json_table_and_plot(table):
 def test_every_configuration_is_scored_at_every_ratio(table):
     _, summary = table
     full = summary["rows"]["full"]["no cap"]
-    assert full["questions"] == 19 and full["early_questions"] == 5  # the two streams' questions
+    assert full["questions"] == 21 and full["early_questions"] == 5  # the two streams' questions
     assert set(full["by_task"]) >= {"colour", "shape", "presence", "count", "time"}
     for name in QUICK:
         for ratio in ("1", "1/4"):
             figures = summary["rows"][name][ratio]
-            assert figures["questions"] == 19 and figures["streams"] == 2
+            assert figures["questions"] == 21 and figures["streams"] == 2
             assert 0 <= figures["accuracy"] <= 1 and 0 <= figures["early_accuracy"] <= 1
             assert figures["seconds_per_stream"] > 0
-    assert len(summary["items"]) == 19
+    assert len(summary["items"]) == 21
     assert all(len(line["predicted"][name]) == 2 for line in summary["items"] for name in QUICK)
 
 

@@ -82,3 +82,24 @@ def test_the_ages_a_sample_teaches_read_back_to_the_true_age(tiny):
         read_back = with_stream_time(answer, cache, position, 1.0, SAMPLE_FPS, fed)
         assert abs(read_age(read_back).seconds - truth) <= age_tolerance(truth), (answer, read_back, truth)
         assert "(at 0:03)" in read_back
+
+
+def test_a_gap_makes_the_ids_jump_as_evicted_stretches_do_and_ages_still_read_back(tiny):
+    """Ids jump by 500 groups before frame 20, as a day's held frames do after evictions under `keep`: the
+    age taught after the gap spans it, and read back through the held frames it is the true age again."""
+    disc = WorldObject("red", "triangle", 2.0, 6.0, slot=2, scale=1.7)
+    stream = Stream(30.0, "office", (disc,), ())
+    frames = render_sampled(stream)
+    time_question = next(q for q in questions_for(stream, random.Random(2)) if q.kind == "time")
+    sample = build_sample(tiny, frames, [Stop(len(frames), [Turn(time_question)])], gap=(20, 500))
+    cache = CappedKVCache(tiny.geometry(), None)
+    with torch.no_grad():
+        for block in sample.blocks:
+            cache.arriving(block.meta)
+            tiny.forward(block, cache, logits=False)
+    vision = [block for block in sample.blocks if block.meta.frame[0] >= 0]
+    assert int(vision[1].meta.pos[0, 0]) - int(vision[0].meta.pos[0, -1]) == 501  # the next group, 500 later
+    position, fed, answer = sample.asked[0]
+    assert read_age(answer).seconds > 500
+    read_back = with_stream_time(answer, cache, position, 1.0, SAMPLE_FPS, fed)
+    assert read_back == "About 30 seconds ago (at 0:02).", read_back  # first seen at 2.0 s, asked at 30 s: 28 s

@@ -49,7 +49,7 @@ def evaluate(adapter, streams: int, seed: int = 0, form: str = "new", min_s: flo
     marks: dict[str, list[bool]] = {kind: [] for kind in KINDS}
     split: dict[str, list[bool]] = {"presence yes": [], "presence no": [], "now something": [], "now nothing": []}
     early: list[bool] = []
-    examples = []
+    examples = []  # every answer, for reading what goes wrong
     for index in range(streams):
         stream, asked = stream_plan(seed, index, form, min_s, max_s)
         frames = render_sampled(stream)
@@ -71,9 +71,9 @@ def evaluate(adapter, streams: int, seed: int = 0, form: str = "new", min_s: flo
                 split["now something" if question.truth["colours"] else "now nothing"].append(right)
             if question.early:
                 early.append(right)
-            if len(examples) < 40:
-                examples.append({"question": question.question, "expected": question.answer, "answer": answer,
-                                 "right": right, "asked_at_s": upto / SAMPLE_FPS, "stream_s": stream.seconds})
+            examples.append({"kind": question.kind, "question": question.question, "expected": question.answer,
+                             "answer": answer, "right": right, "asked_at_s": upto / SAMPLE_FPS,
+                             "stream_s": stream.seconds, "truth": question.truth})
         session.close()
     every = [mark for kind in KINDS for mark in marks[kind]]
     return {
@@ -87,7 +87,7 @@ def evaluate(adapter, streams: int, seed: int = 0, form: str = "new", min_s: flo
         "asked_by_kind": {kind: len(m) for kind, m in marks.items()},
         "split": {name: sum(m) / len(m) for name, m in split.items() if m},
         "asked_by_split": {name: len(m) for name, m in split.items()},
-        "examples": examples,
+        "answers": examples,
     }
 
 

@@ -113,12 +113,17 @@ def demo_stream() -> Stream:
     return Stream(DEMO_SECONDS, "kitchen", (box,), distractors)
 
 
-def random_stream(rng: random.Random, seconds: float | None = None, min_s: float = 4.0, max_s: float = 96.0) -> Stream:
-    """A stream with 0-3 events at random times, in a random scene; lengths log-uniform in [min_s, max_s]."""
+EVENT_COUNTS = (0.12, 0.38, 0.32, 0.18)  # how often a stream has 0, 1, 2 or 3 events (held-out sets)
+
+
+def random_stream(rng: random.Random, seconds: float | None = None, min_s: float = 4.0, max_s: float = 96.0,
+                  counts: tuple[float, ...] = EVENT_COUNTS) -> Stream:
+    """A stream with 0-3 events at random times (`counts` weighs how many), in a random scene; lengths
+    log-uniform in [min_s, max_s]."""
     if seconds is None:
         seconds = math.exp(rng.uniform(math.log(min_s), math.log(max_s)))
         seconds = max(min_s, round(seconds * SAMPLE_FPS) / SAMPLE_FPS)
-    count = rng.choices((0, 1, 2, 3), weights=(0.12, 0.38, 0.32, 0.18))[0]
+    count = rng.choices((0, 1, 2, 3), weights=counts)[0]
     colours = rng.sample(list(COLOURS), count)  # one colour per event, so "the red one" is unique
     events: list[WorldObject] = []
     for colour in colours:

@@ -89,7 +89,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = TINY_VOCAB) -> PreTraine
 
 
 def tiny_config(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int = 2,
-                vision_width: int = 96) -> Qwen2VLConfig:
+                vision_width: int = 96, mrope_section: tuple[int, int, int] = (6, 5, 5)) -> Qwen2VLConfig:
     """A stock Qwen2-VL config at the tiny model's size (the defaults), with 32-wide attention heads."""
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
     text = dict(
@@ -100,7 +100,7 @@ def tiny_config(tokenizer, hidden: int = 128, layers: int = 4, vision_depth: int
         num_attention_heads=hidden // 32,
         num_key_value_heads=2,
         max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "rope_theta": 100000.0, "mrope_section": [6, 5, 5]},
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0, "mrope_section": list(mrope_section)},
         tie_word_embeddings=True,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],

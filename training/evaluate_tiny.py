@@ -10,7 +10,9 @@ Streams come from string seeds (`potwatch-eval:S:i`) that training never draws; 
   within `age_tolerance`; "yes" needs the colour and the shape.
 - **first**: the first held-out sets exactly (their streams, questions and order; "now" at the end,
   nearly always "nothing"), the time questions scored by the clock time of the answer within 2 s
-  (`check_clock`), as the first sets were. The streams are the same in both forms."""
+  (`check_clock`), as the first sets were. The streams are the same in both forms.
+`--independent` asks each question on the stream as it stands with no earlier turn kept, as the
+fidelity table (`potwatch bench --accuracy`) does; by default each turn stays, as in a chat."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from potwatch.bench.logits import session_answer
 from potwatch.models.registry import load_model
 from potwatch.streaming.session import StreamSession
 from potwatch.world.questions import KINDS, check_answer, check_clock, now_question, questions_for
@@ -45,7 +48,8 @@ def stream_plan(seed: int, index: int, form: str, min_s: float = 8.0, max_s: flo
     return stream, sorted(asked, key=lambda item: item[0])
 
 
-def evaluate(adapter, streams: int, seed: int = 0, form: str = "new", min_s: float = 8.0, max_s: float = 96.0) -> dict:
+def evaluate(adapter, streams: int, seed: int = 0, form: str = "new", min_s: float = 8.0, max_s: float = 96.0,
+             independent: bool = False) -> dict:
     marks: dict[str, list[bool]] = {kind: [] for kind in KINDS}
     split: dict[str, list[bool]] = {"presence yes": [], "presence no": [], "now something": [], "now nothing": []}
     early: list[bool] = []
@@ -59,7 +63,10 @@ def evaluate(adapter, streams: int, seed: int = 0, form: str = "new", min_s: flo
             if upto > fed:
                 session.feed(frames[fed:upto])
                 fed = upto
-            answer = session.ask(question.question, max_new_tokens=24).text
+            if independent:
+                answer = session_answer(session, question.question, 24)
+            else:
+                answer = session.ask(question.question, max_new_tokens=24).text
             if form == "first" and question.kind == "time":
                 right = check_clock(question.truth, answer)
             else:
@@ -78,6 +85,7 @@ def evaluate(adapter, streams: int, seed: int = 0, form: str = "new", min_s: flo
     every = [mark for kind in KINDS for mark in marks[kind]]
     return {
         "form": form,
+        "independent": independent,
         "streams": streams,
         "questions": len(every),
         "overall": sum(every) / len(every),
@@ -92,7 +100,8 @@ def evaluate(adapter, streams: int, seed: int = 0, form: str = "new", min_s: flo
 
 
 def describe(result: dict) -> str:
-    lines = [f"held-out ({result['form']} form), full cache: {result['overall']:.1%} of {result['questions']} questions "
+    protocol = "each question alone" if result["independent"] else "turns kept"
+    lines = [f"held-out ({result['form']} form, {protocol}), full cache: {result['overall']:.1%} of {result['questions']} questions "
              f"on {result['streams']} streams (early events {result['early']:.1%} of {result['early_questions']})"]
     for kind, value in result["by_kind"].items():
         lines.append(f"  {kind:14s} {value:6.1%} of {result['asked_by_kind'][kind]}")
@@ -107,6 +116,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--form", choices=FORMS + ("both",), default="both")
+    parser.add_argument("--independent", action="store_true", help="keep no turn: each question sees only the video")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write the result here as JSON")
     args = parser.parse_args()
@@ -115,7 +125,7 @@ def main() -> None:
     results = {}
     for form in FORMS if args.form == "both" else (args.form,):
         started = time.perf_counter()
-        result = evaluate(adapter, args.streams, args.seed, form)
+        result = evaluate(adapter, args.streams, args.seed, form, independent=args.independent)
         result.update(model=args.model, threads=args.threads, seconds=time.perf_counter() - started)
         print(describe(result) + f"\n  ({args.threads} thread(s), {result['seconds']:.0f} s)", flush=True)
         results[form] = result

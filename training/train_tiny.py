@@ -56,7 +56,7 @@ def world_texts(seed: int, streams: int = 3000) -> list[str]:
 def new_model(args, out: Path):
     tokenizer = train_tokenizer(world_texts(args.seed))
     config = tiny_config(tokenizer, hidden=args.hidden, layers=args.layers, vision_depth=args.vision_depth,
-                         vision_width=args.vision_width)
+                         vision_width=args.vision_width, mrope_section=tuple(args.mrope_section))
     from transformers import Qwen2VLForConditionalGeneration
 
     torch.manual_seed(args.seed)
@@ -120,7 +120,7 @@ def answer_loss(adapter, embeds, positions, targets) -> tuple[torch.Tensor, floa
 
 
 def question_step(adapter, probe: TokenProbe, plans, probe_weight: float) -> tuple[torch.Tensor, dict]:
-    samples = [build_sample(adapter, frames, stops, labels, gap) for frames, stops, labels, gap in plans]
+    samples = [build_sample(adapter, frames, stops, labels, gap, thinning) for frames, stops, labels, gap, thinning in plans]
     embeds, positions, targets, colours, shapes = collate(samples)
     loss, right = answer_loss(adapter, embeds, positions, targets)
     seen, shape_right = probe.loss(embeds, colours, shapes)
@@ -298,6 +298,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4, help="language model layers (a new model)")
     parser.add_argument("--vision-depth", type=int, default=2, help="vision tower layers (a new model)")
     parser.add_argument("--vision-width", type=int, default=96, help="vision tower width (a new model)")
+    parser.add_argument("--mrope-section", type=int, nargs=3, default=(12, 2, 2), metavar=("TIME", "HEIGHT", "WIDTH"),
+                        help="rotary frequency pairs for time, rows and columns (a new model; they sum to 16)")
     train(parser.parse_args())
 
 

@@ -20,7 +20,7 @@ from potwatch.world.labels import stream_token_labels, token_labels
 from potwatch.world.questions import now_moments, questions_for
 from potwatch.world.render import render, render_sampled
 from potwatch.world.stream import easy_stream, random_stream
-from world_samples import Stop, Turn, pick_turns
+from world_samples import Stop, Thinning, Turn, pick_turns
 
 SIZES = ((224, 168), (320, 240), (256, 144))  # render sizes (4:3 twice as often as 16:9)
 EASY_SHARE = 0.15  # of question batches: short, clean streams with one object in view most of the time
@@ -33,6 +33,9 @@ GAP_SHARE = 0.2
 # More streams with two or three objects than the held-out sets have: telling which object a question
 # means ("What colour was the box?") and which came first was the weakest skill (54% and 45% after 40 min).
 TRAINING_COUNTS = (0.08, 0.27, 0.35, 0.30)
+# Streams whose older visual tokens are thinned as a capped cache thins them (object tokens mostly kept,
+# background mostly dropped), so the model answers from what compression leaves.
+THIN_SHARE = 0.3
 GAP_GROUPS = (8, 3000)  # log-uniform
 
 
@@ -91,7 +94,7 @@ def plan_stops(stream, rng: random.Random) -> list[Stop]:
 
 def question_batch(rng: random.Random, processor, tokens_per_step: int, max_s: float,
                    easy_share: float = EASY_SHARE) -> list[tuple]:
-    """(frames, stops, labels, gap) of streams of one length, as many as fit `tokens_per_step`."""
+    """(frames, stops, labels, gap, thinning) of streams of one length, as many as fit `tokens_per_step`."""
     easy = rng.random() < easy_share
     size = choose_size(rng)
     rows, cols = token_grid(processor, size[1], size[0])
@@ -105,8 +108,16 @@ def question_batch(rng: random.Random, processor, tokens_per_step: int, max_s: f
     for _ in range(count):
         stream = easy_stream(rng) if easy else random_stream(rng, seconds=seconds, counts=TRAINING_COUNTS)
         labels = stream_token_labels(stream, processor.temporal_patch_size, rows, cols)
-        plans.append((render_sampled(stream, size), plan_stops(stream, rng), labels, plan_gap(stream, rng)))
+        plans.append((render_sampled(stream, size), plan_stops(stream, rng), labels, plan_gap(stream, rng),
+                      plan_thinning(rng)))
     return plans
+
+
+def plan_thinning(rng: random.Random) -> Thinning | None:
+    if rng.random() >= THIN_SHARE:
+        return None
+    return Thinning(recent=rng.randint(2, 8), objects=rng.uniform(0.5, 1.0),
+                    background=math.exp(rng.uniform(math.log(0.03), math.log(0.5))), seed=rng.randrange(2**31))
 
 
 def plan_gap(stream, rng: random.Random) -> tuple[int, int] | None:

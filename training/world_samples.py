@@ -68,13 +68,26 @@ def pick_turns(questions: list[WorldQuestion], rng: random.Random, most: int) ->
     return [Turn(q, q.kind != "time" and rng.random() < MC_SHARE) for q in chosen]
 
 
+@dataclass(frozen=True)
+class Thinning:
+    """Visual tokens of all but the last `recent` groups dropped as a compressed cache drops them: each
+    object token kept with probability `objects`, each background token with `background` (object tokens
+    are novel against the recent frames, so TaR keeps them first). Positions keep their holes."""
+
+    recent: int
+    objects: float
+    background: float
+    seed: int
+
+
 def build_sample(adapter, frames: list, stops: list[Stop], labels: tuple | None = None,
-                 gap: tuple[int, int] | None = None) -> Sample:
+                 gap: tuple[int, int] | None = None, thinning: Thinning | None = None) -> Sample:
     """The whole sequence a session would hold after watching `frames` (a stream's sampled frames) and
     answering the questions of every stop; `labels` (colour, shape) per visual token in group order, from
     `world.labels.stream_token_labels`, become the tokens' label rows. `gap` (frame, groups) makes the
     temporal ids jump by `groups` before that frame (a whole group's first), as held frames' ids do where
-    a capped cache under `--positions keep` evicted a stretch, or where nothing was fed for a while."""
+    a capped cache under `--positions keep` evicted a stretch, or where nothing was fed for a while.
+    `thinning` drops older visual tokens as compression does (it needs `labels`)."""
     frames = list(frames)
     if len(frames) % adapter.frames_per_group:  # a question flushes the odd frame by repeating it
         frames.append(frames[-1])
@@ -108,8 +121,12 @@ def build_sample(adapter, frames: list, stops: list[Stop], labels: tuple | None 
                 first_group = start // adapter.frames_per_group
                 for index, temporal in enumerate(vision.meta.pos[0].tolist()):  # groups by their unshifted index
                     group_position.setdefault(first_group + index // per_group, temporal)
-                first = first_group * per_group
-                parts.append((vision, torch.full((len(vision),), IGNORE), slice(first, first + len(vision))))
+                token_index = torch.arange(first_group * per_group, first_group * per_group + len(vision))
+                if thinning is not None and labels is not None:
+                    total_groups = len(frames) // adapter.frames_per_group
+                    keep = _thinned(token_index, per_group, total_groups, torch.as_tensor(labels[0]), thinning)
+                    vision, token_index = _select(vision, keep), token_index[keep]
+                parts.append((vision, torch.full((len(vision),), IGNORE), token_index))
             fed = upto
         for turn in stop.turns:
             if answer_open:
@@ -130,13 +147,13 @@ def build_sample(adapter, frames: list, stops: list[Stop], labels: tuple | None 
             turn_index += 1
             answer_open = True
     colour_rows, shape_rows = [], []
-    for block, _, token_slice in parts:
-        if token_slice is None or labels is None:
+    for block, _, token_index in parts:
+        if token_index is None or labels is None:
             colour_rows.append(torch.full((len(block),), IGNORE))
             shape_rows.append(torch.full((len(block),), IGNORE))
         else:
-            colour_rows.append(torch.as_tensor(labels[0][token_slice]))
-            shape_rows.append(torch.as_tensor(labels[1][token_slice]))
+            colour_rows.append(torch.as_tensor(labels[0])[token_index])
+            shape_rows.append(torch.as_tensor(labels[1])[token_index])
     return Sample(
         embeds=torch.cat([block.embeds[0] for block, _, _ in parts]),
         positions=torch.cat([block.meta.pos for block, _, _ in parts], dim=1),
@@ -146,6 +163,23 @@ def build_sample(adapter, frames: list, stops: list[Stop], labels: tuple | None 
         asked=asked,
         blocks=[block for block, _, _ in parts],
     )
+
+
+def _thinned(token_index: torch.Tensor, per_group: int, total_groups: int, colours: torch.Tensor,
+             thinning: Thinning) -> torch.Tensor:
+    """Which of a vision block's tokens stay (see `Thinning`)."""
+    generator = torch.Generator().manual_seed(thinning.seed + int(token_index[0]))
+    old = token_index // per_group < total_groups - thinning.recent
+    chance = torch.where(colours[token_index] > 0, thinning.objects, thinning.background)
+    return ~old | (torch.rand(len(token_index), generator=generator) < chance)
+
+
+def _select(block, keep: torch.Tensor):
+    """The tokens of `block` where `keep` is true, with their metadata and positions."""
+    from dataclasses import fields, replace
+
+    meta = type(block.meta)(*(getattr(block.meta, f.name)[..., keep] for f in fields(block.meta)))
+    return replace(block, embeds=block.embeds[:, keep], meta=meta)
 
 
 def collate(samples: list[Sample]) -> tuple[torch.Tensor, ...]:

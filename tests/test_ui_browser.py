@@ -33,7 +33,7 @@ README_SCREENSHOT = ROOT / "assets" / "ui.png"
 DEMO_VIDEO = ROOT / "assets" / "demo.mp4"
 CAMERA_SECONDS = 20  # the fake camera loops this much of the demo scene
 VIEWPORT = {"width": 1400, "height": 1000}
-PHONE = {"width": 420, "height": 900}
+PHONE = {"width": 360, "height": 740}
 DOCS = ROOT / "docs"
 PHONE_SCREENSHOT = DOCS / "ui-phone.png"
 QUESTION = "What happened in the kitchen?"
@@ -163,7 +163,7 @@ def save_screenshot(page, name: str) -> Path:
     return path
 
 
-def test_webcam_stream_chat_and_memory_plot(browser, demo_adapter):
+def test_webcam_stream_chat_and_memory_plot(browser, demo_adapter, capfd):
     from potwatch.app.ui.page import build_app, launch_options
     from potwatch.app.ui.sessions import SessionPool, TabSettings
 
@@ -189,9 +189,21 @@ def test_webcam_stream_chat_and_memory_plot(browser, demo_adapter):
         # a cap too small: the reason beside the field, in the page's words, and the field back at the cap in force
         page.locator("#mem-cap textarea").fill("10kB")
         page.locator("#apply").click()
-        wait_text(page, "#mem-cap-error", "raise the memory cap to at least", 15)
+        wait_text(page, "#mem-cap-error", "A memory cap of 10kB is too small for this model", 15)
         assert "--" not in page.locator("#mem-cap-error").inner_text() and "⚠" not in status(page)
         assert page.locator("#mem-cap textarea").input_value() == "2MB" and pool.tabs()[0].session.cap_bytes == 2_000_000
+
+        # frames per second out of range: potwatch's words beside the field, the value in force back, the old
+        # cap error gone; no Gradio toast, no error pill, no traceback in the server's log
+        for typed in ("0", "-1", "31"):
+            page.locator("#fps input").fill(typed)
+            page.locator("#apply").click()
+            wait_text(page, "#fps-error", "Frames per second must be a number above 0 and at most 30", 15)
+            page.wait_for_function("() => document.querySelector('#fps input').value === '2'", timeout=10_000)
+            assert page.locator("#mem-cap-error").inner_text().strip() == ""
+        time.sleep(1.0)
+        assert page.locator(".toast-body").count() == 0 and "Error" not in page.locator("#chat").inner_text()
+        assert "Traceback" not in capfd.readouterr().err
 
         # the policy list says what each policy does
         page.locator("#policy input").click()
@@ -214,8 +226,14 @@ def test_webcam_stream_chat_and_memory_plot(browser, demo_adapter):
         page.locator("#webcam-pause").wait_for(state="visible", timeout=10_000)
         tab = next(iter(pool._tabs.values()))
         # Apply resets while the browser still streams: the status says so at once, never "ready"
+        monitor = tab.session.monitor
         page.locator("#apply").click()
-        wait_text(page, "#status", "watching the webcam: 0 frames", 10)
+        deadline = time.monotonic() + 10
+        while tab.session.monitor is monitor:  # a reset makes a new one
+            assert time.monotonic() < deadline, "Apply did not reset the session"
+            time.sleep(0.05)
+        # (a tick computed before the click may show the old count for a moment: no exact count is waited for)
+        wait_text(page, "#status", "watching the webcam at 0:0", 10)
         for _ in range(8):
             assert "ready" not in status(page), status(page)
             time.sleep(0.25)
@@ -245,9 +263,14 @@ def test_webcam_stream_chat_and_memory_plot(browser, demo_adapter):
         # a second tab is over --max-sessions 1: it is told so, and gets a session once the first closes
         second = new_page(browser, url)
         wait_text(second, "#status", "already watches for as many tabs as it may (1 tab at once)")
+        time.sleep(1.5)  # a tick or two: the waiting page stays without anything to click
+        for control in ("#apply", "#ask", "#question", "#mem-cap", "#example-0", "#chat"):
+            assert not second.locator(control).is_visible(), control
         save_screenshot(second, "webcam-refused.png")
         page.context.close()
         wait_text(second, "#status", "ready: start", 30)
+        wait_text(second, "#cap-words", "The cap 2.00 MB holds", 10)  # admitted: its cap line too
+        assert second.locator("#apply").is_visible() and second.locator("#ask").is_visible()
         assert len(pool) == 1 and tab.session._closed
         second.context.close()
         deadline = time.monotonic() + 30
@@ -373,7 +396,8 @@ def test_tiny_answers_the_one_click_examples_and_the_page_fits_a_phone(browser, 
         assert page.locator("#current-frame").is_visible()  # the example opened the File tab
         wait_text(page, "#chat", "frames in cache", 90)
         chat = page.locator("#chat").inner_text()
-        answer = re.search(r"What colour was the box\?\s+Red\.\s+\d+\.\d\d s \(first token \d+\.\d\d s\) · (\d+) of 60 frames in cache", chat)
+        answer = re.search(r"What colour was the box\?\s+Red\.\s+asked at 0:29 · \d+\.\d\d s \(first token \d+\.\d\d s\) · "
+                           r"(\d+) of 60 frames in cache", chat)
         assert answer, chat
         page.locator("#example-1").click()
         wait_text(page, "#chat", "One.", 30)
@@ -410,7 +434,7 @@ def test_tiny_answers_the_one_click_examples_and_the_page_fits_a_phone(browser, 
         assert question_box["x"] >= 0 and ask_box["x"] + ask_box["width"] <= PHONE["width"]
         assert question_box["width"] >= 200
         memory, retention = box("#memory-plot"), box("#retention-plot")
-        assert retention["y"] >= memory["y"] + memory["height"] - 1 and memory["width"] >= 300  # stacked
+        assert retention["y"] >= memory["y"] + memory["height"] - 1 and memory["width"] >= 280  # stacked
         assert not page.locator("#numbers table").is_visible()
         lines = page.locator("#numbers .numbers-line").all()
         assert len(lines) == 4 and all(line.bounding_box()["height"] < 60 for line in lines)
@@ -422,3 +446,60 @@ def test_tiny_answers_the_one_click_examples_and_the_page_fits_a_phone(browser, 
         app.close()
         pool.close_all()
     print(f"tiny examples and phone browser test: {time.monotonic() - started:.1f} s")
+
+
+def _smallest_text_pt(figure) -> float:
+    from matplotlib.text import Text
+
+    return min(text.get_fontsize() for text in figure.findobj(Text) if text.get_text().strip())
+
+
+def test_controls_are_whole_and_plots_readable_on_a_desktop_and_a_phone(browser, demo_adapter):
+    """At 1400×1000 and 360×740: the upload's icon clear of its label, no label over the chat's messages,
+    the policy menu's arrow clear of its text; on the phone the plots are drawn for its width, with no
+    text under 10 px as shown."""
+    from potwatch.app.ui.page import build_app, launch_options
+    from potwatch.app.ui.plots import DPI, memory_figure, retention_figure
+    from potwatch.app.ui.sessions import SessionPool, TabSettings
+
+    pool = SessionPool(demo_adapter, max_sessions=2, settings=TabSettings(mem_cap="400kB"), max_new_tokens=6)
+    app = build_app(pool)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    smallest_pt = min(_smallest_text_pt(memory_figure([], 400_000, narrow=True)),
+                      _smallest_text_pt(retention_figure({0: 1.0}, 2, 2, narrow=True)))
+    try:
+        for viewport in (VIEWPORT, PHONE):
+            context = browser.new_context(viewport=viewport)
+            page = context.new_page()
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load", timeout=60_000)
+            wait_text(page, "#status", "ready: start")
+            page.get_by_role("tab", name="File").click()
+            page.locator("#upload [data-testid=upload-icon]").wait_for(state="visible", timeout=10_000)
+            where = page.evaluate("""() => {
+                const box = s => document.querySelector(s).getBoundingClientRect();
+                const input = document.querySelector('#policy input');
+                return {icon: box('#upload [data-testid=upload-icon]'), label: box('#upload [data-testid=block-label]'),
+                        drop: box('#upload button'), text_end: input.getBoundingClientRect().right
+                            - parseFloat(getComputedStyle(input).paddingRight), arrow: box('#policy .icon-wrap'),
+                        chat_labels: document.querySelectorAll('#chat [data-testid=block-label]').length};
+            }""")
+            size = f"{viewport['width']}×{viewport['height']}"
+            assert where["icon"]["top"] >= where["label"]["bottom"], (size, where)  # not under the label
+            assert where["icon"]["bottom"] <= where["drop"]["bottom"], (size, where)  # nor cut off
+            assert where["text_end"] <= where["arrow"]["left"] + 1, (size, where)
+            assert where["chat_labels"] == 0, size  # nothing floats over the messages as they scroll
+            if viewport is PHONE:
+                page.wait_for_function("() => { const i = document.querySelector('#memory-plot img');"
+                                       " return i && i.naturalWidth && i.naturalWidth < 2 * i.clientWidth; }",
+                                       timeout=15_000)
+                for plot in ("#memory-plot", "#retention-plot"):
+                    natural, shown = page.evaluate(
+                        f"() => {{ const i = document.querySelector('{plot} img'); return [i.naturalWidth, i.clientWidth]; }}")
+                    smallest_px = smallest_pt * DPI / 72 * shown / natural
+                    assert smallest_px >= 10, (plot, natural, shown, smallest_px)
+                save_screenshot(page, "phone-360.png")
+            context.close()
+    finally:
+        app.close()
+        pool.close_all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import threading
 import time
 import weakref
@@ -20,7 +21,7 @@ from potwatch.app.ui.handlers import Handlers  # noqa: E402
 from potwatch.app.ui.serve import add_serve_arguments, limits_line, memory_limits  # noqa: E402
 from potwatch.app.ui.sessions import BudgetFullError, SessionPool, TabSettings  # noqa: E402
 from potwatch.compression.capped_cache import CappedKVCache  # noqa: E402
-from potwatch.compression.mem_cap import format_bytes  # noqa: E402
+from potwatch.compression.mem_cap import format_bytes, parse_mem_cap  # noqa: E402
 from potwatch.errors import UserError  # noqa: E402
 from tests.test_concurrency import run_threads  # noqa: E402
 from tests.test_ui_handlers import applied, tab_request, watch_a_little  # noqa: E402
@@ -50,7 +51,7 @@ def test_a_cap_above_the_ceiling_or_none_is_refused_beside_the_field_and_changes
     watch_a_little(pool, request)
     tab = pool.get(request.session_hash)
     cache, seen = tab.session.cache, tab.session.frames_seen
-    for asked, words in (("1TB", "allows each tab a memory cap of at most 600.00 kB, not 1000.00 GB; type 600.00 kB or less"),
+    for asked, words in (("1TB", "allows each tab a memory cap of at most 600.00 kB, not 1TB; type 600.00 kB or less"),
                          ("none", "does not run a tab without a memory cap; type a cap of at most 600.00 kB")):
         out = applied(handlers.apply_settings(asked, "tar_van", 2, 16, request))
         assert out["mem_cap_error"] == f"⚠ This server {words}."
@@ -92,11 +93,11 @@ def test_a_tab_beyond_the_budget_waits_with_the_words_and_gets_a_session_once_me
     with pytest.raises(BudgetFullError):
         pool.open("c")
     # a tab lowering its cap frees room: the waiting page gets its session on its next tick
-    assert applied(handlers.apply_settings("150kB", "tar_van", 2, 16, tab_request("a")))["mem_cap_error"] == ""
+    assert applied(handlers.apply_settings("200kB", "tar_van", 2, 16, tab_request("a")))["mem_cap_error"] == ""
     assert handlers.tick(tab_request("c"))[0].startswith("**ready")
     # now a tab cannot raise its cap past what the others leave
     out = applied(handlers.apply_settings("600kB", "tar_van", 2, 16, tab_request("a")))
-    assert "this tab's cap can be at most" in out["mem_cap_error"] and out["mem_cap"] == "150kB"
+    assert "this tab's cap can be at most" in out["mem_cap_error"] and out["mem_cap"] == "200kB"
     handlers.unload(tab_request("b"))
     assert applied(handlers.apply_settings("600kB", "tar_van", 2, 16, tab_request("a")))["mem_cap_error"] == ""
     assert pool.budget.used() == sum(tab.session.cache.nbytes for tab in pool.tabs()) <= 1_000_000
@@ -106,11 +107,11 @@ def test_an_example_without_room_for_the_starting_cap_says_so_in_the_chat(demo_a
     pools.append(pool := make_pool(demo_adapter, budget=1_000_000))
     handlers = Handlers(pool)
     handlers.load(tab_request("a"))
-    handlers.apply_settings("150kB", "tar_van", 2, 16, tab_request("a"))
+    handlers.apply_settings("200kB", "tar_van", 2, 16, tab_request("a"))
     handlers.load(tab_request("b"))
     assert applied(handlers.apply_settings("700kB", "tar_van", 2, 16, tab_request("b")))["mem_cap_error"] == ""
     chat = list(handlers.example("What colour was the box?", tab_request("a")))[-1][0]
-    assert chat[-1]["content"].startswith("⚠ The other tabs' caches take") and pool.get("a").session.cap_bytes == 150_000
+    assert chat[-1]["content"].startswith("⚠ The other tabs' caches take") and pool.get("a").session.cap_bytes == 200_000
 
 
 def test_the_caches_allocated_never_sum_past_the_budget_while_tabs_apply_at_once(demo_adapter, pools, monkeypatch):
@@ -144,7 +145,7 @@ def test_the_caches_allocated_never_sum_past_the_budget_while_tabs_apply_at_once
         def run():
             chooser = random.Random(name)
             for _ in range(12):
-                cap = chooser.choice(("120kB", "300kB", "500kB", "700kB", "900kB"))
+                cap = chooser.choice(("200kB", "300kB", "500kB", "700kB", "900kB"))
                 error = applied(handlers.apply_settings(cap, "tar_van", 2, 16, tab_request(name)))["mem_cap_error"]
                 outcomes["refused" if error else "applied"] += 1
                 assert not error or "can be at most" in error, error
@@ -170,11 +171,11 @@ def serve_args(*argv: str) -> argparse.Namespace:
 
 def test_the_budget_defaults_to_the_starting_cap_times_the_tabs_and_is_printed():
     limits = memory_limits(serve_args("--max-sessions", "3"), "900kB")
-    assert limits == MemoryLimits(budget=2_700_000, ceiling=900_000, allow_any_cap=False)
+    assert limits == MemoryLimits(budget=2_700_000, ceiling=2_700_000, allow_any_cap=False)  # the ceiling: the budget
     assert limits_line(limits, "900kB", 3) == (
         "memory budget 2.70 MB for all tabs' KV caches together, room for 3 tabs at the starting cap (--mem-budget sets "
         "it); each tab's cap "
-        "at most 900.00 kB, never none (--max-session-cap raises it)")
+        "at most 2.70 MB (the whole budget), never none (--max-session-cap sets it)")
     limits = memory_limits(serve_args("--mem-budget", "4MB", "--max-session-cap", "2MB"), "1MB")
     assert limits == MemoryLimits(budget=4_000_000, ceiling=2_000_000)
     limits = memory_limits(serve_args("--allow-any-cap"), "none")
@@ -206,7 +207,7 @@ def test_a_pool_without_limits_lets_any_cap_through(demo_adapter, pools):
     tab = pool.open("a")
     tab.apply(TabSettings(mem_cap="none"))
     assert tab.session.cap_bytes is None
-    with pytest.raises(UserError, match="holds no token|raise --mem-cap"):
+    with pytest.raises(UserError, match="A memory cap of 10B is too small for this model"):
         tab.apply(TabSettings(mem_cap="10B"))
 
 
@@ -227,3 +228,39 @@ def test_serve_mem_cap_auto_shares_what_fits_among_the_tabs_and_says_so(demo_ada
     assert limits.budget == 3 * cap <= shared.free
     err = capsys.readouterr().err
     assert f"each tab starts with a {settings.mem_cap} cap, auto: " in err and "(shared by 3 tabs)" in err
+
+
+# --- a cap a person can really change, on the model people use -----------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    from potwatch.models.registry import load_model
+
+    return load_model("tiny")
+
+
+def test_on_tiny_a_tab_can_raise_its_cap_the_hint_offers_caps_that_work_and_the_first_refusal_names_the_true_least(
+        tiny, pools):
+    """`potwatch serve --model tiny` as started by default: the per-tab ceiling comes from the budget, not the
+    starting cap, so the cap can be raised; the caps the hint offers are accepted; and the least cap named
+    by the first refusal (before any frame) is the one that works, so no second refusal names another."""
+    from potwatch.app.ui.defaults import default_mem_cap
+
+    start = default_mem_cap(tiny, 2.0, 48)
+    limits = memory_limits(serve_args("--max-sessions", "4"), start)
+    pools.append(pool := SessionPool(tiny, max_sessions=4, settings=TabSettings(mem_cap=start), max_new_tokens=48,
+                                     limits=limits))
+    handlers, request = Handlers(pool), tab_request()
+    handlers.load(request)
+    examples = re.findall(r"\d+(?:\.\d+)?[kMG]B", handlers.cap_hint)
+    assert handlers.cap_hint.startswith("a size such as ") and len(examples) == 2 and "none" not in handlers.cap_hint
+    for cap in examples:
+        assert applied(handlers.apply_settings(cap, "tar_van", 2, 16, request))["mem_cap_error"] == "", cap
+    assert pool.get(request.session_hash).session.cap_bytes == parse_mem_cap(examples[-1]) > parse_mem_cap(start)
+    error = applied(handlers.apply_settings("50kB", "tar_van", 2, 16, request))["mem_cap_error"]
+    least, typed = re.search(r"at least ([\d.]+ [kMG]B); type (\S+) or more", error).groups()
+    below = str(parse_mem_cap(least.replace(" ", "")) - 1000)  # bytes
+    assert f"at least {least};" in applied(handlers.apply_settings(below, "tar_van", 2, 16, request))["mem_cap_error"]
+    for cap in (typed, least.replace(" ", "")):
+        assert applied(handlers.apply_settings(cap, "tar_van", 2, 16, request))["mem_cap_error"] == "", cap
+    watch_a_little(pool, request, frames=4)  # and a stream's frames fit in the least cap
+    assert pool.get(request.session_hash).session.frames_seen == 4

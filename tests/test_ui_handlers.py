@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -58,12 +59,48 @@ def handlers(pool):
     return Handlers(pool)
 
 
-def write_clip(path: Path, seconds: float, fps: int = 10) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (320, 240))
-    for rgb in render_frames(seconds, size=(320, 240), fps=fps):
+def write_clip(path: Path, seconds: float, fps: int = 10, size: tuple[int, int] = (320, 240)) -> Path:
+    """A clip of the demo scene; `size` is (width, height)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for rgb in render_frames(seconds, size=size, fps=fps):
         writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     writer.release()
     return path
+
+
+class Page:
+    """What the browser shows of the refresh outputs: each update applied in the order it arrives (a
+    skipped output leaves what was there)."""
+
+    def __init__(self) -> None:
+        self.shown: dict[str, object] = {}
+
+    def receive(self, outputs: tuple) -> "Page":
+        for name, value in named(outputs).items():
+            if not is_skip(value):
+                self.shown[name] = value
+        return self
+
+    def status(self) -> str:
+        return self.shown["status"]
+
+    def button(self, name: str) -> dict:
+        return self.shown[name]
+
+
+def gradio_call(app, handler: str, inputs: list, session: str = "tab-a") -> list:
+    """Call one event of the built page the way Gradio's server does (its components' preprocessing
+    included), for `handler`'s event; returns the outputs as the page gets them."""
+    import asyncio
+
+    import gradio as gr
+    from gradio.state_holder import SessionState
+
+    fn = next(f for f in app.fns.values() if getattr(f.fn, "__name__", "") == handler)
+    request = gr.Request(session_hash=session)
+    result = asyncio.run(app.process_api(block_fn=fn, inputs=inputs, state=SessionState(app), request=request,
+                                         session_hash=session))
+    return result["data"]
 
 
 # --- the pool ------------------------------------------------------------------------------------
@@ -172,12 +209,49 @@ def test_only_video_files_are_accepted(handlers, tmp_path):
     assert shown["video"] == "Video: **demo.mp4**" and "ready" in shown["status"]
 
 
+def test_a_file_that_is_no_video_but_named_mp4_is_refused_in_plain_words(handlers, tmp_path):
+    request = tab_request()
+    handlers.load(request)
+    renamed = tmp_path / "notes.mp4"
+    renamed.write_text("a shopping list, not a video\n" * 20)
+    words = named(handlers.upload(str(renamed), request))["video"]
+    assert words == ("⚠ 'notes.mp4' is not a video this server can read (it may be another kind of file, or damaged); "
+                     "upload an mp4, mkv or webm video.")
+    assert "FFmpeg" not in words and "Invalid data" not in words
+
+
 # --- webcam --------------------------------------------------------------------------------------
 def test_push_source_samples_browser_frames_at_the_session_rate():
     source = PushSource(fps=2.0, queue_frames=3)
     frame = np.zeros((240, 320, 3), np.uint8)
     taken = [source.offer(frame, now=100.0 + 0.1 * step) for step in range(21)]  # 10 frames/s for 2 s
     assert sum(taken) == 3 and source.dropped == 2  # instants 0, 0.5, 1.0 queued; 1.5 and 2.0 over the queue
+
+
+def test_push_source_counts_the_instants_a_slow_camera_sent_no_frame_for():
+    source = PushSource(fps=2.0, queue_frames=100)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    for step in range(15):  # 1.43 frames a second for 10 s: instants 0, 1, 2, 4, 5, 7, 8, 9, 11, ...
+        source.offer(frame, now=100.0 + 0.7 * step)
+    assert source.missed == 5 and source.dropped == 0  # instants 0 to 19 (9.8 s), 15 of them taken
+    assert source.position_s == pytest.approx(9.8)
+    source.offer(frame, now=100.0 + 30.0)  # the camera was stopped for 20 s: not frames lost
+    assert source.missed == 5
+
+
+def test_a_webcam_that_sends_too_few_frames_shows_them_as_dropped_with_why_and_the_stream_time(handlers, pool):
+    request = tab_request()
+    handlers.load(request)
+    frames = list(render_frames(4.0, size=(320, 240), fps=10))[::7]  # about 1.4 frames a second
+    for rgb in frames:
+        handlers.webcam_frame(rgb, request)
+        time.sleep(0.7)
+    tab = pool.get(request.session_hash)
+    wait_for(lambda: tab.stats.get("dropped_frames"), what="missed camera frames counted")
+    status = handlers.tick(request)[0]
+    assert re.search(r"\*\*watching the webcam at 0:0[2-4]\*\*", status), status
+    assert re.search(r", (\d+) dropped \(the camera sent fewer than 2 frames a second\)", status), status
+    assert "model was behind" not in status and tab.missed_frames() >= 1
 
 
 def test_webcam_frames_are_fed_without_waiting_on_the_model(handlers, pool):
@@ -261,8 +335,8 @@ def test_settings_apply_on_reset_and_bad_ones_change_nothing(handlers, pool):
     assert tab.stats["turns"] == 1
     out = applied(handlers.apply_settings("10kB", "tar_van", 2, 16, request))
     # the error sits beside the field it concerns, in the page's words, and the field shows the cap in force
-    assert out["mem_cap_error"].startswith("⚠") and "at least 77.87 kB" in out["mem_cap_error"]
-    assert "raise the memory cap" in out["mem_cap_error"] and "--" not in out["mem_cap_error"]
+    assert out["mem_cap_error"].startswith("⚠ A memory cap of 10kB is too small") and "--" not in out["mem_cap_error"]
+    assert "at least 150.10 kB; type 200kB or more" in out["mem_cap_error"]  # a block of frames and an answer counted
     assert out["mem_cap"] == SMALL_CAP and out["policy_error"] == out["fps_error"] == out["kv_bits_error"] == ""
     assert "⚠" not in (out["status"] if not is_skip(out["status"]) else "")
     assert tab.session.cap_bytes == 400_000 and tab.chat  # unchanged
@@ -306,6 +380,167 @@ def test_the_slot_count_policies_apply_from_the_ui_beside_a_tab_of_another(handl
     assert pool.get(first.session_hash).session.policy_name == policy
     assert pool.get(second.session_hash).session.policy_name == "tar_van"
     assert pool.get(first.session_hash).stats["turns"] == 1 and pool.get(second.session_hash).stats["turns"] == 1
+
+
+def test_frames_per_second_out_of_range_is_answered_beside_the_field_by_potwatch_not_by_gradio(pool):
+    """Through Gradio's own event processing (its components' checks included): 0, -1 and 31 reach
+    potwatch's check, which answers beside the field, puts the value in force back, clears an older
+    error, and raises nothing (no toast, no error pill, no traceback in the server log)."""
+    from potwatch.app.ui.page import build_app
+
+    app = build_app(pool)
+    gradio_call(app, "load", [])
+    outputs = gradio_call(app, "apply_settings", ["lots", "tar_van", 2, 16])  # an older cap error on screen
+    assert outputs[len(REFRESH) + 6].startswith("⚠ Memory cap 'lots' is not a size")
+    for fps in (0, -1, 31):
+        out = applied(tuple(gradio_call(app, "apply_settings", [SMALL_CAP, "tar_van", fps, 16])))
+        assert out["fps_error"] == "⚠ Frames per second must be a number above 0 and at most 30; try 2.", fps
+        assert out["fps"] == 2.0 and out["mem_cap"] == SMALL_CAP and out["mem_cap_error"] == ""
+        assert is_skip(out["chat"]) and "⚠" not in (out["status"] if isinstance(out["status"], str) else "")
+    assert pool.get("tab-a").session.fps == 2.0
+
+
+def test_a_refused_cap_leaves_the_playing_video_playing(handlers, pool):
+    request = tab_request()
+    handlers.load(request)
+    handlers.use_demo_video(request)
+    handlers.play(request)
+    tab = pool.get(request.session_hash)
+    wait_for(lambda: tab.stats["frames_seen"] >= 2, what="2 frames")
+    runner, cache = tab.runner, tab.session.cache
+    out = applied(handlers.apply_settings("10kB", "tar_van", 2, 16, request))
+    assert out["mem_cap_error"].startswith("⚠") and "at least" in out["mem_cap_error"]
+    assert tab.runner is runner and runner.running and tab.session.cache is cache  # nothing stopped, nothing reset
+    seen = tab.stats["frames_seen"]
+    wait_for(lambda: tab.stats["frames_seen"] >= seen + 2, what="the video to play on")
+    assert "playing demo.mp4" in handlers.tick(request)[0]
+
+
+def test_pause_is_what_the_page_shows_even_when_a_tick_computed_before_it_arrives_after(handlers, pool):
+    """A tick computed while the video played may reach the page after the Pause click's answer; the
+    ticks after a click send the status and buttons again, so the page never stays on 'playing'."""
+    request = tab_request()
+    page = Page().receive(handlers.load(request)[:len(REFRESH)])
+    page.receive(handlers.use_demo_video(request)[:len(REFRESH)])
+    page.receive(handlers.play(request))
+    tab = pool.get(request.session_hash)
+    wait_for(lambda: tab.stats["frames_seen"] >= 2, what="2 frames")
+    late_tick = handlers.tick(request)  # computed before the click ...
+    page.receive(handlers.pause(request))
+    page.receive(late_tick)  # ... arrives after its answer
+    assert "playing demo.mp4" in page.status()  # what people saw
+    page.receive(handlers.tick(request))  # the next tick puts it right
+    assert "paused demo.mp4" in page.status() and page.button("play")["value"] == "Resume"
+    assert page.button("pause")["visible"] is False
+
+
+def test_a_new_video_or_start_after_stop_starts_a_fresh_memory_with_the_settings_kept(handlers, pool, tmp_path):
+    request = tab_request()
+    handlers.load(request)
+    assert applied(handlers.apply_settings("600kB", "window", 2, 16, request))["mem_cap_error"] == ""
+    handlers.use_demo_video(request)
+    handlers.play(request)
+    tab = pool.get(request.session_hash)
+    wait_for(lambda: tab.stats["frames_seen"] >= 4, what="4 frames")
+    handlers.stop(request)
+    assert tab.stats["frames_seen"] >= 4
+    started = time.monotonic()
+    assert "playing demo.mp4" in handlers.play(request)[0]  # Start after Stop: from the start, afresh
+    wait_for(lambda: tab.stats["frames_seen"] >= 1, what="a frame")
+    assert tab.stats["frames_seen"] <= 2 * (time.monotonic() - started) + 2  # counted from this start, not on
+    assert len(tab.history) <= tab.stats["frames_seen"] + 1  # the memory plot shows this run only
+    clip = write_clip(tmp_path / "clip.mp4", 1.5)
+    shown = named(handlers.upload(str(clip), request))  # a new video: ready, nothing of the last one
+    assert shown["status"].startswith("**ready") and ": 0 frames" in shown["status"], shown["status"]
+    assert tab.runner is None and tab.session.frames_seen == 0 and len(tab.history) == 1
+    assert (tab.session.cap_bytes, tab.session.policy_name, tab.settings.mem_cap) == (600_000, "window", "600kB")
+    handlers.play(request)
+    wait_for(lambda: tab.runner is not None and tab.runner.finished, timeout=20, what="the clip to end")
+    assert handlers.tick(request)[0].startswith("**finished clip.mp4**: 3 frames")  # its own frames only
+
+
+def test_answers_say_when_they_were_asked_in_stream_time(handlers, pool):
+    request = tab_request()
+    handlers.load(request)
+    watch_a_little(pool, request, frames=4)  # frames at 0, 0.5, 1.0 and 1.5 s
+    answer = list(handlers.ask("What is there?", request))[-1][0][-1]["content"]
+    assert "_asked at 0:01 · " in answer, answer
+
+
+def test_the_timer_never_reads_a_cache_a_reset_is_swapping(handlers, pool, caplog):
+    """Ticks race resets (each reset frees the cache, then allocates the new one) on frames seen and not
+    yet compressed, when the page's words read how many frames the cap holds: no error, nothing logged."""
+    import threading
+
+    request = tab_request()
+    handlers.load(request)
+    failures, done = [], threading.Event()
+
+    def ticking():
+        while not done.is_set():
+            try:
+                handlers.tick(request)
+            except Exception as error:  # noqa: BLE001 - what the test looks for
+                failures.append(error)
+
+    ticker = threading.Thread(target=ticking, daemon=True)
+    ticker.start()
+    try:
+        for step in range(25):
+            watch_a_little(pool, request, frames=2)
+            handlers.apply_settings(("500kB", SMALL_CAP)[step % 2], "tar_van", 2, 16, request)
+            handlers.apply_settings("10kB", "tar_van", 2, 16, request)  # refused
+    finally:
+        done.set()
+        ticker.join(10)
+    assert not failures, failures[:3]
+    assert not [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_the_cap_line_counts_frames_of_the_video_s_own_size_as_the_memory_note_does(handlers, pool, tmp_path):
+    request = tab_request()
+    handlers.load(request)
+    handlers.tick(request)
+    clip = write_clip(tmp_path / "odd.mp4", 2.0, size=(334, 202))
+    handlers.upload(str(clip), request)
+    cap_line = handlers.tick(request)[-1]
+    assert "frames of 334×202 at full detail" in cap_line, cap_line
+    frames = int(re.search(r"\*\*([\d,]+) frames of", cap_line).group(1))
+    handlers.play(request)
+    tab = pool.get(request.session_hash)
+    wait_for(lambda: tab.stats["frames_seen"] >= 1, what="a frame")
+    note = named(handlers.tick(request))["memory_note"]
+    assert f"after about {frames:,} frames" in note, (note, cap_line)
+
+
+def test_a_waiting_tab_shows_nothing_to_click_and_gets_its_cap_line_once_admitted(handlers):
+    handlers.load(tab_request("a"))
+    handlers.load(tab_request("b"))
+    refused = handlers.load(tab_request("c"))
+    shown = named(refused)
+    assert shown["status"].startswith("⚠") and shown["workspace"] == {"__type__": "update", "visible": False}
+    assert named(handlers.tick(tab_request("c")))["workspace"]["visible"] is False
+    handlers.unload(tab_request("a"))
+    admitted = handlers.tick(tab_request("c"))
+    assert named(admitted)["workspace"] == {"__type__": "update", "visible": True}
+    assert admitted[-1].startswith("The cap 400.00 kB holds")  # the cap line, which its load could not give
+
+
+def test_a_closed_tab_leaves_no_page_state_behind(pool):
+    """Gradio keeps each page's copy of the components and their last values (plots, frame, chat) for
+    up to 10,000 pages; closing the tab drops its copy, with its session (see benchmarks/ui_memory.py)."""
+    from gradio.routes import App
+
+    from potwatch.app.ui.page import build_app
+
+    app = build_app(pool)
+    App.create_app(app)  # what `launch` does: the page gets Gradio's per-page state holder
+    gradio_call(app, "load", [], session="tab-a")
+    gradio_call(app, "load", [], session="tab-b")
+    app.state_holder["tab-a"], app.state_holder["tab-b"]  # as Gradio makes them for each page's events
+    gradio_call(app, "unload", [], session="tab-a")
+    assert "tab-a" not in app.state_holder.session_data and "tab-b" in app.state_holder.session_data
+    assert pool.get("tab-a") is None and pool.get("tab-b") is not None
 
 
 # --- plots ---------------------------------------------------------------------------------------
@@ -371,6 +606,6 @@ def test_gradio_can_see_where_to_pass_the_request(handlers):
 
     import gradio as gr
 
-    for name in ("load", "unload", "tick", "webcam_frame", "toggle_webcam", "upload", "use_demo_video",
+    for name in ("load", "unload", "tick", "page_tick", "webcam_frame", "toggle_webcam", "upload", "use_demo_video",
                  "play", "pause", "stop", "ask", "apply_settings"):
         assert typing.get_type_hints(getattr(handlers, name))["request"] is gr.Request, name

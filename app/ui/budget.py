@@ -52,8 +52,9 @@ class MemoryBudget:
         self._lock = threading.Lock()
 
     # --- what a visitor may type -----------------------------------------------------------------
-    def check_cap(self, cap: int | None) -> None:
-        """A CapRefusedError, in the page's words, for a cap above the ceiling or 'none'."""
+    def check_cap(self, cap: int | None, typed: str | None = None) -> None:
+        """A CapRefusedError, in the page's words, for a cap above the ceiling or 'none'; the cap is echoed
+        as the visitor `typed` it ('1TB', not '1000.00 GB')."""
         limits = self.limits
         if limits.allow_any_cap or limits.ceiling is None:
             return
@@ -62,7 +63,8 @@ class MemoryBudget:
             raise CapRefusedError(f"This server does not run a tab without a memory cap; type a cap of at most {most}.")
         if cap > limits.ceiling:
             raise CapRefusedError(
-                f"This server allows each tab a memory cap of at most {most}, not {format_bytes(cap)}; type {most} or less.")
+                f"This server allows each tab a memory cap of at most {most}, not {typed or format_bytes(cap)}; type {most} "
+                "or less.")
 
     # --- the budget ------------------------------------------------------------------------------
     def used(self, leaving_out: str | None = None) -> int:

@@ -8,7 +8,8 @@ Type hints here must resolve at run time: Gradio reads them to know where to pas
 
 from __future__ import annotations
 
-from importlib.resources import files
+from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 import gradio as gr
@@ -16,12 +17,16 @@ import numpy as np
 
 from potwatch.assets import demo_video as packaged_demo_video
 from potwatch.errors import DeviceMemoryError, UserError
+from potwatch.streaming.session import StreamSession
 
+from potwatch.app.ui.caps import cap_examples, least_cap_bytes
 from potwatch.app.ui.chat import ChatHandlers
+from potwatch.app.ui.defaults import TYPICAL_FRAME
 from potwatch.app.ui.plots import memory_figure, retention_figure
-from potwatch.app.ui.sessions import PoolFullError, SessionPool, TabSession
+from potwatch.app.ui.sessions import PoolFullError, SessionPool, TabSession, give_memory_back
 from potwatch.app.ui.settings import FIELDS, SettingError, check_fields, reset_error
-from potwatch.app.ui.status import cap_words, memory_note, numbers_table, status_line
+from potwatch.app.ui.status import memory_note, numbers_table, status_line
+from potwatch.app.ui.style import PHONE_PX
 from potwatch.app.ui.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, delete_upload, is_upload
 from potwatch.app.ui.words import ui_words
 
@@ -29,7 +34,11 @@ DEMO_VIDEO = packaged_demo_video()  # package data: found wherever potwatch is i
 SKIP = gr.skip
 # What the page's timer and the source controls update, in this order.
 REFRESH = ("status", "numbers", "memory", "retention", "frame", "memory_note", "video",
-           "webcam_pause", "play", "pause", "stop")
+           "webcam_pause", "play", "pause", "stop", "workspace")
+CONTROLS = ("webcam_pause", "play", "pause", "stop")
+# A tick may be computed before a click's outputs and reach the page after them; the ticks after a click
+# send the status and the buttons even unchanged, so a late tick cannot leave them stale.
+RESEND_TICKS = 2
 
 
 def named(outputs: tuple, names: tuple[str, ...] = REFRESH) -> dict:
@@ -43,6 +52,25 @@ class Handlers(ChatHandlers):
     def __init__(self, pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> None:
         self.pool = pool
         self.demo_video = Path(demo_video) if demo_video is not None and Path(demo_video).is_file() else None
+        self.blocks: gr.Blocks | None = None  # the page, once built (`page.build_app` sets it)
+
+    @cached_property
+    def cap_hint(self) -> str:
+        """Caps to suggest, worked out once for the model in use: 'a size such as 900kB or 2MB, or none'
+        (the least cap that works at the starting settings, rounded up, and about twice it, within what this
+        server allows)."""
+        pool = self.pool
+        settings = pool.settings.for_session(pool.max_new_tokens)
+        # a probe for the prompt's length: no cap (allocates little), so 16 bits (a quantised cache needs a cap)
+        probe = StreamSession(pool.adapter, settings=replace(settings, cap_bytes=None, kv_bits=16))
+        try:
+            least = least_cap_bytes(probe, settings, TYPICAL_FRAME)
+        finally:
+            probe.close()
+        limits = pool.budget.limits
+        uncapped = (limits.allow_any_cap or limits.ceiling is None) and settings.kv_bits == 16  # quantised: capped
+        none = ", or none" if uncapped else ""
+        return f"a size such as {' or '.join(cap_examples(least, limits.ceiling))}{none}"
 
     # --- the tab's session ---------------------------------------------------------------------
     def _tab(self, request: gr.Request) -> TabSession:
@@ -50,10 +78,16 @@ class Handlers(ChatHandlers):
         return self.pool.open(request.session_hash)
 
     def cap_description(self, tab: TabSession) -> str:
-        """What the tab's cap holds, then what caps this server allows (when it limits them)."""
+        """What the tab's cap holds (a snapshot: never the cache a reset is swapping), then what caps this
+        server allows (when it limits them). Noted as sent: the timer sends it again only once it changes."""
+        text = self._cap_text(tab)
+        tab.rendered["cap"] = text
+        return text
+
+    def _cap_text(self, tab: TabSession) -> str:
         limits = self.pool.budget.limits
         allowed = "" if limits.budget is None and limits.ceiling is None else f" {limits.describe()}"
-        return cap_words(tab.session) + allowed
+        return tab.cap_line + allowed
 
     def settings_outputs(self, tab: TabSession, error: SettingError | None = None) -> tuple:
         """The settings fields as in force, the cap's description, and each field's error (one at most)."""
@@ -61,10 +95,10 @@ class Handlers(ChatHandlers):
         errors = tuple(f"⚠ {error}" if error is not None and error.field == field else "" for field in FIELDS)
         return (settings.mem_cap, settings.policy, settings.fps, settings.kv_bits, self.cap_description(tab), *errors)
 
-    def _full_outputs(self, tab: TabSession) -> tuple:
+    def _full_outputs(self, tab: TabSession, clicked: bool = True) -> tuple:
         """The refresh outputs, all rendered now."""
         tab.rendered.clear()
-        return self._refresh(tab)
+        return self._refresh(tab, clicked)
 
     def _controls(self, tab: TabSession) -> dict:
         """Which source buttons apply now, and their labels: (visible, label) per button."""
@@ -79,22 +113,42 @@ class Handlers(ChatHandlers):
             "stop": (file_on, "Stop"),
         }
 
-    def _refresh(self, tab: TabSession) -> tuple:
-        """Like `tick`: only what changed since the page last got it; the rest is skipped."""
+    def _refresh(self, tab: TabSession, clicked: bool = True) -> tuple:
+        """Like `tick`: only what changed since the page last got it; the rest is skipped. After a click the
+        next RESEND_TICKS ticks send the status and buttons again (see RESEND_TICKS). One refresh of a tab
+        at a time, so what is noted as sent is what was sent."""
+        with tab.render_lock:
+            if clicked:
+                tab.resend = RESEND_TICKS
+            return self._changed(tab)
+
+    def _tick_refresh(self, tab: TabSession) -> tuple:
+        """The timer's refresh: what changed, and the status and buttons again just after a click."""
+        with tab.render_lock:
+            if tab.resend > 0:
+                tab.resend -= 1
+                for name in ("status", *CONTROLS):
+                    tab.rendered.pop(name, None)
+            return self._changed(tab)
+
+    def _changed(self, tab: TabSession) -> tuple:
+        """The refresh outputs that differ from what the page last got; SKIP for the rest."""
         stats = tab.stats
-        memory_key = (len(tab.history), tab.history[-1] if tab.history else None, stats.get("cap_bytes"))
-        retention_key = (id(tab.retention), stats.get("frames_seen"), stats.get("frames_covered"))
+        narrow = tab.narrow
+        memory_key = (len(tab.history), tab.history[-1] if tab.history else None, stats.get("cap_bytes"), narrow)
+        retention_key = (id(tab.retention), stats.get("frames_seen"), stats.get("frames_covered"), narrow)
         parts = {
             "status": (status_line(tab), None),
             "numbers": (numbers_table(stats), None),
-            "memory": (memory_key, lambda: memory_figure(tab.history, stats.get("cap_bytes"))),
+            "memory": (memory_key, lambda: memory_figure(tab.history, stats.get("cap_bytes"), narrow)),
             "retention": (retention_key, lambda: retention_figure(
                 tab.retention, stats.get("frames_seen", 0), tab.session.adapter.frames_per_group,
-                stats.get("frames_covered", 0))),
+                stats.get("frames_covered", 0), narrow)),
             "frame": ((id(tab.current_frame), stats.get("frames_seen")), lambda: tab.current_frame),
             "memory_note": (memory_note(tab), None),
             "video": (self._video_words(tab), None),
         }
+        parts["workspace"] = (True, lambda: gr.update(visible=True))  # a tab that waited for a session gets it shown
         for name, (visible, label) in self._controls(tab).items():
             parts[name] = ((visible, label), lambda visible=visible, label=label: gr.update(visible=visible, value=label))
         outputs = []
@@ -108,7 +162,12 @@ class Handlers(ChatHandlers):
         return tuple(outputs)
 
     def _refused(self, error: UserError) -> tuple:
-        return (f"⚠ {error}", *[SKIP()] * (len(REFRESH) - 1))
+        """A tab without a session (the server is full): the reason, and nothing to click that would do
+        nothing (the controls, settings and chat are hidden until a session frees)."""
+        outputs = {name: SKIP() for name in REFRESH}
+        outputs["status"] = f"⚠ {error}"
+        outputs["workspace"] = gr.update(visible=False)
+        return tuple(outputs[name] for name in REFRESH)
 
     # --- page life -----------------------------------------------------------------------------
     def load(self, request: gr.Request) -> tuple:
@@ -118,23 +177,53 @@ class Handlers(ChatHandlers):
             tab = self._tab(request)
         except PoolFullError as error:
             return (*self._refused(error), [], "")
-        return (*self._full_outputs(tab), list(tab.chat), self.cap_description(tab))
+        return (*self._full_outputs(tab, clicked=False), list(tab.chat), self.cap_description(tab))
+
+    def _cap_update(self, tab: TabSession):
+        """The cap line when it changed since the page got it (a video's frame size, a waiting tab admitted)."""
+        text = self._cap_text(tab)
+        if tab.rendered.get("cap") == text:
+            return SKIP()
+        tab.rendered["cap"] = text
+        return text
 
     def unload(self, request: gr.Request) -> None:
-        """Tab closed or reloaded: free its session, its cache and its uploaded video."""
+        """Tab closed or reloaded: free its session, its cache, its uploaded video and Gradio's copy of its
+        page, and hand the freed memory back to the system."""
         tab = self.pool.get(request.session_hash)
         self.pool.close(request.session_hash)
         if tab is not None and tab.video_path is not None:
             self._release(tab.video_path)
+        del tab  # the last reference here: what it held can be collected now
+        self._forget_page_state(request.session_hash)
+        give_memory_back()
+
+    def _forget_page_state(self, key: str) -> None:
+        """Gradio keeps, per page, a copy of every component's config with its last value (plots, the
+        frame, the chat) for up to 10,000 pages, closed ones included: a closed tab's copy goes here."""
+        holder = getattr(self.blocks, "state_holder", None)
+        if holder is None:
+            return
+        with holder.lock:
+            holder.session_data.pop(key, None)
+            holder.time_last_used.pop(key, None)
 
     def tick(self, request: gr.Request) -> tuple:
-        """The page's timer: what changed since the last tick. A visitor who was refused a session
-        gets one here as soon as a slot frees."""
+        """The page's timer: what changed since the last tick (the refresh outputs, then the cap line). A
+        visitor who was refused a session gets one here as soon as a slot frees."""
         try:
             tab = self._tab(request)
         except PoolFullError as error:
-            return self._refused(error)
-        return self._refresh(tab)
+            return (*self._refused(error), SKIP())
+        return (*self._tick_refresh(tab), self._cap_update(tab))
+
+    def page_tick(self, width: float | None, request: gr.Request) -> tuple:
+        """The timer as the page wires it: `tick`, knowing the browser window's width (read by the page's
+        JavaScript each tick), so a phone gets plots drawn for its width, also after it turns."""
+        tab = self.pool.get(request.session_hash)
+        if tab is not None:
+            tab.narrow = width is not None and 0 < width <= PHONE_PX
+        return self.tick(request)
 
     # --- webcam --------------------------------------------------------------------------------
     def webcam_frame(self, frame: np.ndarray | None, request: gr.Request) -> None:
@@ -248,7 +337,8 @@ class Handlers(ChatHandlers):
         except PoolFullError as error:
             return (*self._refused(error), *[SKIP()] * 10)
         try:
-            tab.apply(check_fields(mem_cap, policy, fps, tab.settings.kv_bits if kv_bits is None else kv_bits))
+            hint = self.cap_hint if not str(mem_cap or "").strip() else ""  # worked out only when it is said
+            tab.apply(check_fields(mem_cap, policy, fps, tab.settings.kv_bits if kv_bits is None else kv_bits, hint))
         except DeviceMemoryError as error:  # the session started afresh at its old settings: so does the page
             return (*self._full_outputs(tab), [], *self.settings_outputs(tab, reset_error(error)))
         except UserError as error:

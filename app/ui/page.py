@@ -24,6 +24,7 @@ from potwatch.app.ui.uploads import MAX_UPLOAD_MB  # noqa: E402
 TICK_S = 1.0  # refresh of status, numbers, plots and the current frame
 WEBCAM_EVERY_S = 0.5  # how often the browser sends a camera frame
 MAX_UPLOAD = f"{MAX_UPLOAD_MB}mb"  # Gradio answers a bigger upload with HTTP 413
+UPLOAD_PX = 150  # the drop area's height: its icon and three lines clear the field's label
 
 
 def launch_options() -> dict:
@@ -45,67 +46,72 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
     with gr.Blocks(title="potwatch", delete_cache=(600, 1800)) as app:
         gr.Markdown(header(adapter.name, adapter.is_demo, pool.max_sessions, adapter.label))
         c["status"] = gr.Markdown("starting…", elem_id="status")
-        with gr.Row(equal_height=False, elem_id="main-row"):
-            with gr.Column(scale=5, elem_id="watch-column"):
-                with gr.Tabs() as source_tabs:
-                    with gr.Tab("Webcam", id="webcam"):
-                        webcam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Your camera",
-                                          elem_id="webcam", height=280)
-                        c["webcam_pause"] = gr.Button("Pause watching", size="sm", elem_id="webcam-pause",
-                                                      visible=False)
-                    with gr.Tab("File", id="file"):
+        with gr.Column(elem_id="workspace") as c["workspace"]:  # hidden while the tab waits for a session
+            with gr.Row(equal_height=False, elem_id="main-row"):
+                with gr.Column(scale=5, elem_id="watch-column"):
+                    with gr.Tabs() as source_tabs:
+                        with gr.Tab("Webcam", id="webcam"):
+                            webcam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Your camera",
+                                              elem_id="webcam", height=280)
+                            c["webcam_pause"] = gr.Button("Pause watching", size="sm", elem_id="webcam-pause",
+                                                          visible=False)
+                        with gr.Tab("File", id="file"):
+                            with gr.Row():
+                                upload = gr.File(label=f"Upload a video (up to {MAX_UPLOAD_MB} MB)", file_types=["video"],
+                                                 type="filepath", height=UPLOAD_PX, elem_id="upload", scale=3)
+                                demo_button = gr.Button("Use the demo video", visible=handlers.demo_video is not None,
+                                                        elem_id="use-demo", scale=1)
+                            c["video"] = gr.Markdown(elem_id="video-words")
+                            c["frame"] = gr.Image(label="Current frame", interactive=False, elem_id="current-frame",
+                                                  height=240, format="jpeg")
+                            with gr.Row():
+                                c["play"] = gr.Button("Start", variant="primary", elem_id="play", visible=False)
+                                c["pause"] = gr.Button("Pause", elem_id="pause", visible=False)
+                                c["stop"] = gr.Button("Stop", elem_id="stop", visible=False)
+                    with gr.Accordion("Settings for this tab (apply on reset)", open=True):
                         with gr.Row():
-                            upload = gr.File(label=f"Upload a video (up to {MAX_UPLOAD_MB} MB)", file_types=["video"],
-                                             type="filepath", height=110, elem_id="upload", scale=3)
-                            demo_button = gr.Button("Use the demo video", visible=handlers.demo_video is not None,
-                                                    elem_id="use-demo", scale=1)
-                        c["video"] = gr.Markdown(elem_id="video-words")
-                        c["frame"] = gr.Image(label="Current frame", interactive=False, elem_id="current-frame",
-                                              height=240, format="jpeg")
-                        with gr.Row():
-                            c["play"] = gr.Button("Start", variant="primary", elem_id="play", visible=False)
-                            c["pause"] = gr.Button("Pause", elem_id="pause", visible=False)
-                            c["stop"] = gr.Button("Stop", elem_id="stop", visible=False)
-                with gr.Accordion("Settings for this tab (apply on reset)", open=True):
-                    with gr.Row():
-                        with gr.Column(min_width=120):
-                            mem_cap = gr.Textbox(value=settings.mem_cap, label="Memory cap", elem_id="mem-cap",
-                                                 info="a size such as 1MB or 400kB, or none")
-                            mem_cap_error = _field_error("mem-cap-error")
-                        with gr.Column(min_width=120):
-                            kv_bits = gr.Dropdown([16, 8, 4], value=settings.kv_bits, label="Bits per key/value",
-                                                  info="8 or 4: the same cap holds more tokens", elem_id="kv-bits")
-                            kv_bits_error = _field_error("kv-bits-error")
-                        with gr.Column(min_width=120):
-                            fps = gr.Number(value=settings.fps, label="Frames per second", minimum=0.1, maximum=30,
-                                            info="frames sampled from the source", elem_id="fps")
-                            fps_error = _field_error("fps-error")
-                    policy = gr.Dropdown(policy_choices(), value=settings.policy, label="Compression policy",
-                                         info="what to keep when the cache is full", elem_id="policy")
-                    policy_error = _field_error("policy-error")
-                    apply = gr.Button("Apply and reset", elem_id="apply")
-                    cap_words = gr.Markdown(elem_id="cap-words")
-            with gr.Column(scale=6, elem_id="talk-column"):
-                chat = gr.Chatbot(label="Chat", elem_id="chat", height=430, buttons=["copy"])
-                with gr.Row(elem_id="question-row"):
-                    question = gr.Textbox(placeholder="Ask about the video…", show_label=False,
-                                          scale=5, elem_id="question", submit_btn=False)
-                    ask = gr.Button("Ask", variant="primary", scale=1, min_width=60, elem_id="ask")
-                question_hint = gr.Markdown("", elem_id="question-hint", elem_classes=["field-error"])
-                examples = []
-                if handlers.demo_video is not None:
-                    gr.Markdown("**Try an example** (plays the demo video, then asks):", elem_id="examples-title")
-                    with gr.Row(elem_id="examples-row"):
-                        for index, text in enumerate(EXAMPLE_QUESTIONS):
-                            examples.append((gr.Button(text, size="sm", elem_id=f"example-{index}"), text))
-        c["numbers"] = gr.HTML(elem_id="numbers")
-        with gr.Row(elem_id="plots-row"):
-            with gr.Column(elem_id="memory-column"):
-                c["memory"] = gr.Plot(label="Memory", elem_id="memory-plot", show_label=False, format="png")
-                c["memory_note"] = gr.Markdown(elem_id="memory-note")
-            with gr.Column(elem_id="retention-column"):
-                c["retention"] = gr.Plot(label="Retention", elem_id="retention-plot", show_label=False, format="png")
+                            with gr.Column(min_width=120):
+                                mem_cap = gr.Textbox(value=settings.mem_cap, label="Memory cap", elem_id="mem-cap",
+                                                     info=handlers.cap_hint)
+                                mem_cap_error = _field_error("mem-cap-error")
+                            with gr.Column(min_width=120):
+                                kv_bits = gr.Dropdown([16, 8, 4], value=settings.kv_bits, label="Bits per key/value",
+                                                      info="8 or 4: the same cap holds more tokens", elem_id="kv-bits")
+                                kv_bits_error = _field_error("kv-bits-error")
+                            with gr.Column(min_width=120):
+                                # no minimum/maximum here: Gradio would refuse 0 or 31 with its own toast and a
+                                # traceback; potwatch's check answers beside the field and puts the value back
+                                fps = gr.Number(value=settings.fps, label="Frames per second",
+                                                info="frames sampled from the source, up to 30", elem_id="fps")
+                                fps_error = _field_error("fps-error")
+                        policy = gr.Dropdown(policy_choices(), value=settings.policy, label="Compression policy",
+                                             info="what to keep when the cache is full", elem_id="policy")
+                        policy_error = _field_error("policy-error")
+                        apply = gr.Button("Apply and reset", elem_id="apply")
+                        cap_words = gr.Markdown(elem_id="cap-words")
+                with gr.Column(scale=6, elem_id="talk-column"):
+                    # no label: Gradio floats it over the messages, and the top one scrolled under it
+                    chat = gr.Chatbot(label="Chat", show_label=False, elem_id="chat", height=430, buttons=["copy"])
+                    with gr.Row(elem_id="question-row"):
+                        question = gr.Textbox(placeholder="Ask about the video…", show_label=False,
+                                              scale=5, elem_id="question", submit_btn=False)
+                        ask = gr.Button("Ask", variant="primary", scale=1, min_width=60, elem_id="ask")
+                    question_hint = gr.Markdown("", elem_id="question-hint", elem_classes=["field-error"])
+                    examples = []
+                    if handlers.demo_video is not None:
+                        gr.Markdown("**Try an example** (plays the demo video, then asks):", elem_id="examples-title")
+                        with gr.Row(elem_id="examples-row"):
+                            for index, text in enumerate(EXAMPLE_QUESTIONS):
+                                examples.append((gr.Button(text, size="sm", elem_id=f"example-{index}"), text))
+            c["numbers"] = gr.HTML(elem_id="numbers")
+            with gr.Row(elem_id="plots-row"):
+                with gr.Column(elem_id="memory-column"):
+                    c["memory"] = gr.Plot(label="Memory", elem_id="memory-plot", show_label=False, format="png")
+                    c["memory_note"] = gr.Markdown(elem_id="memory-note")
+                with gr.Column(elem_id="retention-column"):
+                    c["retention"] = gr.Plot(label="Retention", elem_id="retention-plot", show_label=False, format="png")
         timer = gr.Timer(TICK_S)
+        screen_width = gr.Number(visible=False, elem_id="screen-width")  # filled by the page's JavaScript each tick
 
         refresh = [c[name] for name in REFRESH]
         setting_outputs = [mem_cap, policy, fps, kv_bits, cap_words, mem_cap_error, policy_error, kv_bits_error,
@@ -114,7 +120,8 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
         quiet = {"show_progress": "hidden", "concurrency_limit": None, "api_visibility": "private"}
         app.load(handlers.load, outputs=[*refresh, chat, cap_words], **quiet)
         app.unload(handlers.unload)
-        timer.tick(handlers.tick, outputs=refresh, **quiet)
+        timer.tick(handlers.page_tick, inputs=[screen_width], outputs=[*refresh, cap_words],
+                   js="(width) => [window.innerWidth]", **quiet)
         webcam.stream(handlers.webcam_frame, inputs=[webcam], outputs=[], stream_every=WEBCAM_EVERY_S, **quiet)
         c["webcam_pause"].click(handlers.toggle_webcam, outputs=refresh, **quiet)
         upload.upload(handlers.upload, inputs=[upload], outputs=[*refresh, upload], **quiet)
@@ -130,4 +137,5 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
                          **quiet)
         apply.click(handlers.apply_settings, inputs=[mem_cap, policy, fps, kv_bits],
                     outputs=[*refresh, chat, *setting_outputs], **quiet)
+    handlers.blocks = app  # so a closed tab's page state can be dropped
     return app

@@ -24,6 +24,7 @@ from potwatch.streaming.sources import FileSource, Frame
 log = logging.getLogger(__name__)
 
 PUSH_QUEUE_FRAMES = 16  # browser frames waiting for the reader thread; more are dropped and counted
+CAMERA_GAP_S = 3.0  # a longer pause between camera frames is the camera stopped, not frames lost
 _POLL_S = 0.1  # how often waiting threads look at pause/stop
 _TIME_EPS = 1e-6
 
@@ -106,7 +107,10 @@ class PushSource:
         self.fps = float(fps)
         self.error: str | None = None
         self.expected_frames: int | None = None
-        self.dropped = 0
+        self.dropped = 0  # frames the reader had no room for: the model was behind
+        self.missed = 0  # sampling instants no frame came for: the browser sent fewer than `fps`
+        self.position_s = 0.0  # stream time of the last frame taken
+        self._last_taken_s: float | None = None
         self._queue: queue.Queue[Frame] = queue.Queue(maxsize=queue_frames)
         self._stopped = threading.Event()
         self._start: float | None = None
@@ -125,7 +129,10 @@ class PushSource:
         time_s = now - self._start
         if time_s + _TIME_EPS < self._next_instant:
             return False
-        self._next_instant = (math.floor(time_s * self.fps + _TIME_EPS) + 1) / self.fps
+        instant = math.floor(time_s * self.fps + _TIME_EPS)
+        self._count_missed(instant, time_s)
+        self._next_instant = (instant + 1) / self.fps
+        self._last_taken_s = self.position_s = time_s
         try:
             self._queue.put_nowait(Frame(self._index, time_s, rgb))
         except queue.Full:
@@ -133,6 +140,15 @@ class PushSource:
             return False
         self._index += 1
         return True
+
+    def _count_missed(self, instant: int, time_s: float) -> None:
+        """Count the sampling instants between the last frame taken and `instant` that no frame came for
+        (a browser or network too busy to send `fps` frames); a gap over CAMERA_GAP_S is the camera
+        stopped, which `activity` says instead."""
+        if self._last_taken_s is None or time_s - self._last_taken_s > CAMERA_GAP_S:
+            return
+        expected = round(self._next_instant * self.fps)  # the instant after the last one taken
+        self.missed += max(instant - expected, 0)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -161,6 +177,7 @@ class SourceRunner:
         self.error: str | None = None
         self.frames_fed = 0
         self._drops_reported = 0
+        self._missed_reported = 0
         self._stop = threading.Event()
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"potwatch-{source.kind}", daemon=True)
@@ -210,11 +227,13 @@ class SourceRunner:
             self._finished.set()
 
     def _report_drops(self) -> None:
-        """Hand frames the push queue dropped to the session's count (here, off the web server's threads)."""
-        dropped = getattr(self.source, "dropped", 0)
-        if dropped > self._drops_reported:
-            self.session.note_dropped(dropped - self._drops_reported)
-            self._drops_reported = dropped
+        """Hand frames the push queue dropped, and camera instants no frame came for, to the session's count
+        of dropped frames (here, off the web server's threads)."""
+        dropped, missed = getattr(self.source, "dropped", 0), getattr(self.source, "missed", 0)
+        new = dropped - self._drops_reported + missed - self._missed_reported
+        if new > 0:
+            self.session.note_dropped(new)
+        self._drops_reported, self._missed_reported = dropped, missed
 
     def stop(self, wait_s: float = 5.0) -> None:
         """Stop reading and feeding; waits for a frame being fed to finish."""

@@ -29,7 +29,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     parser.add_argument("--max-sessions", type=int, default=4, help="browser tabs served at once, each with its own cache (default 4)")
     parser.add_argument("--mem-budget", default=None, metavar="SIZE", help="memory for all tabs' KV caches together, e.g. 4GB; a new tab that would go beyond it waits for room, and a cap that would is refused (default: the starting cap x --max-sessions)")
-    parser.add_argument("--max-session-cap", default=None, metavar="SIZE", help="the largest cap a visitor may give a tab; above it, or 'none', is refused (default: the starting cap)")
+    parser.add_argument("--max-session-cap", default=None, metavar="SIZE", help="the largest cap a visitor may give a tab; above it, or 'none', is refused (default: the whole --mem-budget; the budget still refuses a cap the other tabs leave no room for)")
     parser.add_argument("--allow-any-cap", action="store_true", help="let visitors give a tab any cap, or none (an uncapped cache grows past the budget); off by default")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="longest answer, in tokens (default 48)")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
@@ -78,15 +78,17 @@ def memory_limits(args: argparse.Namespace, start_cap: str | None):
             raise UserError("--mem-cap none lets every tab's cache grow without bound, past any memory budget; give a "
                             "size such as 1GB, or add --allow-any-cap to allow it.")
         return MemoryLimits(budget=budget, ceiling=None, allow_any_cap=True)
-    ceiling = cap if ceiling is None else ceiling
-    if ceiling < cap:
-        raise UserError(f"--max-session-cap {format_bytes(ceiling)} is below the starting cap {format_bytes(cap)}, so no "
-                        f"tab could start; give at least {format_bytes(cap)}, or a smaller --mem-cap.")
     budget = cap * args.max_sessions if budget is None else budget
     if budget < cap:
         raise UserError(f"--mem-budget {format_bytes(budget)} is smaller than one tab's starting cap {format_bytes(cap)}; "
                         f"give at least {format_bytes(cap)}, e.g. {format_bytes(cap * args.max_sessions)} for "
                         f"{args.max_sessions} tabs, or a smaller --mem-cap.")
+    # by default a tab may take the whole budget, so a cap can be raised, not only lowered; the budget
+    # still refuses what the other tabs' caches leave no room for
+    ceiling = budget if ceiling is None else ceiling
+    if ceiling < cap:
+        raise UserError(f"--max-session-cap {format_bytes(ceiling)} is below the starting cap {format_bytes(cap)}, so no "
+                        f"tab could start; give at least {format_bytes(cap)}, or a smaller --mem-cap.")
     if not args.allow_any_cap and ceiling > budget:
         raise UserError(f"--max-session-cap {format_bytes(ceiling)} is above --mem-budget {format_bytes(budget)}, a cap no "
                         "tab could have; lower it or raise --mem-budget.")
@@ -106,7 +108,8 @@ def limits_line(limits, start_cap: str, max_sessions: int) -> str:
     if limits.allow_any_cap:
         each = "visitors may give a tab any cap, or none (--allow-any-cap; an uncapped cache grows past the budget)"
     else:
-        each = f"each tab's cap at most {format_bytes(limits.ceiling)}, never none (--max-session-cap raises it)"
+        whole = " (the whole budget)" if limits.ceiling == limits.budget else ""
+        each = f"each tab's cap at most {format_bytes(limits.ceiling)}{whole}, never none (--max-session-cap sets it)"
     return f"{budget}; {each}"
 
 

@@ -7,6 +7,8 @@ at a time)."""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import queue
 import threading
@@ -26,6 +28,7 @@ from potwatch.streaming.settings import StreamSettings
 from potwatch.streaming.sources import Frame
 
 from potwatch.app.ui.budget import MemoryBudget, MemoryLimits, cache_bytes
+from potwatch.app.ui.caps import cap_words, check_cap_fits, full_detail_frames
 from potwatch.app.ui.player import PacedFile, PushSource, SourceRunner
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,17 @@ HISTORY_SAMPLES = 3000  # memory-plot points kept per tab (25 minutes at 2 fps);
 OPEN_WAIT_S = 1.0  # how often a request waiting for its tab's session being made looks again
 RETENTION_EVERY_S = 0.5  # the retention snapshot is refreshed at most this often while frames flow
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".ogv", ".wmv", ".flv", ".ts", ".y4m")
+
+
+def give_memory_back() -> None:
+    """Collect what a closed tab left (its figures and frames are in reference cycles) and hand the freed
+    heap back to the system (glibc keeps freed memory for the process otherwise, so RSS would only grow)."""
+    gc.collect()
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim  # glibc (Linux) only
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 class PoolFullError(UserError):
@@ -124,11 +138,19 @@ class TabSession:
         self.runner: SourceRunner | None = None
         self.video_path: Path | None = None
         self.video_name: str | None = None
+        self.video_size: tuple[int, int] | None = None  # (height, width) of the chosen video's frames
+        self.fed_kind: str | None = None  # 'file' or 'webcam': what the stream in the cache came from
+        self.missed_before = 0  # camera instants missed by webcam runs since stopped (see `missed_frames`)
         self.webcam_paused = False
         self.notice: str | None = None  # the last thing the user should know (an error, a refusal)
         self.video_notice: str | None = None  # a refused upload; gone once a video plays or the webcam is watched
         self.version = 0  # goes up whenever what the page shows changes
         self.rendered: dict[str, object] = {}  # what the page last got, per output, to skip repeats
+        self.render_lock = threading.Lock()  # one refresh of this tab's outputs at a time
+        self.narrow = False  # the page is on a phone: plots are drawn for its width
+        self.resend = 0  # ticks that send the status and buttons even unchanged (after a click; see handlers)
+        self.cap_line = ""  # what the cap holds, in words (snapshot)
+        self.full_detail: int | None = None  # frames the cap holds at full detail (snapshot)
         self.answering = False
         self.chat: list[dict] = []  # the chat as the page shows it (messages format)
         self._control = threading.Lock()  # one source switch at a time
@@ -137,10 +159,15 @@ class TabSession:
 
     # --- what the page shows -------------------------------------------------------------------
     def record(self, retention: bool = False) -> None:
-        """Snapshot the stats (and, at most every RETENTION_EVERY_S, the retention) for the page."""
-        if self.session._closed:
-            return
-        stats = self.session.stats()
+        """Snapshot the stats, what the cap holds (and, at most every RETENTION_EVERY_S, the retention) for
+        the page, under the session's lock: a reset on another thread swaps the cache, and a snapshot
+        taken meanwhile would read a cache that is gone."""
+        with self.session._lock:
+            if self.session.closed:
+                return
+            stats = self.session.stats()
+            self.full_detail = full_detail_frames(self.session, self.video_size)
+            self.cap_line = cap_words(self.session, self.video_size)
         self.stats = stats
         sample = MemorySample(stats["frames_seen"], stats["cache_bytes"], stats["cap_bytes"], stats["compressions"])
         if not self.history or self.history[-1] != sample:
@@ -168,6 +195,7 @@ class TabSession:
         if self.runner is not None:
             runner, self.runner = self.runner, None
             runner.stop()
+            self.missed_before += getattr(runner.source, "missed", 0)
             self._finish_note(runner)
             self.version += 1
 
@@ -177,6 +205,7 @@ class TabSession:
 
     def _start(self, source: PacedFile | PushSource) -> SourceRunner:
         self.video_notice = None  # a video plays (or the webcam is watched): an old refusal is stale
+        self.fed_kind = source.kind
         self.runner = SourceRunner(source, self.session, self.feed, on_finish=lambda: self.record(retention=True))
         self.runner.start()
         self.version += 1
@@ -194,6 +223,12 @@ class TabSession:
             if runner is None or runner.kind != "webcam" or runner.finished:
                 if runner is not None:
                     self._finish_note(runner)
+                if self.fed_kind == "file" and self.session.frames_seen:
+                    try:
+                        self._fresh_stream()  # the camera after a video: its own memory, never a mix of the two
+                    except UserError as error:  # the device had no room for the fresh cache: said, not raised
+                        self.notice = str(error)
+                        return
                 runner = self._start(PushSource(self.session.fps))
             runner.source.offer(np.asarray(rgb))
 
@@ -211,13 +246,16 @@ class TabSession:
         shown = name or path.name
         if path.suffix.lower() not in VIDEO_SUFFIXES:
             raise UserError(f"'{shown}' is not a video file; upload an mp4, mkv, webm, mov or avi file.")
-        PacedFile(path, fps=self.session.fps)  # opens it now, so a broken file is refused at once
+        opened = PacedFile(path, fps=self.session.fps)  # opens it now, so a broken file is refused at once
         with self._control:
-            if self.source_kind == "file":
+            if self.source_kind != "webcam" and self.session.frames_seen:
+                self._fresh_stream()  # a new video starts a fresh memory (the settings kept), never a mix
+            elif self.runner is not None and self.runner.kind == "file":
                 self._stop_runner()
             self.video_path, self.video_name = path, shown
+            self.video_size = (opened.source.height, opened.source.width)
             self.notice = None
-            self.version += 1
+            self.record()
 
     def play(self) -> None:
         """Start the chosen file, or resume it when paused; a running webcam feed stops."""
@@ -230,6 +268,8 @@ class TabSession:
             if self.video_path is None:
                 raise UserError("No video is chosen; upload a video file or pick the demo video first.")
             self._stop_runner()
+            if self.session.frames_seen:
+                self._fresh_stream()  # Start plays the video from its start into a fresh memory, never a mix
             self.notice = None
             self._start(PacedFile(self.video_path, fps=self.session.fps))
 
@@ -285,7 +325,9 @@ class TabSession:
         server does not allow (above its ceiling, 'none', beyond its memory budget) changes nothing."""
         settings = settings.checked()
         cap = cap_value(settings.mem_cap)
-        self.budget.check_cap(cap)
+        self.budget.check_cap(cap, typed=settings.mem_cap)
+        check_cap_fits(self.session, settings.for_session(self.session.max_new_tokens), self.frame_size(),
+                       settings.mem_cap)  # before anything stops: a refused cap changes nothing
         with self._control, self.budget.resizing(self.key, cap):
             watching = self.source_kind == "webcam"
             self._stop_runner()
@@ -302,12 +344,38 @@ class TabSession:
             if watching:  # the browser still streams its camera: watch it on, under the new settings
                 self._start(PushSource(self.session.fps))
 
+    def frame_size(self) -> tuple[int, int] | None:
+        """(height, width) of the frames a cap must hold: the stream's, else the chosen video's (None: unknown)."""
+        return self.session.frame_size or self.video_size
+
+    def _fresh_stream(self) -> None:
+        """Forget the stream and the dialogue under the same settings (the caller holds `_control`); the
+        chat on the page stays, as a record of what was asked."""
+        self._stop_runner()
+        self.session.frame_size = None  # as a new session's: the next source's frames set it
+        with self.budget.resizing(self.key, cap_value(self.settings.mem_cap)):
+            self.session.reset()
+        self.fed_kind = None
+        self.missed_before = 0
+        self.history.clear()
+        self.current_frame = None
+        self.notice = None
+        self.record(retention=True)
+
+    def missed_frames(self) -> int:
+        """Camera instants no frame came for (the browser sent fewer than fps), in this stream."""
+        runner = self.runner
+        live = getattr(runner.source, "missed", 0) if runner is not None else 0
+        return self.missed_before + live
+
     def _forget_stream(self) -> None:
         self.history.clear()
         self.current_frame = None
         self.notice = None
         self.chat.clear()
         self.rendered.clear()
+        self.fed_kind = None
+        self.missed_before = 0
         self.record(retention=True)
 
     def played_through(self, path: Path) -> bool:

@@ -28,12 +28,13 @@ def policy_choices() -> list[tuple[str, str]]:
             for name in policy_names()]
 
 
-def check_fields(mem_cap, policy, fps, kv_bits) -> TabSettings:
+def check_fields(mem_cap, policy, fps, kv_bits, cap_hint: str = "a size such as 1MB or 400kB, or none") -> TabSettings:
     """The settings as the session takes them, or a SettingError for the first field that cannot work,
-    in the page's words (the checks themselves are `TabSettings.checked`'s)."""
+    in the page's words (the checks themselves are `TabSettings.checked`'s). `cap_hint`: caps that work
+    here, for the message of an empty cap."""
     mem_cap = str(mem_cap or "").strip()
     if not mem_cap:
-        raise SettingError("mem_cap", "The memory cap is empty; type a size such as 1MB or 400kB, or 'none'.")
+        raise SettingError("mem_cap", f"The memory cap is empty; type {cap_hint}.")
     bits = str(kv_bits).strip()
     try:
         return TabSettings(mem_cap=mem_cap, policy=str(policy or ""), fps=fps, kv_bits=bits).checked()

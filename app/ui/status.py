@@ -10,7 +10,7 @@ import time
 from potwatch.compression.mem_cap import format_bytes
 from potwatch.streaming.answer import DEMO_NOTICE, Answer
 
-from potwatch.app.ui.defaults import TYPICAL_FRAME
+from potwatch.app.ui.caps import cap_words  # noqa: F401 (the cap line is one of the page's words; made in caps.py)
 from potwatch.app.ui.sessions import TabSession
 from potwatch.app.ui.words import readable_answer, ui_words
 
@@ -31,9 +31,10 @@ def activity(tab: TabSession) -> str:
     if tab.webcam_paused:
         return "webcam paused"
     if runner is not None and runner.kind == "webcam" and not runner.finished:
+        at = f" at {clock(runner.source.position_s)}"
         if time.monotonic() - runner.source.last_offer_at > WEBCAM_QUIET_S:
-            return "webcam stopped"
-        return "watching the webcam"
+            return f"webcam stopped{at}"
+        return f"watching the webcam{at}"
     if tab.stats.get("frames_seen"):
         return "stopped"
     return "ready: start the webcam or play a video"
@@ -53,14 +54,33 @@ def status_line(tab: TabSession) -> str:
     line = f"**{activity(tab)}**: {frames} frame{'' if frames == 1 else 's'}, {cache_words(stats)}"
     if stats.get("compressions"):
         line += f", {stats['compressions']} compression{'' if stats['compressions'] == 1 else 's'}"
-    if stats.get("dropped_frames"):
-        line += f", {stats['dropped_frames']:,} dropped (the model was behind)"
+    dropped = stats.get("dropped_frames", 0)  # a snapshot: the camera's newest misses may not be in it yet
+    line += dropped_words(dropped, min(tab.missed_frames(), dropped), stats.get("fps", 2.0))
     if tab.answering:
         line += " · answering…"
     problem = (tab.runner.error if tab.runner is not None else None) or tab.notice
     if problem:
         line += f"\n\n⚠ {ui_words(problem, tab.video_path, tab.video_name)}"
     return line
+
+
+def clock(seconds: float) -> str:
+    """Stream time as a clock, 'm:ss' ('0:29', '12:05'): how the status and the answers say when."""
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}:{rest:02d}"
+
+
+def dropped_words(dropped: int, missed: int, fps: float) -> str:
+    """', 18 dropped (the camera sent fewer than 2 frames a second)': frames the stream lost, and why: of
+    `dropped`, `missed` are instants the camera sent no frame for, the rest frames the model had no time for."""
+    if not dropped:
+        return ""
+    camera = f"the camera sent fewer than {fps:g} frames a second"
+    if not missed:
+        return f", {dropped:,} dropped (the model was behind)"
+    if missed >= dropped:
+        return f", {dropped:,} dropped ({camera})"
+    return f", {dropped:,} dropped ({missed:,} as {camera}, {dropped - missed:,} as the model was behind)"
 
 
 def _numbers(stats: dict) -> dict[str, str]:
@@ -119,47 +139,8 @@ def answer_message(answer: Answer) -> str:
         text = f"{text} {DEMO_NOTICE}"
     return (
         f"{text}\n\n"
-        f"_{answer.seconds:.2f} s (first token {answer.first_token_s:.2f} s) · "
+        f"_asked at {clock(answer.video_time_s)} · {answer.seconds:.2f} s (first token {answer.first_token_s:.2f} s) · "
         f"{frames_in_cache_words(answer.frames_covered, answer.frames_seen)}_"
-    )
-
-
-def video_length(frames: int, fps: float) -> str:
-    """Frames as time of video at `fps`: '29 s', '4.3 min', '2.5 h'."""
-    seconds = frames / fps
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def full_detail_frames(session) -> tuple[int | None, bool]:
-    """(frames the cap holds at full detail, whether that is for the stream's own frame size); before
-    any frame it is for a typical 320x240 frame."""
-    frames = session.frames_before_compression()
-    if frames is not None or not session.cache.capped:
-        return frames, True
-    per_group = session.adapter.tokens_per_group(*TYPICAL_FRAME)
-    return session.frames_before_compression(tokens_per_group=per_group), False
-
-
-def cap_words(session) -> str:
-    """What the cap holds: tokens, then frames at full detail and minutes of video at the session's fps."""
-    geometry = session.geometry
-    if not session.cache.capped:
-        return f"No cap: the cache grows with the stream ({geometry.bytes_per_token:,} bytes a token) and nothing is compressed."
-    per_token = f"{geometry.bytes_per_token:,} B a token"
-    if geometry.quantized:
-        per_token += f", keys and values in {geometry.kv_bits} bits"
-    frames, own_size = full_detail_frames(session)
-    text = f"The cap {format_bytes(session.cap_bytes)} holds {session.cache.capacity:,} tokens of this model ({per_token})"
-    if frames is None:
-        return text + "."
-    size = "" if own_size else " of 320×240"
-    return (
-        f"{text}: **{frames:,} frames{size} at full detail, {video_length(frames, session.fps)} of video at "
-        f"{session.fps:g} fps**. Then compression starts: older frames keep fewer tokens, so more frames stay in cache."
     )
 
 
@@ -172,7 +153,7 @@ def memory_note(tab: TabSession) -> str:
     if not seen:
         return "**Empty**: the cache holds only the prompt. Frames fill it as they come."
     if not compressions:
-        frames, _ = full_detail_frames(tab.session)
+        frames = tab.full_detail
         left = f" The first compression comes after about {frames:,} frames." if frames else ""
         return f"**Filling**: every frame is kept at full detail until the cap is reached.{left}"
     return (

@@ -18,6 +18,10 @@ _FLAG_WORDS = (
     (re.compile(r"--policy"), "the compression policy"),
     (re.compile(r"--fps"), "the frame rate"),
     (re.compile(r" ?\(?--max-sessions \d+\)?"), ""),
+    # FFmpeg's own reason means nothing to a person who uploaded, say, a text file renamed .mp4
+    (re.compile(r"is not a video FFmpeg can read \([^)]*\); give a video file such as mp4, mkv or webm\."),
+     "is not a video this server can read (it may be another kind of file, or damaged); upload an mp4, mkv or "
+     "webm video."),
 )
 
 

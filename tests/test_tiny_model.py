@@ -71,10 +71,11 @@ def test_the_chat_template_renders_the_prompt_the_adapter_builds(tiny):
 
 
 def test_full_cache_accuracy_on_held_out_streams_holds_its_measured_level(tiny):
-    """20 held-out streams (seeds training never used), every question kind, free-text answers.
+    """20 held-out streams of 30 s (seeds training never used), every question kind, free-text answers.
 
-    The issue's target is 90%; the shipped model measures 43% here (colour 48%, now 100%, time 10%), so
-    this is a floor against regressions, above the 25-30% a model that ignores the frames scores."""
+    The shipped model measures 87% here (colour 19/23, presence 57/57, order 8/10, time 12/29); the floor
+    sits 9 points below it for noise, far above the 25-30% a model that ignores the frames scores (and
+    above the 43% the model before it scored)."""
     right, asked = {kind: 0 for kind in KINDS}, {kind: 0 for kind in KINDS}
     for index in range(20):
         rng = random.Random(f"potwatch-qa:test:{index}")
@@ -86,8 +87,9 @@ def test_full_cache_accuracy_on_held_out_streams_holds_its_measured_level(tiny):
             right[question.kind] += check_answer(question.truth, answer.text)
     overall = sum(right.values()) / sum(asked.values())
     print({kind: f"{right[kind]}/{asked[kind]}" for kind in KINDS})
-    assert overall >= 0.38, (overall, right, asked)
-    assert right["now"] / asked["now"] >= 0.8 and right["colour"] / asked["colour"] >= 0.35, (right, asked)
+    assert overall >= 0.78, (overall, right, asked)
+    assert right["now"] / asked["now"] >= 0.8 and right["colour"] / asked["colour"] >= 0.7, (right, asked)
+    assert right["shape"] / asked["shape"] >= 0.8 and right["presence"] / asked["presence"] >= 0.8, (right, asked)
 
 
 EARLY_QUESTION = "What colour was the box?"

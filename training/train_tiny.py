@@ -1,6 +1,6 @@
 """Train the `tiny` model on the synthetic world and save it as an ordinary checkpoint folder.
 
-    OMP_NUM_THREADS=1 .venv/bin/python training/train_tiny.py --out /tmp/tiny --steps 6000 --minutes 150 --seed 0
+    OMP_NUM_THREADS=1 .venv/bin/python training/train_tiny.py --out /tmp/tiny --steps 4000 --minutes 80 --seed 0 --eval-every 1000
 
 Reproducible from the seed (with the same thread count). Trains with the full cache only, in two stages:
 1. `--vision-steps` steps on the vision tower alone: single temporal groups of frames and a loss on every
@@ -280,7 +280,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="assets/tiny")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--minutes", type=float, default=150.0, help="stop early when this much time is spent")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=2e-3)

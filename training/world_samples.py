@@ -72,7 +72,9 @@ def pick_turns(questions: list[WorldQuestion], rng: random.Random, most: int) ->
 class Thinning:
     """Visual tokens of all but the last `recent` groups dropped as a compressed cache drops them: each
     object token kept with probability `objects`, each background token with `background` (object tokens
-    are novel against the recent frames, so TaR keeps them first). Positions keep their holes."""
+    are novel against the recent frames, so TaR keeps them first). Positions keep their holes. "Recent"
+    counts from the stream's end, also for mid-stream stops: a simplification, since a real cache thins
+    only what is old when each question comes."""
 
     recent: int
     objects: float

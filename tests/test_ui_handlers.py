@@ -47,6 +47,17 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def playing_demo(handlers, pool, frames: int):
+    """A tab that loaded, chose the demo video and plays it, once `frames` frames are in: (request, tab)."""
+    request = tab_request()
+    handlers.load(request)
+    handlers.use_demo_video(request)
+    handlers.play(request)
+    tab = pool.get(request.session_hash)
+    wait_for(lambda: tab.stats["frames_seen"] >= frames, what=f"{frames} frames")
+    return request, tab
+
+
 @pytest.fixture
 def pool(demo_adapter):
     pool = SessionPool(demo_adapter, max_sessions=2, settings=TabSettings(mem_cap=SMALL_CAP), max_new_tokens=6)
@@ -279,12 +290,7 @@ def test_webcam_frames_are_fed_without_waiting_on_the_model(handlers, pool):
 
 # --- chat ----------------------------------------------------------------------------------------
 def test_a_question_is_answered_while_the_file_plays(handlers, pool):
-    request = tab_request()
-    handlers.load(request)
-    handlers.use_demo_video(request)
-    handlers.play(request)
-    tab = pool.get(request.session_hash)
-    wait_for(lambda: tab.stats["frames_seen"] >= 4, what="4 frames")
+    request, tab = playing_demo(handlers, pool, 4)
     updates = list(handlers.ask("  What is moving?  ", request))
     assert updates[0][1] == ""  # the question box is cleared at once
     chat = updates[-1][0]
@@ -401,12 +407,7 @@ def test_frames_per_second_out_of_range_is_answered_beside_the_field_by_potwatch
 
 
 def test_a_refused_cap_leaves_the_playing_video_playing(handlers, pool):
-    request = tab_request()
-    handlers.load(request)
-    handlers.use_demo_video(request)
-    handlers.play(request)
-    tab = pool.get(request.session_hash)
-    wait_for(lambda: tab.stats["frames_seen"] >= 2, what="2 frames")
+    request, tab = playing_demo(handlers, pool, 2)
     runner, cache = tab.runner, tab.session.cache
     out = applied(handlers.apply_settings("10kB", "tar_van", 2, 16, request))
     assert out["mem_cap_error"].startswith("⚠") and "at least" in out["mem_cap_error"]

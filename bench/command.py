@@ -38,6 +38,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", default=None, metavar="A,B",
                         help="compressing policies to run in every table, comma-separated (default: all the benchmark's own; "
                              "the full cache always runs)")
+    parser.add_argument("--ingest-cost", action="store_true",
+                        help="compare --ingest all and changed: ms/frame and visual tokens sent per frame on a fixed and "
+                             "a moving camera (default model tiny; --quick: one 60 s round)")
     accuracy = parser.add_argument_group("accuracy harness (multiple-choice video QA)")
     accuracy.add_argument("--accuracy", metavar="QUESTIONS_JSON", default=None, help="score these questions instead of running the benchmark")
     accuracy.add_argument("--videos", metavar="DIR", default=None, help="folder holding the videos the questions name")
@@ -77,6 +80,10 @@ def run_bench(args) -> int:
         raise UserError(
             "--ratios makes the fidelity table of a question set; add --accuracy QUESTIONS.json and --videos DIR."
         )
+    if args.ingest_cost:
+        from potwatch.bench.ingest_cost import run_ingest_cost
+
+        return run_ingest_cost(args, command_line())
     if args.ratios is not None:
         return _run_fidelity(args)
     if args.accuracy:
@@ -123,11 +130,13 @@ def parse_policies(text: str) -> tuple[str, ...]:
     """'tar_van,keep_merge' -> the names, each a registered compressing policy (UserError otherwise)."""
     from potwatch.compression.policies.base import make_policy
 
+    from potwatch.bench.configurations import configuration
+
     names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
     if not names:
         raise UserError("--policies names no policy; give a comma-separated list such as tar_van,keep_merge.")
     for name in names:
-        if not make_policy(name).evicts:  # an unknown name raises its own UserError here
+        if not make_policy(configuration(name)[0]).evicts:  # an unknown name raises its own UserError here
             raise UserError(f"--policies takes compressing policies; '{name}' is the full cache, which always runs.")
     return names
 

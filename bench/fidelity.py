@@ -25,7 +25,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from potwatch.bench.accuracy import QAItem, find_video, letter_token_ids, questions_by_video, score_letters
-from potwatch.bench.configurations import compressing_policies, configuration, quantised_variants
+from potwatch.bench.configurations import compressing_policies, configuration, ingest_of, quantised_variants
 from potwatch.bench.logits import session_answer, session_logits
 from potwatch.compression.budget import session_geometry
 from potwatch.compression.policies.base import make_policy
@@ -139,7 +139,7 @@ def _run(adapter, frames, times, items, letters, name, ratio, cap_bytes, plan) -
     try:
         session = StreamSession(adapter, mem_cap=cap_bytes, policy=policy, fps=plan.fps, max_new_tokens=ANSWER_TOKENS,
                                 dialogue_share=DIALOGUE_SHARE, target_ratio=plan.target_ratio,
-                                frame_size=frames[0].shape[:2], kv_bits=kv_bits)
+                                frame_size=frames[0].shape[:2], kv_bits=kv_bits, ingest=ingest_of(name))
     except MemCapError as error:
         return record | {"error": str(error)}
     predicted, held, seen, fed = [], [], [], 0
@@ -160,6 +160,7 @@ def _run(adapter, frames, times, items, letters, name, ratio, cap_bytes, plan) -
         cap_bytes=cap_bytes,
         peak_bytes=session.peak_bytes,
         compressions=session.monitor.event_count,
+        sent_tokens=session.ingest_stats()["sent_tokens"],
         seconds=time.perf_counter() - started,
     )
     session.close()

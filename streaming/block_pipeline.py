@@ -106,11 +106,28 @@ class BlockPipeline:
         saved_positions = copy.deepcopy(self.positions)
         try:
             with torch.no_grad():
-                block = self.adapter.vision_block(frames, first, self.positions)
+                block = self._vision_block(frames, first)
             self._run(block, logits=False, piece_tokens=piece_tokens, observe=True)
         except BaseException:
             self.positions = saved_positions
             raise
+        if self.change_filter is not None:
+            self.change_filter.commit()
+            self.repeated_frames.commit()
+
+    def _vision_block(self, frames: list[np.ndarray], first: int):
+        """The block of visual tokens the language model gets: all of them (`ingest="all"`), or under
+        `ingest="changed"` only those that changed (streaming/change_filter.py), with the tower's output reused
+        for a repeated group (streaming/repeat_frames.py)."""
+        if self.change_filter is None:
+            return self.adapter.vision_block(frames, first, self.positions)
+        features = self.repeated_frames.reusable(frames)
+        if features is None:
+            features = self.adapter.vision_features(frames)
+            self.repeated_frames.computed(features)
+        block = self.adapter.vision_block(frames, first, self.positions, features=features) if features is not None \
+            else self.adapter.vision_block(frames, first, self.positions)
+        return self.change_filter.select(block)
 
     def _ingest_in_pieces(self, frames: list[np.ndarray], first: int) -> None:
         """The block ran out of device memory: retry it in ever smaller pieces, then give up on it,

@@ -36,6 +36,14 @@ class Block:
         meta = TokenMeta(*(getattr(self.meta, field.name)[..., start:stop] for field in fields(TokenMeta)))
         return replace(self, embeds=self.embeds[:, start:stop], meta=meta)
 
+    @staticmethod
+    def join(blocks: list[Block]) -> Block:
+        """Plain blocks one after the other, as one (change-aware ingest sends a few quiet groups together)."""
+        if len(blocks) == 1:
+            return blocks[0]
+        meta = TokenMeta(*(torch.cat([getattr(b.meta, field.name) for b in blocks], dim=-1) for field in fields(TokenMeta)))
+        return Block(torch.cat([b.embeds for b in blocks], dim=1), meta)
+
     def take(self, index: torch.Tensor) -> Block:
         """The tokens at `index` (increasing), with their own positions: a block with holes, as change-aware
         ingest sends it (streaming/change_filter.py); a family whose blocks carry more slices takes those too."""

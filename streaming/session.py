@@ -133,6 +133,7 @@ class StreamSession(BlockPipeline, Dialogue, SessionStats):
         self._pending: list[np.ndarray] = []
         self._pending_first = 0
         self._skip_frames = 0  # frames of a temporal group that a flush already completed by repetition
+        self._waiting: list[Block] = []  # changed tokens of quiet groups, sent together (streaming/block_pipeline.py)
         changed = self.settings.ingest == "changed"
         self.change_filter = ChangeFilter(self.settings.change_threshold) if changed else None
         self.repeated_frames = RepeatedFrames() if changed else None
@@ -207,8 +208,8 @@ class StreamSession(BlockPipeline, Dialogue, SessionStats):
         )
 
     def reset(self, mem_cap: str | int | None | object = ..., policy: str | None = None, fps: float | None = None,
-              kv_bits: int | None = None) -> None:
-        """Forget the stream and the dialogue; optionally change cap, policy, fps or K/V bits.
+              kv_bits: int | None = None, ingest: str | None = None, change_threshold: float | None = None) -> None:
+        """Forget the stream and the dialogue; optionally change cap, policy, fps, K/V bits or ingest.
 
         Settings that cannot work (a cap too small, an unknown policy) raise a UserError and leave the
         session as it was. The old cache is freed before the new one is allocated, so a cap sized to the
@@ -219,7 +220,8 @@ class StreamSession(BlockPipeline, Dialogue, SessionStats):
         with self._lock:
             saved = dict(self.__dict__)
             try:
-                self.settings = self.settings.changed(mem_cap=mem_cap, policy=policy, fps=fps, kv_bits=kv_bits)
+                self.settings = self.settings.changed(mem_cap=mem_cap, policy=policy, fps=fps, kv_bits=kv_bits,
+                                                      ingest=ingest, change_threshold=change_threshold)
                 # a fresh policy either way: what it learnt from the old stream (adakv's shares) goes with it
                 self.policy = self.settings.new_policy()
                 if mem_cap is not ...:

@@ -91,7 +91,8 @@ class StreamSettings:
                    kv_bits=kv_bits, positions=positions, max_new_tokens=max_new_tokens, threads=threads,
                    dtype=dtype or None, ingest=ingest, change_threshold=change_threshold)
 
-    def changed(self, mem_cap=..., policy: str | None = None, fps=None, kv_bits=None) -> "StreamSettings":
+    def changed(self, mem_cap=..., policy: str | None = None, fps=None, kv_bits=None, ingest: str | None = None,
+                change_threshold=None) -> "StreamSettings":
         """These settings with some changed (what `StreamSession.reset` may change), checked again; a new
         policy drops the options given for the old one."""
         keeps_policy = policy is None or policy == self.policy
@@ -102,7 +103,8 @@ class StreamSettings:
             kv_bits=self.kv_bits if kv_bits is None else kv_bits,
             positions=self.positions, max_new_tokens=self.max_new_tokens, threads=self.threads, dtype=self.dtype,
             policy_options=self.policy_options if keeps_policy else None,
-            ingest=self.ingest, change_threshold=self.change_threshold,
+            ingest=self.ingest if ingest is None else ingest,
+            change_threshold=self.change_threshold if change_threshold is None else change_threshold,
         )
 
     def new_policy(self):

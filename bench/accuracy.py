@@ -161,8 +161,8 @@ def score_letters(logits: torch.Tensor, ids: dict[str, list[int]]) -> dict[str, 
 
 
 def run_accuracy(adapter, items: list[QAItem], videos: str | Path, mem_cap, policy: str = "tar_van",
-                 fps: float = 2.0, max_frames: int | None = None, progress=None) -> dict:
-    """Stream each video once and score every question about it."""
+                 fps: float = 2.0, max_frames: int | None = None, progress=None, ingest: str = "all") -> dict:
+    """Stream each video once and score every question about it (`ingest`: "all" or "changed" visual tokens)."""
     from potwatch.streaming.session import StreamSession
     from potwatch.streaming.sources import FileSource
 
@@ -172,7 +172,7 @@ def run_accuracy(adapter, items: list[QAItem], videos: str | Path, mem_cap, poli
     for name, questions in by_video.items():
         source = FileSource(find_video(folder, name), fps=fps, max_frames=max_frames)
         size = (source.height, source.width)
-        session = StreamSession(adapter, mem_cap=mem_cap, policy=policy, fps=fps, frame_size=size)
+        session = StreamSession(adapter, mem_cap=mem_cap, policy=policy, fps=fps, frame_size=size, ingest=ingest)
         waiting = sorted(questions, key=lambda q: (q.ask_at is None, q.ask_at or 0.0))
         for frame in source:
             while waiting and waiting[0].ask_at is not None and waiting[0].ask_at <= frame.time_s:

@@ -46,6 +46,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     accuracy.add_argument("--videos", metavar="DIR", default=None, help="folder holding the videos the questions name")
     accuracy.add_argument("--policy", default="tar_van", help="compression policy for --accuracy (default tar_van)")
     accuracy.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default 2)")
+    accuracy.add_argument("--ingest", choices=["all", "changed"], default="all",
+                          help="for --accuracy: send every visual token, or only those that changed (default all); in the "
+                               "tables name a configuration tar_van+changed in --policies instead")
     accuracy.add_argument("--max-frames", type=int, default=None, help="stop each video after this many sampled frames")
     accuracy.add_argument("--ratios", default=None, metavar="1/2,1/4",
                           help="make the fidelity table: every policy (or --policies), the first at --kv-bits widths, and "
@@ -161,7 +164,8 @@ def _run_accuracy(args) -> int:
     text = args.mem_cap or "1GB"
     mem_cap = None if parse_optional_mem_cap(text) is None else text  # validated; the report keeps it as typed
     adapter = load_model(args.model or "tiny", device=args.device, trust_remote_code=args.trust_remote_code)
-    summary = run_accuracy(adapter, items, args.videos, mem_cap, args.policy, args.fps, args.max_frames)
+    summary = run_accuracy(adapter, items, args.videos, mem_cap, args.policy, args.fps, args.max_frames, ingest=args.ingest)
+    summary["ingest"] = args.ingest
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = command_line()

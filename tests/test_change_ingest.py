@@ -180,3 +180,18 @@ def test_the_filter_keeps_the_floor_and_the_ceiling():
     quiet = filter_._choose(vectors, vectors.clone(), torch.ones(n, dtype=torch.bool))
     assert int(quiet.sum()) == 2  # nothing changed: the floor
     assert rows.shape == cols.shape
+
+
+def test_the_ingest_bench_compares_both_modes_on_both_cameras(tiny):
+    """`potwatch bench --ingest-cost`, scaled down: on the fixed camera `changed` sends a fraction of the
+    tokens and skips the tower on most groups; on the moving camera it never skips it."""
+    from potwatch.bench.ingest_cost import ingest_cost, ingest_markdown
+
+    results = ingest_cost(tiny, seconds=30.0, rounds=1, progress=None)
+    fixed, moving = results["fixed camera"], results["moving camera"]
+    assert fixed["all"]["sent_per_frame"] == tiny.tokens_per_group(240, 320) / tiny.frames_per_group
+    assert fixed["changed"]["sent_per_frame"] < fixed["all"]["sent_per_frame"] / 2
+    assert fixed["changed"]["tower_skip_share"] > 0.5 and moving["changed"]["tower_skip_share"] == 0
+    assert all(r[mode]["peak_bytes"] <= r[mode]["cap_bytes"] for r in results.values() for mode in ("all", "changed"))
+    table = ingest_markdown(results, "tiny", 1, "potwatch bench --ingest-cost")
+    assert "| fixed camera | changed |" in table and "changed ÷ all" in table

@@ -40,8 +40,9 @@ def check_ingest(mode: str) -> str:
 
 def check_change_threshold(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 10) or math.isnan(value):
+        shown = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
         raise UserError(
-            f"The change threshold {value!r} is not a number from 0 to 10; give one like --change-threshold 0.15 "
+            f"The change threshold {shown} is not a number from 0 to 10; give one like --change-threshold 0.15 "
             "(0 sends every token that moved at all)."
         )
     return float(value)

@@ -83,7 +83,25 @@ def ingest_cost(adapter, seconds: float = 120.0, rounds: int = 3, progress=print
         results[name]["ratio"] = results[name]["changed"]["ms_per_frame"] / results[name]["all"]["ms_per_frame"]
         results[name]["cpu_ratio"] = results[name]["changed"]["cpu_ms_per_frame"] / results[name]["all"]["cpu_ms_per_frame"]
         results[name]["frames"] = len(frames)
+        results[name].update(tower_cost(adapter, frames))
     return results
+
+
+def tower_cost(adapter, frames, repeats: int = 3) -> dict:
+    """ms of one vision-tower run on a group, and of the tile check that lets a repeated group skip it."""
+    from potwatch.streaming.repeat_frames import tile_means
+
+    group = frames[: adapter.frames_per_group]
+    tower, check = [], []
+    with torch.no_grad():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            adapter.vision_features(group)
+            tower.append(1000 * (time.perf_counter() - started))
+            started = time.perf_counter()
+            tile_means(group)
+            check.append(1000 * (time.perf_counter() - started))
+    return {"tower_ms_per_group": statistics.median(tower), "check_ms_per_group": statistics.median(check)}
 
 
 def _median(records: list[dict]) -> dict:
@@ -106,6 +124,11 @@ def ingest_markdown(results: dict, model: str, threads: int, command: str) -> st
             lines.append(f"| {name} | {mode} | {record['ms_per_frame']:.1f} | {record['cpu_ms_per_frame']:.1f} | "
                          f"{record['sent_per_frame']:.1f} | "
                          f"{record['tower_skip_share']:.0%} | {record['compressions']:.0f} | {ratio} |")
+    fixed = results["fixed camera"]
+    skipped = fixed["changed"]["tower_skip_share"]
+    lines += ["", f"One vision-tower run takes {fixed['tower_ms_per_group']:.1f} ms a group here and the tile check that "
+              f"lets a repeated group skip it {fixed['check_ms_per_group']:.2f} ms; skipping it on {skipped:.0%} of the fixed "
+              f"camera's groups saves about {skipped * fixed['tower_ms_per_group']:.1f} ms a group."]
     return "\n".join(lines) + "\n"
 
 

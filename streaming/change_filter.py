@@ -5,8 +5,9 @@ A fixed camera watching an empty room sends the same picture again and again; ev
 prefill and then a compression pass that throws it away. Here, after the vision tower, each visual
 token is compared with the embedding its patch (row, col) had when it was last sent: its change is
 the relative L2 distance |e - r| / |r|. Tokens whose change passes the threshold are kept, at most
-`ceiling` of them a group (the most changed first); a group always keeps at least `floor` tokens, the
-most salient (farthest from the group's mean) of the rest, so time and "now" stay answerable.
+`ceiling` of them a group (the most changed first); a group always keeps at least `floor` tokens, those whose patch was sent longest
+ago (the most salient, farthest from the group's mean, first among equals), so time and "now" stay
+answerable and a quiet scene is refreshed patch by patch rather than through the same few patches.
 
 Kept tokens keep their position ids and patch metadata: ids with holes are what compression already
 makes, so every policy, the cap and the retention map count them as any other token. Text tokens in a
@@ -30,6 +31,7 @@ INGEST_MODES = ("all", "changed")
 DEFAULT_CHANGE_THRESHOLD = 0.15  # relative L2 change of a token's embedding; see benchmarks/README (ingest)
 FLOOR_SHARE = 1 / 16  # a group keeps at least this share of its visual tokens (and at least MIN_FLOOR)
 MIN_FLOOR = 2
+NEVER = 1 << 40  # the age of a patch never sent
 
 
 def check_ingest(mode: str) -> str:
@@ -63,14 +65,14 @@ class ChangeFilter:
         self.threshold = threshold
         self.ceiling = ceiling  # share of a group's visual tokens it may send at most
         self.reference: torch.Tensor | None = None  # [rows, cols, hidden]: each patch's embedding last sent
-        self.sent: torch.Tensor | None = None  # [rows, cols] bool: the patch was ever sent
+        self.age: torch.Tensor | None = None  # [rows, cols]: groups since the patch was last sent (NEVER: not yet)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self._pending_counts = (0, 0)
         self.counts = IngestCounts()
 
     def reset(self) -> None:
         """Forget every reference (a new stream, or a new frame size: the next group is sent whole)."""
-        self.reference = self.sent = self._pending = None
+        self.reference = self.age = self._pending = None
 
     def select(self, block: Block) -> Block:
         """The block with only the tokens to send, in their order; `commit` once it reached the cache."""
@@ -78,23 +80,24 @@ class ChangeFilter:
         is_patch = (meta.kind == int(TokenKind.VISION)) & (meta.row >= 0)
         keep = torch.ones(len(block), dtype=torch.bool)
         if bool(is_patch.any()):
-            reference, sent = self._grid(block, is_patch)
+            reference, age = self._grid(block, is_patch)
             vectors = block.embeds[0].detach().float().cpu()
             for frame in torch.unique(meta.frame[is_patch]).tolist():  # one temporal group at a time, in order
                 index = torch.nonzero(is_patch & (meta.frame == frame)).flatten()
                 rows, cols = meta.row[index].long(), meta.col[index].long()
-                chosen = self._choose(vectors[index], reference[rows, cols], sent[rows, cols])
+                chosen = self._choose(vectors[index], reference[rows, cols], age[rows, cols])
                 keep[index] = chosen
                 reference[rows[chosen], cols[chosen]] = vectors[index[chosen]]
-                sent[rows[chosen], cols[chosen]] = True
-            self._pending = (reference, sent)
+                age += 1
+                age[rows[chosen], cols[chosen]] = 0
+            self._pending = (reference, age)
         self._pending_counts = (int(is_patch.sum()), int((is_patch & keep).sum()))
         return block if bool(keep.all()) else block.take(torch.nonzero(keep).flatten())
 
     def commit(self) -> None:
         """The selected block reached the cache: its tokens become their patches' references."""
         if self._pending is not None:
-            self.reference, self.sent = self._pending
+            self.reference, self.age = self._pending
         self._pending = None
         made, sent = self._pending_counts
         self.counts.visual_tokens += made
@@ -107,18 +110,19 @@ class ChangeFilter:
         cols = int(block.meta.col[is_patch].max()) + 1
         hidden = block.embeds.shape[-1]
         reference = torch.zeros(rows, cols, hidden)
-        sent = torch.zeros(rows, cols, dtype=torch.bool)
+        age = torch.full((rows, cols), NEVER, dtype=torch.long)
         if self.reference is not None and self.reference.shape[-1] == hidden:
             r, c = min(rows, self.reference.shape[0]), min(cols, self.reference.shape[1])
             reference[:r, :c] = self.reference[:r, :c]
-            sent[:r, :c] = self.sent[:r, :c]
-        return reference, sent
+            age[:r, :c] = self.age[:r, :c]
+        return reference, age
 
-    def _choose(self, vectors: torch.Tensor, reference: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
-        """Which of one group's visual tokens [n, hidden] to send, against their patches' references: [n] bool."""
+    def _choose(self, vectors: torch.Tensor, reference: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        """Which of one group's visual tokens [n, hidden] to send, against their patches' references and
+        ages (groups since each was last sent): [n] bool."""
         n = vectors.shape[0]
         change = (vectors - reference).norm(dim=1) / reference.norm(dim=1).clamp_min(1e-6)
-        change[~sent] = math.inf  # a patch never sent has changed without bound
+        change[age >= NEVER] = math.inf  # a patch never sent has changed without bound
         floor = min(n, max(MIN_FLOOR, math.ceil(n * FLOOR_SHARE)))
         ceiling = max(floor, math.floor(n * self.ceiling))
         changed = torch.nonzero(change > self.threshold).flatten()
@@ -126,8 +130,9 @@ class ChangeFilter:
             changed = changed[torch.argsort(change[changed], descending=True, stable=True)[:ceiling]]
         chosen = torch.zeros(n, dtype=torch.bool)
         chosen[changed] = True
-        if len(changed) < floor:  # then the most salient of the rest
+        if len(changed) < floor:  # then the stalest of the rest, the most salient first among equals
             saliency = (vectors - vectors.mean(dim=0)).norm(dim=1)
-            saliency[chosen] = -math.inf
-            chosen[torch.argsort(saliency, descending=True, stable=True)[: floor - len(changed)]] = True
+            order = age.double() + saliency.double() / (2 * float(saliency.max()) + 1e-6)  # saliency < 1 age step
+            order[chosen] = -math.inf
+            chosen[torch.argsort(order, descending=True, stable=True)[: floor - len(changed)]] = True
         return chosen

@@ -12,7 +12,7 @@ from potwatch.compression.token_meta import TokenKind
 from potwatch.errors import UserError
 from potwatch.models.adapter import Block
 from potwatch.streaming import block_pipeline
-from potwatch.streaming.change_filter import ChangeFilter
+from potwatch.streaming.change_filter import NEVER, ChangeFilter
 from potwatch.streaming.repeat_frames import RepeatedFrames, tile_change, tile_means
 from potwatch.streaming.session import StreamSession
 from potwatch.streaming.settings import StreamSettings
@@ -173,13 +173,12 @@ def test_the_cap_holds_under_changed_ingest(tiny):
 def test_the_filter_keeps_the_floor_and_the_ceiling():
     hidden, n = 8, 16
     filter_ = ChangeFilter(threshold=0.1, ceiling=0.5)
-    rows, cols = torch.arange(n) // 4, torch.arange(n) % 4
     vectors = torch.randn(n, hidden)
-    first = filter_._choose(vectors, torch.zeros(n, hidden), torch.zeros(n, dtype=torch.bool))
+    first = filter_._choose(vectors, torch.zeros(n, hidden), torch.full((n,), NEVER))
     assert int(first.sum()) == 8  # never sent: all changed, but the ceiling sends half
-    quiet = filter_._choose(vectors, vectors.clone(), torch.ones(n, dtype=torch.bool))
-    assert int(quiet.sum()) == 2  # nothing changed: the floor
-    assert rows.shape == cols.shape
+    age = torch.arange(n)  # patch 15 was sent longest ago, then 14
+    quiet = filter_._choose(vectors, vectors.clone(), age)
+    assert torch.nonzero(quiet).flatten().tolist() == [14, 15]  # nothing changed: the floor, stalest first
 
 
 def test_the_ingest_bench_compares_both_modes_on_both_cameras(tiny):

@@ -24,9 +24,10 @@ def quantised_variants(policy: str, widths) -> list[str]:
     per-head slots, which a quantised cache cannot hold (compression/quantized_kv.py)."""
     from potwatch.compression.policies.base import make_policy
 
-    if make_policy(policy).slot_counts:
+    base, changed = policy.removesuffix(CHANGED), CHANGED if policy.endswith(CHANGED) else ""
+    if make_policy(configuration(policy)[0]).slot_counts:
         return []
-    return [f"{policy}@{bits}bit" for bits in widths if bits != 16]
+    return [f"{base}@{bits}bit{changed}" for bits in widths if bits != 16]
 
 
 DEFAULT_POLICY = "tar_van"  # the benchmarks' reference: listed first, and the one run at fewer bits

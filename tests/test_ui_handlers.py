@@ -481,10 +481,10 @@ def test_frames_per_second_out_of_range_is_answered_beside_the_field_by_potwatch
 
     app = build_app(pool)
     gradio_call(app, "load", [])
-    outputs = gradio_call(app, "apply_settings", ["lots", "tar_van", 2, 16])  # an older cap error on screen
+    outputs = gradio_call(app, "apply_settings", ["lots", "tar_van", 2, 16, "all", 0.15])  # an older cap error on screen
     assert outputs[len(REFRESH) + 6].startswith("⚠ Memory cap 'lots' is not a size")
     for fps in (0, -1, 31):
-        out = applied(tuple(gradio_call(app, "apply_settings", [SMALL_CAP, "tar_van", fps, 16])))
+        out = applied(tuple(gradio_call(app, "apply_settings", [SMALL_CAP, "tar_van", fps, 16, "all", 0.15])))
         assert out["fps_error"] == "⚠ Frames per second must be a number above 0 and at most 30; try 2.", fps
         assert out["fps"] == 2.0 and out["mem_cap"] == SMALL_CAP and out["mem_cap_error"] == ""
         assert is_skip(out["chat"]) and "⚠" not in (out["status"] if isinstance(out["status"], str) else "")

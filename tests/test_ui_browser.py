@@ -1,7 +1,8 @@
 """The web UI end to end in a real headless Chromium (Debian's, driven by Playwright for Python).
 
 The webcam test feeds the browser a fake camera (a .y4m file rendered from the demo scene) into an
-in-process server; the file test starts `potwatch serve --model demo` as a user would; the tiny test
+in-process server; the file test starts `potwatch serve --model demo` as a user would, and plays the
+demo ingesting only what changed; the tiny test
 clicks the one-click examples on the `tiny` model, then lays the page out at phone width. All save
 screenshots under tests/artifacts/; the tiny test also writes the README's assets/ui.png and
 docs/ui-phone.png.
@@ -319,6 +320,23 @@ def test_demo_file_plays_through_the_file_tab_of_potwatch_serve(browser, tmp_pat
         page.locator("#use-demo").click()
         wait_text(page, "#video-words", "demo.mp4", 30)
 
+        # ingest only what changed, picked in the settings; a threshold out of range first: the reason beside
+        # its field, both fields back at the values in force, nothing changed
+        page.locator("#ingest input").click()
+        page.get_by_role("option", name="only what changed").click()
+        page.locator("#change-threshold input").fill("-1")
+        page.locator("#apply").click()
+        wait_text(page, "#change-threshold-error", "The change threshold must be a number from 0 to 10; try 0.15", 15)
+        page.wait_for_function("() => document.querySelector('#change-threshold input').value === '0.15'",
+                               timeout=10_000)
+        assert page.locator("#ingest input").input_value() == "every token"
+        page.locator("#ingest input").click()
+        page.get_by_role("option", name="only what changed").click()
+        page.locator("#apply").click()
+        page.wait_for_function("() => document.querySelector('#change-threshold-error').innerText.trim() === ''",
+                               timeout=15_000)
+        assert page.locator("#ingest input").input_value() == "only what changed"
+
         # a file that is not a video: refused by the name the user gave it, and taken off the field
         broken = tmp_path / "holiday.mp4"
         broken.write_bytes(b"\x00" * 4096)
@@ -335,6 +353,11 @@ def test_demo_file_plays_through_the_file_tab_of_potwatch_serve(browser, tmp_pat
         assert not page.locator("#play").is_visible()
         wait_frames(page, 8, 60)
         assert plot_image(page, "#current-frame")
+        # the demo's kitchen barely moves: the status says how few of its visual tokens reached the model
+        wait_text(page, "#status", "visual tokens (only what changed)", 30)
+        sent, made = (int(n.replace(",", "")) for n in re.search(r"sent ([\d,]+) of ([\d,]+) visual tokens",
+                                                                    status(page)).groups())
+        assert 0 < sent < made, status(page)
 
         chat = ask(page, "Is anything red?")
         assert "this answer is meaningless" in chat

@@ -432,6 +432,20 @@ def test_the_ingest_fields_reach_the_session_through_gradio_s_own_event_processi
     assert (settings.cap_bytes, settings.ingest, settings.change_threshold) == (500_000, "changed", 0.3)
 
 
+def test_a_waiting_tab_s_apply_and_examples_give_as_many_outputs_as_the_page_wires(pool):
+    """Gradio refuses a reply with fewer outputs than the event has, and the page then never updates."""
+    from potwatch.app.ui.page import build_app
+
+    handlers = Handlers(pool, demo_video=None)
+    wired = {getattr(f.fn, "__name__", ""): len(f.outputs) for f in build_app(pool).fns.values()}
+    handlers.load(tab_request("a"))
+    handlers.load(tab_request("b"))
+    refused = handlers.apply_settings(SMALL_CAP, "tar_van", 2, 16, tab_request("c"))
+    assert refused[0].startswith("⚠") and len(refused) == wired["apply_settings"]
+    assert len(next(handlers.example("What is there?", tab_request("a")))) == wired["run"]  # no demo video here
+    assert len(next(handlers.example("What is there?", tab_request("c")))) == wired["run"]
+
+
 def test_serve_ingest_is_each_new_tab_s_starting_ingest(demo_adapter):
     from potwatch.app.cli import build_parser
     from potwatch.app.ui.serve import starting_settings

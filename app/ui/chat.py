@@ -89,7 +89,7 @@ class ChatHandlers:
         `question`. Asks at once when this tab has just watched the demo to its end; waits for the end
         when the demo is playing (or answers from what was seen if it is stopped first). Yields (chat,
         hint, the settings outputs of `Handlers.settings_outputs`, the source tabs)."""
-        unchanged = (SKIP(),) * len(SETTING_OUTPUTS)
+        unchanged = (SKIP(),) * (len(SETTING_OUTPUTS) + 1)  # the settings outputs and the source tabs
         if self.demo_video is None:
             yield (SKIP(), "The demo video is not installed on this server; upload a video instead.", *unchanged)
             return

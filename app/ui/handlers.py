@@ -342,7 +342,7 @@ class Handlers(ChatHandlers):
         try:
             tab = self._tab(request)
         except PoolFullError as error:
-            return (*self._refused(error), *[SKIP()] * len(SETTING_OUTPUTS))
+            return (*self._refused(error), SKIP(), *[SKIP()] * len(SETTING_OUTPUTS))  # the chat, the settings
         in_force = tab.settings
         try:
             hint = self.cap_hint if not str(mem_cap or "").strip() else ""  # worked out only when it is said

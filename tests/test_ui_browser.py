@@ -479,7 +479,7 @@ def _smallest_text_pt(figure) -> float:
 
 def test_controls_are_whole_and_plots_readable_on_a_desktop_and_a_phone(browser, demo_adapter):
     """At 1400×1000 and 360×740: the upload's icon clear of its label, no label over the chat's messages,
-    the policy menu's arrow clear of its text; on the phone the plots are drawn for its width, with no
+    the policy and ingest menus' arrows clear of their text; on the phone the plots are drawn for its width, with no
     text under 10 px as shown."""
     from potwatch.app.ui.page import build_app, launch_options
     from potwatch.app.ui.plots import DPI, memory_figure, retention_figure
@@ -501,16 +501,20 @@ def test_controls_are_whole_and_plots_readable_on_a_desktop_and_a_phone(browser,
             page.locator("#upload [data-testid=upload-icon]").wait_for(state="visible", timeout=10_000)
             where = page.evaluate("""() => {
                 const box = s => document.querySelector(s).getBoundingClientRect();
-                const input = document.querySelector('#policy input');
+                const textEnd = s => { const input = document.querySelector(s + ' input');
+                    return input.getBoundingClientRect().right - parseFloat(getComputedStyle(input).paddingRight); };
                 return {icon: box('#upload [data-testid=upload-icon]'), label: box('#upload [data-testid=block-label]'),
-                        drop: box('#upload button'), text_end: input.getBoundingClientRect().right
-                            - parseFloat(getComputedStyle(input).paddingRight), arrow: box('#policy .icon-wrap'),
+                        drop: box('#upload button'), text_end: textEnd('#policy'), arrow: box('#policy .icon-wrap'),
+                        ingest_text_end: textEnd('#ingest'), ingest_arrow: box('#ingest .icon-wrap'),
+                        ingest_cut: (i => i.scrollWidth > i.clientWidth)(document.querySelector('#ingest input')),
                         chat_labels: document.querySelectorAll('#chat [data-testid=block-label]').length};
             }""")
             size = f"{viewport['width']}×{viewport['height']}"
             assert where["icon"]["top"] >= where["label"]["bottom"], (size, where)  # not under the label
             assert where["icon"]["bottom"] <= where["drop"]["bottom"], (size, where)  # nor cut off
             assert where["text_end"] <= where["arrow"]["left"] + 1, (size, where)
+            assert where["ingest_text_end"] <= where["ingest_arrow"]["left"] + 1, (size, where)
+            assert not where["ingest_cut"], (size, where)  # "every token" whole, not cut short
             assert where["chat_labels"] == 0, size  # nothing floats over the messages as they scroll
             if viewport is PHONE:
                 page.wait_for_function("() => { const i = document.querySelector('#memory-plot img');"

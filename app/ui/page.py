@@ -25,6 +25,7 @@ TICK_S = 1.0  # refresh of status, numbers, plots and the current frame
 WEBCAM_EVERY_S = 0.5  # how often the browser sends a camera frame
 MAX_UPLOAD = f"{MAX_UPLOAD_MB}mb"  # Gradio answers a bigger upload with HTTP 413
 UPLOAD_PX = 150  # the drop area's height: its icon and three lines clear the field's label
+INGEST_PX = 200  # the ingest fields' least width: "only what changed" whole beside the menu's arrow
 
 
 def launch_options() -> dict:
@@ -87,13 +88,13 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
                         policy = gr.Dropdown(policy_choices(), value=settings.policy, label="Compression policy",
                                              info="what to keep when the cache is full", elem_id="policy")
                         policy_error = _field_error("policy-error")
-                        with gr.Row():
-                            with gr.Column(min_width=120):
+                        with gr.Row():  # wide enough for "only what changed": one under the other on a phone
+                            with gr.Column(min_width=INGEST_PX):
                                 ingest = gr.Dropdown(INGEST_CHOICES, value=settings.ingest, label="Ingest",
                                                      info="only what changed: faster on a fixed camera",
                                                      elem_id="ingest")
                                 ingest_error = _field_error("ingest-error")
-                            with gr.Column(min_width=120):
+                            with gr.Column(min_width=INGEST_PX):
                                 # as fps: no minimum/maximum, so potwatch's check answers beside the field
                                 change_threshold = gr.Number(value=settings.change_threshold, label="Change threshold",
                                                              info="with only what changed: lower sends more tokens",

@@ -25,11 +25,13 @@ def answer_video(adapter, settings: PluginSettings, video: str, questions: list[
     session = StreamSession(adapter, settings=replace(settings.stream, threads=None),  # threads: set once, by the model
                             frame_size=(source.height, source.width))
     answers: dict[int, str] = {}
+    asked_after: list[int] = []  # frames seen when each question was asked, in asking order
 
     def ask(question: VideoQuestion) -> None:
         session.flush()  # as `ask` does: the question sees every frame fed
         text = session_answer(session, question.prompt, question.max_new_tokens)
         answers[question.index] = cut_at_stops(text, question.until)
+        asked_after.append(session.frames_seen)
 
     try:
         waiting = list(questions)  # already in asking order (requests.video_questions)
@@ -40,6 +42,7 @@ def answer_video(adapter, settings: PluginSettings, video: str, questions: list[
         for question in waiting:
             ask(question)
         record = pass_record(session, video, len(questions), time.perf_counter() - started)
+        record["asked_after_frames"] = asked_after
     finally:
         session.close()
     return answers, record

@@ -244,7 +244,8 @@ def accuracy_markdown(summary: dict, command: str) -> str:
         f"# potwatch accuracy — {summary['model']}",
         "",
         f"- command: `{command}`",
-        f"- cap {summary['mem_cap']}, policy {summary['policy']}, {summary['fps']:g} fps",
+        f"- cap {summary['mem_cap']}, policy {summary['policy']}, {summary['fps']:g} fps, "
+        f"{'free-text answers' if summary.get('answers') == 'text' else 'the option letter ranked first'}",
         f"- **accuracy {summary['accuracy']:.1%}** ({summary['correct']} of {summary['questions']})"
         if summary["accuracy"] is not None else "- no questions",
     ]

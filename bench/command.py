@@ -56,8 +56,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                                "(e.g. 1/2,1/4,1/8,1/16)")
     accuracy.add_argument("--streams", type=int, default=None, help="with --ratios: score only the first N videos")
     accuracy.add_argument("--answers", choices=["letter", "text"], default="letter",
-                          help="with --ratios: score the option letter ranked first (default), or the free-text answer "
-                               "checked against the question's truth (sets written by make-qa)")
+                          help="score the option letter ranked first (default), or the free-text answer checked against "
+                               "the question's truth (sets written by make-qa)")
     accuracy.add_argument("--workers", type=int, default=1,
                           help="with --ratios: worker processes, one stream at a time each (default 1; 2 on 2 cores)")
 
@@ -164,7 +164,8 @@ def _run_accuracy(args) -> int:
     text = args.mem_cap or "1GB"
     mem_cap = None if parse_optional_mem_cap(text) is None else text  # validated; the report keeps it as typed
     adapter = load_model(args.model or "tiny", device=args.device, trust_remote_code=args.trust_remote_code)
-    summary = run_accuracy(adapter, items, args.videos, mem_cap, args.policy, args.fps, args.max_frames, ingest=args.ingest)
+    summary = run_accuracy(adapter, items, args.videos, mem_cap, args.policy, args.fps, args.max_frames,
+                           answers=args.answers, ingest=args.ingest)
     summary["ingest"] = args.ingest
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

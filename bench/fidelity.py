@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from potwatch.bench.accuracy import QAItem, find_video, letter_token_ids, questions_by_video, score_letters
+from potwatch.bench.accuracy import TEXT_ANSWER_TOKENS, QAItem, find_video, letter_token_ids, questions_by_video, score_letters
 from potwatch.bench.configurations import compressing_policies, configuration, ingest_of, quantised_variants
 from potwatch.bench.logits import session_answer, session_logits
 from potwatch.compression.budget import session_geometry
@@ -37,7 +37,6 @@ DEFAULT_RATIOS = "1/2,1/4,1/8,1/16"
 # question; half the cap lets small caps pass the session's minimum-cap check without taking frames' room.
 DIALOGUE_SHARE = 0.5
 ANSWER_TOKENS = 1  # one next-token distribution is all a letter needs
-TEXT_ANSWER_TOKENS = 24  # a free-text answer of the world is at most about 20 tokens
 WRONG_TEXT = "x"  # the mark of a free-text answer that does not check out
 
 

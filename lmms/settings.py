@@ -11,7 +11,7 @@ from potwatch.streaming.settings import StreamSettings
 # what lmms-eval adds to every model's arguments: one video streams at a time, so batches do not apply
 LMMS_EVAL_ARGS = ("batch_size", "max_batch_size")
 MODEL_ARGS = ("model", "mem_cap", "policy", "kv_bits", "fps", "max_frames", "positions", "max_new_tokens", "dtype",
-              "device", "threads", "trust_remote_code", "stream_log")
+              "device", "threads", "trust_remote_code", "ingest", "change_threshold", "stream_log")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ def plugin_settings(args: dict) -> PluginSettings:
     stream = StreamSettings.from_user(
         mem_cap=args.get("mem_cap", "1GB"), policy=str(args.get("policy", "tar_van")), fps=args.get("fps", 2.0),
         kv_bits=args.get("kv_bits", 16), positions=args.get("positions"), max_new_tokens=args.get("max_new_tokens", 48),
-        threads=args.get("threads"), dtype=args.get("dtype"),
+        threads=args.get("threads"), dtype=args.get("dtype"), ingest=str(args.get("ingest", "all")),
+        **({} if args.get("change_threshold") is None else {"change_threshold": args["change_threshold"]}),
     )
     max_frames = args.get("max_frames")
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):

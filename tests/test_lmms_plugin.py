@@ -24,6 +24,8 @@ def test_model_args_become_watch_settings():
     assert (settings.stream.cap_bytes, settings.stream.policy, settings.stream.kv_bits) == (2_000_000, "window", 8)
     assert (settings.stream.fps, settings.stream.max_new_tokens) == (1.0, 12)
     assert plugin_settings({"mem_cap": "none"}).stream.cap_bytes is None
+    changed = plugin_settings({"ingest": "changed", "change_threshold": 0.3}).stream
+    assert (changed.ingest, changed.change_threshold) == ("changed", 0.3)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -37,6 +39,8 @@ def test_model_args_become_watch_settings():
     ({"threads": 0}, "Threads 0"),
     ({"trust_remote_code": "maybe"}, "trust_remote_code='maybe'"),
     ({"memcap": "1GB"}, "potwatch takes no model_args 'memcap'"),
+    ({"ingest": "some"}, "Unknown ingest mode 'some'"),
+    ({"ingest": "changed", "change_threshold": 20}, "change threshold 20"),
 ])
 def test_a_bad_model_arg_is_one_sentence(args, words):
     with pytest.raises(UserError) as error:

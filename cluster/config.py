@@ -20,7 +20,8 @@ class ClusterConfig:
     budget bytes for its streams' caches. idle_s: a stream without a push, question or stats for this long
     is closed. push_wait_s: how long a push or question waits for the stream's previous one before it is
     refused as busy (503). threads: torch threads in each host (None: host_cpus). front_doors: Serve
-    replicas of the HTTP front door. max_body: the largest request body taken (413 beyond)."""
+    replicas of the HTTP front door. max_body: the largest request body taken (413 beyond). loopback: Ray
+runs on this machine only (a local start): the front door keeps Serve's own sockets on 127.0.0.1 too."""
 
     model: str = "tiny"
     hosts: int = 1
@@ -37,6 +38,7 @@ class ClusterConfig:
     port: int = 8000
     max_body: int = 32 * 10**6
     retry_after_s: int = 10
+    loopback: bool = False
 
     def host_threads(self) -> int:
         return self.threads or max(int(self.host_cpus), 1)

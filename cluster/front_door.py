@@ -34,6 +34,10 @@ app = FastAPI(title="potwatch cluster", docs_url=None, redoc_url=None, openapi_u
 @serve.ingress(app)
 class FrontDoor:
     def __init__(self, config: ClusterConfig) -> None:
+        if config.loopback:
+            from potwatch.cluster.loopback import keep_replica_grpc_on_loopback
+
+            keep_replica_grpc_on_loopback()
         self.config = config
         self.directory = ray.get_actor(DIRECTORY, namespace=NAMESPACE)
         self.places: OrderedDict[str, tuple[int, str]] = OrderedDict()

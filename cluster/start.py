@@ -4,7 +4,8 @@ directory, the stream hosts, and the Serve front door. `potwatch cluster` and th
 A local Ray listens on every interface by default. With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (read when
 Ray is imported, and by every process Ray starts, which inherit it) and the node address 127.0.0.1,
 every Ray process listens on 127.0.0.1 only: the GCS, the raylet, the workers, the dashboard agent and
-Serve (checked with `ss -ltnp`; docs/cluster.md). A local cluster cannot be joined by other machines:
+Serve's controller and proxy; the front door's replicas move Serve's one hard-wired "[::]" socket to
+127.0.0.1 too (cluster/loopback.py). Checked with `ss -ltnp` in tests/test_cluster.py. A local cluster cannot be joined by other machines:
 for many machines, start Ray with `ray start` as its docs say and pass its address."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from potwatch.cluster.config import DIRECTORY, NAMESPACE, ClusterConfig, host_name
 from potwatch.errors import UserError
@@ -83,6 +84,7 @@ def start_cluster(config: ClusterConfig, address: str | None = None) -> Cluster:
     """Start Ray (unless running), the directory, `config.hosts` stream hosts, wait for their models, then
     the front door on config.http_host:config.port. A UserError when a host cannot load the model or
     Ray has not the CPUs/GPUs the hosts need."""
+    config = replace(config, loopback=address is None)
     owns_ray = start_ray(address, num_cpus=None if address else max(config.hosts * config.host_cpus, 1),
                          num_gpus=None if address else (config.hosts * config.host_gpus or None))
     try:

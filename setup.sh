@@ -5,17 +5,19 @@
 #   bash setup.sh --cuda [12.8]    pip's CUDA build of torch 2.13.0 for that CUDA version, from PyTorch's index
 #   bash setup.sh --system-torch   the torch already installed for $PYTHON (a Jetson's JetPack torch): the venv
 #                                  sees the system's packages and torch is never reinstalled
+# --cluster also installs the cluster extra (Ray and Ray Serve, for `potwatch cluster`; about 240 MB).
 # --dry-run prints the install commands instead of running them. PYTHON picks the interpreter (python3).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 TORCH_INDEX=https://download.pytorch.org/whl
-USAGE="usage: bash setup.sh [--cuda [VERSION] | --system-torch] [--dry-run]"
+USAGE="usage: bash setup.sh [--cuda [VERSION] | --system-torch] [--cluster] [--dry-run]"
 
 mode=cpu
 cuda_version=12.8
 dry_run=
+extras=dev,ui
 choose() {  # the torch to install: one of cuda and system, at most
   [ "$mode" = cpu ] || [ "$mode" = "$1" ] || {
     echo "setup.sh: --cuda and --system-torch exclude each other; give one. $USAGE" >&2; exit 2; }
@@ -32,8 +34,9 @@ while [ $# -gt 0 ]; do
       [[ "$cuda_version" =~ ^[0-9]+\.[0-9]+$ ]] || {
         echo "setup.sh: '$cuda_version' is not a CUDA version; give one like --cuda 12.8." >&2; exit 2; } ;;
     --system-torch) choose system ;;
+    --cluster) extras=dev,ui,cluster ;;
     --dry-run) dry_run=1 ;;
-    -h|--help) echo "$USAGE"; sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) echo "$USAGE"; sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option '$1'; $USAGE (see --help)." >&2; exit 2 ;;
   esac
   shift
@@ -71,8 +74,8 @@ if [ "$mode" = system ]; then
   # pip must keep the system's torch: a constraint pins it to the version installed
   constraint=.venv/system-torch.txt
   run sh -c "echo 'torch==${system_torch}' > $constraint"
-  run .venv/bin/python -m pip install --quiet -e ".[dev,ui]" --constraint "$constraint"
+  run .venv/bin/python -m pip install --quiet -e ".[$extras]" --constraint "$constraint"
 else
-  run .venv/bin/python -m pip install --quiet -e ".[dev,ui]"
+  run .venv/bin/python -m pip install --quiet -e ".[$extras]"
 fi
 run .venv/bin/python -c 'import torch; cuda = torch.version.cuda or "none"; print(f"potwatch is set up with torch {torch.__version__} (CUDA {cuda}, GPU found: {torch.cuda.is_available()}): .venv/bin/potwatch --help")'

@@ -84,10 +84,11 @@ def run_cluster(args: argparse.Namespace) -> int:
     where = f"the Ray cluster at {args.address}" if args.address else "a local Ray on 127.0.0.1"
     print(f"potwatch: starting {config.hosts} stream hosts of {config.model} ({format_bytes(config.budget)} of KV "
           f"cache each, {config.host_cpus:g} CPUs, {config.host_gpus:g} GPUs) on {where} ...", file=sys.stderr, flush=True)
-    previous = _stop_on_sigterm()
+    previous = None
     cluster = None
     try:
         cluster = start_cluster(config, address=args.address)
+        previous = _stop_on_sigterm()  # after ray.init, which sets a SIGTERM handler of its own
         print(f"potwatch: cluster answering at {cluster.url} (POST /streams to open a stream; docs/cluster.md; "
               "Ctrl-C stops)", file=sys.stderr, flush=True)
         while True:
@@ -116,7 +117,8 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _stop_on_sigterm():
-    """SIGTERM stops the cluster like Ctrl-C; returns the handler it replaced (None off the main thread)."""
+    """SIGTERM stops the cluster like Ctrl-C, so its clean-up runs (Ray's own handler would exit without
+    stopping Ray's agents); returns the handler it replaced (None off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return None
 

@@ -63,6 +63,14 @@ class FrontDoor:
             raise bodies.BadRequest(replies.BAD_INPUT, "The request body is not a JSON object; send one, like {\"question\": \"...\"}.")
         return body
 
+    async def _ask_directory(self, method: str, *args) -> dict:
+        """The directory's reply; while Ray starts it again (it holds nothing the hosts do not) a 503."""
+        try:
+            return await getattr(self.directory, method).remote(*args)
+        except ray.exceptions.RayActorError:
+            return replies.refused(replies.NO_ROOM, "The cluster's directory is starting again; send the request "
+                                   "again in a moment.", retry_after=1)
+
     def _host(self, index: int):
         if index not in self.handles:
             self.handles[index] = ray.get_actor(host_name(index), namespace=NAMESPACE)
@@ -72,7 +80,7 @@ class FrontDoor:
         """Call `method` on the stream's host; a host that died under the call loses the stream (410)."""
         where = self.places.get(stream_id)
         if where is None:
-            reply = await self.directory.lookup.remote(stream_id)
+            reply = await self._ask_directory("lookup", stream_id)
             if replies.refusal_of(reply):
                 return bodies.answer(reply)
             where = (reply["host"], reply["generation"])
@@ -97,7 +105,7 @@ class FrontDoor:
             settings, cap = bodies.open_settings(body)
         except bodies.BadRequest as error:
             return JSONResponse({"detail": error.detail}, status_code=error.status)
-        return bodies.answer(await self.directory.open.remote(cap, settings), status=201)
+        return bodies.answer(await self._ask_directory("open", cap, settings), status=201)
 
     @app.post("/streams/{stream_id}/frames")
     async def push(self, stream_id: str, request: Request) -> JSONResponse:
@@ -128,4 +136,4 @@ class FrontDoor:
 
     @app.get("/cluster")
     async def overview(self) -> JSONResponse:
-        return JSONResponse(await self.directory.overview.remote())
+        return bodies.answer(await self._ask_directory("overview"))

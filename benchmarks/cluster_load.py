@@ -9,7 +9,8 @@ sampled at 2 fps, looped with growing stream times) one frame a request, all at 
 each; then each asks `--questions` questions. Figures: frames/s taken in all, p50/p99 push and ask
 latency (client side: HTTP, front door, directory look-up, the host's decode and model work), and
 requests/s of GET /streams/{id} (the stats request: front door, directory look-up cached, a host call,
-no model) from as many client threads. The clients run on the same 2 cores as Ray and the hosts, and
+no model) and of GET /cluster (front door and directory only) from as many client threads, and the
+directory's look-ups/s called straight from Ray. The clients run on the same 2 cores as Ray and the hosts, and
 other engineers' jobs share the machine: every figure carries the load average before it and the
 CPU the rest of the machine used meanwhile (from /proc/stat, less this benchmark's own processes).
 Bounded: every loop stops at its count or at --limit-s. Writes cluster_load.json and cluster_load.md."""
@@ -159,27 +160,53 @@ def run_hosts(hosts: int, args, frames: list) -> dict:
             requests = sum(pool.map(stats_loop, streams))
         stats_wall = time.perf_counter() - began
         stats_machine = machine.stop()
+        def overview_loop(_) -> int:
+            done = 0
+            stop = time.monotonic() + args.stats_s / 2
+            while time.monotonic() < stop and done < 100_000:
+                client.overview()
+                done += 1
+            return done
+
+        began = time.perf_counter()
+        with ThreadPoolExecutor(len(streams)) as pool:
+            overviews = sum(pool.map(overview_loop, range(len(streams))))
+        overview_rate = overviews / (time.perf_counter() - began)
+        lookups = directory_lookups(cluster.directory, streams[0].id, args.stats_s / 2)
         for stream in streams:
             stream.close()
         return {"hosts": hosts, "streams": len(streams), "start_s": round(start_s, 1),
                 "frames_pushed": sum(len(p) for p in pushes), "frames_taken": taken,
                 "frames_per_s": round(taken / push_wall, 1), "push": ms([x for p in pushes for x in p]),
                 "ask": ms(asks), "stats_requests_per_s": round(requests / stats_wall, 1),
+                "cluster_requests_per_s": round(overview_rate, 1), "directory_lookups_per_s": round(lookups, 1),
                 "machine_while_pushing": push_machine, "machine_while_stats": stats_machine}
     finally:
         cluster.stop()
 
 
+def directory_lookups(directory, stream_id: str, seconds: float) -> float:
+    """Look-ups/s the directory actor answers, called straight from this process 100 at a time."""
+    import ray
+
+    done, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds and done < 1_000_000:
+        ray.get([directory.lookup.remote(stream_id) for _ in range(100)])
+        done += 100
+    return done / (time.perf_counter() - began)
+
+
 def table(results: list[dict], args) -> str:
     lines = [f"Cluster load: model {args.model}, {args.streams} cameras x {args.frames} frames (320x240 JPEG), cap "
              f"{args.cap}, hosts of 1 CPU core and 1 torch thread, a local Ray on {os.cpu_count()} shared cores.", "",
-             "| hosts | frames/s | push p50 / p99 ms | ask p50 / p99 ms | stats requests/s | load before | "
-             "other jobs' cores (push / stats) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| hosts | frames/s | push p50 / p99 ms | ask p50 / p99 ms | stats requests/s | GET /cluster/s | "
+             "directory look-ups/s | load before | other jobs' cores (push / stats) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         m1, m2 = r["machine_while_pushing"], r["machine_while_stats"]
         lines.append(f"| {r['hosts']} | {r['frames_per_s']} | {r['push']['p50_ms']} / {r['push']['p99_ms']} | "
                      f"{r['ask']['p50_ms']} / {r['ask']['p99_ms']} | {r['stats_requests_per_s']} | "
+                     f"{r['cluster_requests_per_s']} | {r['directory_lookups_per_s']} | "
                      f"{m1['load_1min_before']} | {m1['others_cores']} / {m2['others_cores']} |")
     return "\n".join(lines) + "\n"
 

@@ -73,13 +73,16 @@ def run_cluster(args: argparse.Namespace) -> int:
     """Start the cluster, say where it answers, and serve until Ctrl-C or SIGTERM; then stop it."""
     config = cluster_config(args)
     _check_port(config.http_host, config.port)
+    from potwatch.cluster.start import check_address, start_cluster
+
+    if args.address:
+        check_address(args.address)  # in seconds; Ray itself retries for minutes
     try:
         import ray  # noqa: F401
         from ray import serve  # noqa: F401
     except ImportError as error:
         raise UserError(f"`potwatch cluster` needs the cluster extra ({error.name} is missing); run: "
                         "pip install -e '.[cluster]'.") from None
-    from potwatch.cluster.start import start_cluster
 
     where = f"the Ray cluster at {args.address}" if args.address else "a local Ray on 127.0.0.1"
     print(f"potwatch: starting {config.hosts} stream hosts of {config.model} ({format_bytes(config.budget)} of KV "

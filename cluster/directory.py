@@ -140,6 +140,8 @@ class Directory:
                 self.streams[stream_id] = (index, reply["generation"])
                 return reply
             record.reserved.pop(stream_id, None)
+            if refusal is None:  # made by a host that has started again since: not a stream of the record
+                ray.get_actor(host_name(index), namespace=NAMESPACE).close.remote(stream_id, reply["generation"])
             # no room there after all (or the host started again while opening, and the session went
             # with it): the next host; settings that cannot work fail the same everywhere
             if refusal is not None and refusal["status"] != replies.NO_ROOM:

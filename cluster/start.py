@@ -37,6 +37,8 @@ def start_ray(address: str | None = None, num_cpus: float | None = None, num_gpu
     call started it (so stopping the cluster stops it too)."""
     if address is None:
         loopback_only()
+    else:
+        check_address(address)
     import ray
 
     if ray.is_initialized():
@@ -51,6 +53,27 @@ def start_ray(address: str | None = None, num_cpus: float | None = None, num_gpu
         raise UserError(f"No Ray cluster answers at {address} ({error}); start one with `ray start --head` or leave "
                         "--address out to start a local one.") from None
     return False
+
+
+def check_address(address: str) -> None:
+    """A one-sentence UserError, in seconds, for an address where no Ray answers (Ray itself retries for
+    minutes); a loopback address keeps Ray's own connections on loopback (else it swaps 127.0.0.1 for
+    the machine's address)."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address} is not a Ray address; give HOST:PORT of a Ray head node (e.g. "
+                        "10.0.0.5:6379) or auto.")
+    if host == "localhost" or host.startswith("127."):
+        loopback_only()
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise UserError(f"No Ray cluster answers at {address} ({error.strerror or error}); start one with `ray start "
+                        "--head`, or leave --address out to start a local one.") from None
 
 
 @dataclass

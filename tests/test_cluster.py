@@ -349,7 +349,8 @@ def test_an_idle_stream_is_closed_and_its_room_given_back(client):
 
 def test_bad_command_line_is_one_sentence_and_exit_2():
     for args, words in ((["--hosts", "0"], "--hosts 0 starts no stream host"),
-                        (["--host-budget", "lots"], "--host-budget")):
+                        (["--host-budget", "lots"], "--host-budget"),
+                        (["--address", "127.0.0.1:1"], "No Ray cluster answers at 127.0.0.1:1")):
         run = subprocess.run([sys.executable, "-m", "potwatch.app.cli", "cluster", *args], capture_output=True,
                              text=True, timeout=60)
         assert run.returncode == 2 and run.stderr.startswith("potwatch: error: ") and words in run.stderr

@@ -25,6 +25,7 @@ BUDGET = 20 * 10**6
 FPS = 2.0
 IDLE_S = 12.0
 FRAME = (32, 48)  # small frames keep the demo model fast
+PUSH_WAIT_S = 0.5  # only requests of one stream at once wait for each other; the tests' clients send them one by one
 
 
 def _ray_or_skip() -> None:
@@ -50,7 +51,7 @@ def cluster():
     from potwatch.cluster.start import start_cluster
 
     config = ClusterConfig(model="demo", hosts=2, budget=BUDGET, host_cpus=1, threads=1, idle_s=IDLE_S,
-                           push_wait_s=60, port=_free_port(), max_body=2 * 10**6, retry_after_s=7)
+                           push_wait_s=PUSH_WAIT_S, port=_free_port(), max_body=2 * 10**6, retry_after_s=7)
     started = start_cluster(config)
     try:
         yield started
@@ -192,6 +193,30 @@ def test_frames_faster_than_the_fps_are_sampled(client):
     try:
         reply = stream.push(frames(8, 3), [i * 0.25 for i in range(8)])  # 4 fps into a 1 fps stream
         assert reply["taken"] == 2 and reply["between_samples"] == 6 and reply["frames_seen"] == 2
+    finally:
+        stream.close()
+
+
+def test_a_request_to_a_busy_stream_waits_its_bound_then_is_refused(client):
+    """While a long push of a stream runs, a second request of the same stream waits PUSH_WAIT_S, then is
+    refused with 503 and Retry-After and changes nothing; the long push takes all its frames."""
+    stream = client.open(mem_cap=CAP)
+    try:
+        big = [np.full((480, 640, 3), 40 + i % 100, dtype=np.uint8) for i in range(256)]
+        with ThreadPoolExecutor(1) as pool:
+            long_push = pool.submit(stream.push, big, [i / FPS for i in range(256)])
+            time.sleep(0.6)
+            assert not long_push.done(), "the long push ended too soon to test a busy stream"
+            started = time.monotonic()
+            with pytest.raises(ClusterRefusal) as busy:
+                stream.push(frames(1, 2), [500.0])
+            waited = time.monotonic() - started
+            reply = long_push.result(timeout=120)
+        assert busy.value.status == 503 and busy.value.retry_after == 1
+        assert "still taking its previous push or question" in busy.value.detail
+        assert waited >= PUSH_WAIT_S
+        assert reply["taken"] == 256 and reply["frames_seen"] == 256
+        assert stream.push(frames(1, 2), [500.0])["frames_seen"] == 257  # the refused frame was not taken
     finally:
         stream.close()
 

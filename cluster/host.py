@@ -174,7 +174,16 @@ class StreamHost:
     def stats(self, stream_id: str, generation: str) -> dict:
         """The session's figures, as `watch --json` gives them, with where the stream lives."""
         def figures(stream: HostedStream) -> dict:
-            return {**stream.session.stats(), **self._counts(stream), "cap": stream.session.describe_cap()}
+            import torch
+
+            stats = stream.session.stats()
+            cap = stats["cap_bytes"]
+            # the figures `watch --json` adds to the session's own (app/watch.py's summary), under its names
+            summary = {"mem_cap_bytes": cap, "threads": torch.get_num_threads(), "frames": stats["frames_seen"],
+                       "video_seconds": stream.taken_time_s, "peak_cache_bytes": stats["peak_bytes"],
+                       "allocated_cache_bytes": stats["allocated_bytes"],
+                       "peak_under_cap": cap is None or (stats["peak_bytes"] <= cap and stats["allocated_bytes"] <= cap)}
+            return {**stats, **summary, **self._counts(stream), "cap": stream.session.describe_cap()}
 
         return self._with_stream(stream_id, generation, figures)
 

@@ -179,7 +179,8 @@ def test_streams_stay_on_their_host_and_keep_their_counts(cluster, client):
             stats = stream.stats()
             assert (stats["host"], stats["generation"]) == home
             assert stats["frames_seen"] == stats["frames_pushed"] == count and stats["turns"] == 1
-            assert stats["cap_bytes"] == 4 * 10**6 and stats["model"] == "demo"
+            assert stats["cap_bytes"] == stats["mem_cap_bytes"] == 4 * 10**6 and stats["model"] == "demo"
+            assert stats["peak_under_cap"] and stats["threads"] == 1 and stats["video_seconds"] == (count - 1) / FPS
     finally:
         for stream in streams:
             stream.close()

@@ -50,13 +50,13 @@ class FrontDoor:
         too_large = f"The request is larger than this cluster's {format_bytes(limit)} limit; push fewer or smaller frames at a time."
         if length is not None and length.isdigit() and int(length) > limit:
             raise bodies.BadRequest(replies.TOO_LARGE, too_large)
-        raw = b""
+        raw = bytearray()
         async for chunk in request.stream():
-            raw += chunk
+            raw.extend(chunk)
             if len(raw) > limit:
                 raise bodies.BadRequest(replies.TOO_LARGE, too_large)
         try:
-            body = json.loads(raw or b"{}")
+            body = json.loads(bytes(raw) or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise bodies.BadRequest(replies.BAD_INPUT, "The request body is not JSON; send a JSON object.") from None
         if not isinstance(body, dict):
@@ -90,8 +90,9 @@ class FrontDoor:
         index, generation = where
         try:
             reply = await getattr(self._host(index), method).remote(stream_id, generation, *args)
-        except ray.exceptions.RayActorError:
+        except (ray.exceptions.RayActorError, ValueError):  # ValueError: no actor of that name any more
             self.places.pop(stream_id, None)
+            self.handles.pop(index, None)
             reply = replies.lost_stream(stream_id, f"its host {index} stopped")
         refusal = replies.refusal_of(reply)
         if refusal and refusal["status"] in (replies.UNKNOWN, replies.LOST) or method == "close":

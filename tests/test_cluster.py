@@ -321,6 +321,30 @@ def test_a_restarted_directory_finds_every_stream_again(cluster, client):
             stream.close()
 
 
+def test_a_killed_front_door_replica_loses_no_stream(client):
+    """Serve starts a new front-door replica; the streams, held by the hosts, carry on where they were."""
+    import ray
+
+    stream = client.open(mem_cap=CAP)
+    try:
+        push_all(stream, 3)
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["namespace"] == "serve" and "FrontDoor" in a["name"]]
+        assert len(names) == 1, names
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+        def answers():
+            try:
+                return stream.push(frames(1, 7), [time.monotonic()])
+            except (ClusterRefusal, OSError):  # refused or cut off while Serve starts a replica
+                return None
+
+        reply = wait_until(answers, 120)
+        assert reply and reply["frames_seen"] == 4 and reply["host"] == stream.opened["host"]
+    finally:
+        stream.close()
+
+
 def test_load_8_streams_of_50_frames_loses_no_frame(client):
     """8 cameras push 50 frames each at once, 5 frames a request; every frame is taken, on one host per
     stream. Bounded: 50 frames a stream, and 240 s in all."""

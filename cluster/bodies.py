@@ -8,7 +8,6 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 from potwatch.cluster import replies
-from potwatch.cluster.config import OPEN_SETTINGS
 from potwatch.compression.mem_cap import is_auto, parse_mem_cap
 from potwatch.errors import MemCapError
 
@@ -32,10 +31,8 @@ def answer(reply: dict, status: int = 200) -> JSONResponse:
 
 
 def open_settings(body: dict) -> tuple[dict, int]:
-    """(the stream's settings, its cap in bytes) from an open request; the host checks the rest."""
-    unknown = sorted(set(body) - set(OPEN_SETTINGS))
-    if unknown:
-        raise BadRequest(replies.BAD_INPUT, f"Unknown setting '{unknown[0]}'; give any of {', '.join(OPEN_SETTINGS)}.")
+    """(the stream's settings, its cap in bytes) from an open request; the host checks the rest, names
+    included (it knows the settings a session takes)."""
     if "mem_cap" not in body:
         raise BadRequest(replies.BAD_INPUT, "Give the stream a memory cap, like {\"mem_cap\": \"64MB\"}: it is placed "
                          "on a host with room for it.")

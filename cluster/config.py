@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 NAMESPACE = "potwatch"
 DIRECTORY = "potwatch-directory"
-OPEN_SETTINGS = ("mem_cap", "policy", "kv_bits", "fps", "positions", "max_new_tokens")
+HOST_SETTINGS = ("threads", "dtype", "auto_allowed")  # a stream's settings that belong to its host, not to a client
 
 
 def host_name(index: int) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from potwatch.cluster import replies
 from potwatch.cluster.budget import HostBudget
-from potwatch.cluster.config import DIRECTORY, NAMESPACE, ClusterConfig
+from potwatch.cluster.config import DIRECTORY, HOST_SETTINGS, NAMESPACE, ClusterConfig
 from potwatch.cluster.frames import Sampler, TooLargeError, checked_times, decode_image, image_bytes
 from potwatch.compression.mem_cap import format_bytes
 from potwatch.errors import UserError
@@ -42,6 +42,17 @@ class HostedStream:
     taken_time_s: float | None = None  # the stream time of the last frame the session took
     frames_pushed: int = 0
     frames_between_samples: int = 0  # pushed between two sampling instants of the stream's fps: not taken
+
+
+def open_settings() -> list[str]:
+    """The settings a client may give a stream: every one `StreamSettings.from_user` takes (the cap,
+    policy, bits, fps, ...) but those of the host (threads, dtype)."""
+    import inspect
+
+    from potwatch.streaming.settings import StreamSettings
+
+    names = inspect.signature(StreamSettings.from_user).parameters
+    return [name for name in names if name not in HOST_SETTINGS]
 
 
 class StreamHost:
@@ -113,6 +124,10 @@ class StreamHost:
         from potwatch.streaming.session import StreamSession
         from potwatch.streaming.settings import StreamSettings
 
+        unknown = sorted(set(settings) - set(open_settings()))
+        if unknown:
+            return replies.refused(replies.BAD_INPUT, f"Unknown setting '{unknown[0]}'; give any of "
+                                   f"{', '.join(open_settings())}.")
         try:
             checked = StreamSettings.from_user(auto_allowed=False, **settings)
         except UserError as error:

@@ -6,18 +6,23 @@
 #   bash setup.sh --system-torch   the torch already installed for $PYTHON (a Jetson's JetPack torch): the venv
 #                                  sees the system's packages and torch is never reinstalled
 # --cluster also installs the cluster extra (Ray and Ray Serve, for `potwatch cluster`; about 240 MB).
+# --lmms-eval makes a second, separate venv, ./.venv-lmms, for running lmms-eval's tasks through potwatch
+# (docs/lmms-eval.md): the same torch first, then potwatch with its `lmms` extra (lmms-eval pinned, with the
+# pins it needs beside torch 2.13); ./.venv is left as it is. It combines with --cuda.
 # --dry-run prints the install commands instead of running them. PYTHON picks the interpreter (python3).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+TORCHVISION_VERSION=${TORCHVISION_VERSION:-0.28.0}  # the release paired with torch 2.13 (CUDA --lmms-eval only)
 TORCH_INDEX=https://download.pytorch.org/whl
-USAGE="usage: bash setup.sh [--cuda [VERSION] | --system-torch] [--cluster] [--dry-run]"
+USAGE="usage: bash setup.sh [--cuda [VERSION] | --system-torch] [--cluster] [--lmms-eval] [--dry-run]"
 
 mode=cpu
 cuda_version=12.8
 dry_run=
 extras=dev,ui
+lmms_eval=
 choose() {  # the torch to install: one of cuda and system, at most
   [ "$mode" = cpu ] || [ "$mode" = "$1" ] || {
     echo "setup.sh: --cuda and --system-torch exclude each other; give one. $USAGE" >&2; exit 2; }
@@ -35,8 +40,9 @@ while [ $# -gt 0 ]; do
         echo "setup.sh: '$cuda_version' is not a CUDA version; give one like --cuda 12.8." >&2; exit 2; } ;;
     --system-torch) choose system ;;
     --cluster) extras=dev,ui,cluster ;;
+    --lmms-eval) lmms_eval=1 ;;
     --dry-run) dry_run=1 ;;
-    -h|--help) echo "$USAGE"; sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) echo "$USAGE"; sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option '$1'; $USAGE (see --help)." >&2; exit 2 ;;
   esac
   shift
@@ -45,6 +51,34 @@ done
 run() {
   if [ -n "$dry_run" ]; then echo "$*"; else "$@"; fi
 }
+
+if [ -n "$lmms_eval" ]; then
+  # a venv of its own: lmms-eval's dependencies would move the main venv's torch and PyAV
+  [ "$mode" != system ] || {
+    echo "setup.sh: --lmms-eval installs pip's torch into its own venv; give it alone or with --cuda, not with --system-torch." >&2; exit 2; }
+  venv=.venv-lmms
+  run "$PYTHON" -m venv "$venv"
+  run "$venv/bin/python" -m pip install --quiet --upgrade pip
+  case "$mode" in
+    cpu) run "$venv/bin/python" -m pip install --quiet "torch==${TORCH_VERSION}" ;;
+    # torchvision from the same index, so pip never swaps in PyPI's build for another CUDA
+    cuda) run "$venv/bin/python" -m pip install --quiet "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
+            --index-url "$TORCH_INDEX/cu${cuda_version/./}" ;;
+  esac
+  # lmms-eval's dependencies must not move torch (the newest torchvision would pull the newest torch)
+  run sh -c "echo 'torch==${TORCH_VERSION}' > $venv/torch.txt"
+  run "$venv/bin/python" -m pip install --quiet -e ".[lmms]" --constraint "$venv/torch.txt"
+  if [ "$mode" = cpu ]; then
+    # lmms-eval pulls PyPI's torchvision, a CUDA build: beside CPU torch it fails to load
+    # (`operator torchvision::nms does not exist`), and transformers imports it whenever it is installed
+    run "$venv/bin/python" -m pip uninstall --quiet --yes torchvision
+  fi
+  # `--model potwatch` found as lmms-eval finds it (the entry point), and torch still the one installed first
+  run "$venv/bin/python" -c 'import torch; from lmms_eval.models import get_model; get_model("potwatch")
+assert torch.__version__.split("+")[0] == "'"${TORCH_VERSION}"'", f"torch {torch.__version__} replaced the one installed"
+print("lmms-eval is set up in .venv-lmms with potwatch and torch", torch.__version__, "(see docs/lmms-eval.md)")'
+  exit 0
+fi
 
 venv_options=()
 if [ "$mode" = system ]; then

@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
     watch.add_argument("--positions", choices=["keep", "compact"], default=None,
                        help="keep original position ids, or compact them after each compression so endless streams stay in the model's range (default: per model family)")
+    watch.add_argument("--ingest", choices=["all", "changed"], default="all",
+                       help="send every visual token to the language model, or only those that changed since their patch was "
+                            "last sent, skipping the vision tower for repeated frames: faster on fixed cameras (default all)")
+    watch.add_argument("--change-threshold", type=float, default=None, metavar="X",
+                       help="with --ingest changed: the relative change of a token's embedding that sends it (default 0.15)")
     watch.add_argument("--max-new-tokens", type=int, default=48, help="longest answer, in tokens (default 48)")
     watch.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU; the model's on CUDA, float16 where the GPU lacks bfloat16)")
     watch.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")

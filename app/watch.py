@@ -35,6 +35,7 @@ class WatchRun:
         self.settings = StreamSettings.from_user(
             mem_cap=args.mem_cap, policy=args.policy, fps=args.fps, kv_bits=args.kv_bits, positions=args.positions,
             max_new_tokens=args.max_new_tokens, threads=getattr(args, "threads", None), dtype=args.dtype,
+            ingest=args.ingest, **({} if args.change_threshold is None else {"change_threshold": args.change_threshold}),
         )
         self.timed = sorted(((parse_time(t), clean_question(q)) for t, q in args.ask_at), key=lambda item: item[0])
         self.questions = [clean_question(question) for question in args.ask]
@@ -217,6 +218,7 @@ class WatchRun:
             "positions": stats["positions"],
             "max_position": stats["max_position"],
             "frames_covered": stats["frames_covered"],
+            "ingest": stats["ingest"],
             "source_error": str(getattr(self.source, "error", None) or "") or None,
             "stream_error": self.stream_error or str(getattr(self.source, "error", None) or "") or None,
             "interrupted": interrupted,
@@ -234,10 +236,19 @@ class WatchRun:
             f"summary: {summary['frames']} frames ({summary['video_seconds']:.1f} s of video) in {summary['wall_seconds']:.1f} s, "
             f"{per_frame}; peak cache {format_bytes(summary['peak_cache_bytes'])} of {cap_text}; "
             f"{summary['compressions']} compressions ({summary['compression_ms']:.0f} ms); {summary['dropped_frames']} dropped frames"
+            + _ingest_text(summary["ingest"])
             + ("; stream stopped early" if summary["stream_error"] else "")
             + ("; interrupted" if summary["interrupted"] else ""),
             flush=True,
         )
+
+
+def _ingest_text(ingest: dict) -> str:
+    """'; sent 1,234 of 9,000 visual tokens (changed only), tower skipped on 80 groups' under --ingest changed."""
+    if ingest["mode"] != "changed" or not ingest["visual_tokens"]:
+        return ""
+    return (f"; sent {ingest['sent_tokens']:,} of {ingest['visual_tokens']:,} visual tokens (changed only), "
+            f"tower skipped on {ingest['tower_skips']:,} groups")
 
 
 def run_watch(args) -> int:

@@ -1,9 +1,11 @@
 """Accuracy harness for real models: multiple-choice video QA from a folder of videos and a JSON file
 of questions (MLVU / Video-MME style), each video streamed through a session under the cap, each
-question scored by the option letter the model ranks first.
+question scored by the option letter the model ranks first, or (`answers="text"`, sets make-qa writes)
+by its greedy free-text answer checked against the question's truth.
 
 Questions are answered independently (the turn is not kept), at `ask_at` seconds into the video if
-given, else at its end, so a cap changes only what the cache holds, never what was asked before.
+given, else at its end, so a cap changes only what the cache holds, never what was asked before. A
+question sees every frame fed before it (the session is flushed first, as `ask` does).
 
 Accepted question fields (one JSON list, or an object with a "questions" list):
 - video: "video", "video_path" or "videoID" (a file name in the folder; the extension may be left off)
@@ -23,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from potwatch.bench.logits import session_logits
+from potwatch.bench.logits import session_answer, session_logits
 from potwatch.time_spec import parse_time
 from potwatch.errors import UserError
 
 VIDEO_SUFFIXES = ("", ".mp4", ".mkv", ".webm", ".avi", ".mov")
+TEXT_ANSWER_TOKENS = 24  # a free-text answer of the world is at most about 20 tokens
 PROMPT_TAIL = "Answer with the option's letter from the given choices directly."
 _PREFIX = re.compile(r"^\s*\(?([A-Z])[\.\):]\s*")
 
@@ -66,10 +69,12 @@ def load_questions(path: str | Path) -> list[QAItem]:
         data = data.get("questions")
     if not isinstance(data, list) or not data:
         raise UserError(f"'{path}' holds no questions; give a JSON list of objects with video, question, options, answer.")
-    return [_item(entry, index) for index, entry in enumerate(data)]
+    return [parse_item(entry, index) for index, entry in enumerate(data)]
 
 
-def _item(entry: dict, index: int) -> QAItem:
+def parse_item(entry: dict, index: int) -> QAItem:
+    """One entry of a questions file as a QAItem (`index` names it in errors); the lmms-eval task reads its rows
+    with this too, so both ask the same prompt."""
     where = f"question {index}"
     if not isinstance(entry, dict):
         raise UserError(f"{where} is not an object; give video, question, options and answer.")
@@ -161,39 +166,50 @@ def score_letters(logits: torch.Tensor, ids: dict[str, list[int]]) -> dict[str, 
 
 
 def run_accuracy(adapter, items: list[QAItem], videos: str | Path, mem_cap, policy: str = "tar_van",
-                 fps: float = 2.0, max_frames: int | None = None, progress=None) -> dict:
-    """Stream each video once and score every question about it."""
+                 fps: float = 2.0, max_frames: int | None = None, progress=None, answers: str = "letter",
+                 ingest: str = "all") -> dict:
+    """Stream each video once and score every question about it: by the letter ranked first, or by the
+    free-text answer (`answers="text"`); `ingest`: "all" or "changed" visual tokens."""
     from potwatch.streaming.session import StreamSession
     from potwatch.streaming.sources import FileSource
 
+    if answers == "text" and any(item.truth is None for item in items):
+        raise UserError("--answers text needs each question's free-text truth, as make-qa writes it; use --answers letter.")
     folder = Path(videos)
     by_video = questions_by_video(items, folder)
     rows = []
     for name, questions in by_video.items():
         source = FileSource(find_video(folder, name), fps=fps, max_frames=max_frames)
         size = (source.height, source.width)
-        session = StreamSession(adapter, mem_cap=mem_cap, policy=policy, fps=fps, frame_size=size)
+        session = StreamSession(adapter, mem_cap=mem_cap, policy=policy, fps=fps, frame_size=size, ingest=ingest)
         waiting = sorted(questions, key=lambda q: (q.ask_at is None, q.ask_at or 0.0))
         for frame in source:
             while waiting and waiting[0].ask_at is not None and waiting[0].ask_at <= frame.time_s:
-                rows.append(_ask(session, waiting.pop(0)))
+                rows.append(_ask(session, waiting.pop(0), answers))
             session.feed(frame)
-        rows += [_ask(session, item) for item in waiting]
+        rows += [_ask(session, item, answers) for item in waiting]
+        for row in rows[len(rows) - len(questions):]:  # the video's figures, as the lmms-eval model logs them
+            row.update(video_peak_cache_bytes=session.peak_bytes, video_compressions=session.monitor.event_count)
         session.close()
         if progress is not None:
             progress(len(questions))
-    return _summary(rows, adapter, mem_cap, policy, fps)
+    return _summary(rows, adapter, mem_cap, policy, fps, answers)
 
 
-def _ask(session, item: QAItem) -> dict:
-    ids = letter_token_ids(session.adapter.tokenizer, item.letters)
-    probabilities = score_letters(session_logits(session, item.prompt()), ids)
-    predicted = max(probabilities, key=probabilities.get)
+def _ask(session, item: QAItem, answers: str = "letter") -> dict:
+    from potwatch.world.questions import check_answer
+
+    session.flush()  # as `ask` does: the question sees every frame fed
     row = asdict(item)
+    if answers == "text":
+        text = session_answer(session, item.question, TEXT_ANSWER_TOKENS)
+        row.update(predicted=text, correct=check_answer(item.truth, text))
+    else:
+        ids = letter_token_ids(session.adapter.tokenizer, item.letters)
+        probabilities = score_letters(session_logits(session, item.prompt()), ids)
+        predicted = max(probabilities, key=probabilities.get)
+        row.update(predicted=predicted, correct=predicted == item.answer, letter_probabilities=probabilities)
     row.update(
-        predicted=predicted,
-        correct=predicted == item.answer,
-        letter_probabilities=probabilities,
         frames_seen=session.frames_seen,
         frames_covered=session.frames_covered(),
         peak_cache_bytes=session.peak_bytes,
@@ -201,7 +217,7 @@ def _ask(session, item: QAItem) -> dict:
     return row
 
 
-def _summary(rows: list[dict], adapter, mem_cap, policy: str, fps: float) -> dict:
+def _summary(rows: list[dict], adapter, mem_cap, policy: str, fps: float, answers: str = "letter") -> dict:
     by_task: dict[str, list[bool]] = {}
     for row in rows:
         by_task.setdefault(row["task"] or "all", []).append(row["correct"])
@@ -212,6 +228,7 @@ def _summary(rows: list[dict], adapter, mem_cap, policy: str, fps: float) -> dic
         "mem_cap": mem_cap,
         "policy": policy,
         "fps": fps,
+        "answers": answers,
         "questions": len(rows),
         "correct": correct,
         "accuracy": correct / len(rows) if rows else None,
@@ -228,7 +245,8 @@ def accuracy_markdown(summary: dict, command: str) -> str:
         f"# potwatch accuracy — {summary['model']}",
         "",
         f"- command: `{command}`",
-        f"- cap {summary['mem_cap']}, policy {summary['policy']}, {summary['fps']:g} fps",
+        f"- cap {summary['mem_cap']}, policy {summary['policy']}, {summary['fps']:g} fps, "
+        f"{'free-text answers' if summary.get('answers') == 'text' else 'the option letter ranked first'}",
         f"- **accuracy {summary['accuracy']:.1%}** ({summary['correct']} of {summary['questions']})"
         if summary["accuracy"] is not None else "- no questions",
     ]

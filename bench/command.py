@@ -38,11 +38,17 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", default=None, metavar="A,B",
                         help="compressing policies to run in every table, comma-separated (default: all the benchmark's own; "
                              "the full cache always runs)")
+    parser.add_argument("--ingest-cost", action="store_true",
+                        help="compare --ingest all and changed: ms/frame and visual tokens sent per frame on a fixed and "
+                             "a moving camera (default model tiny; --quick: one 60 s round)")
     accuracy = parser.add_argument_group("accuracy harness (multiple-choice video QA)")
     accuracy.add_argument("--accuracy", metavar="QUESTIONS_JSON", default=None, help="score these questions instead of running the benchmark")
     accuracy.add_argument("--videos", metavar="DIR", default=None, help="folder holding the videos the questions name")
     accuracy.add_argument("--policy", default="tar_van", help="compression policy for --accuracy (default tar_van)")
     accuracy.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default 2)")
+    accuracy.add_argument("--ingest", choices=["all", "changed"], default="all",
+                          help="for --accuracy: send every visual token, or only those that changed (default all); in the "
+                               "tables name a configuration tar_van+changed in --policies instead")
     accuracy.add_argument("--max-frames", type=int, default=None, help="stop each video after this many sampled frames")
     accuracy.add_argument("--ratios", default=None, metavar="1/2,1/4",
                           help="make the fidelity table: every policy (or --policies), the first at --kv-bits widths, and "
@@ -50,8 +56,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                                "(e.g. 1/2,1/4,1/8,1/16)")
     accuracy.add_argument("--streams", type=int, default=None, help="with --ratios: score only the first N videos")
     accuracy.add_argument("--answers", choices=["letter", "text"], default="letter",
-                          help="with --ratios: score the option letter ranked first (default), or the free-text answer "
-                               "checked against the question's truth (sets written by make-qa)")
+                          help="score the option letter ranked first (default), or the free-text answer checked against "
+                               "the question's truth (sets written by make-qa)")
     accuracy.add_argument("--workers", type=int, default=1,
                           help="with --ratios: worker processes, one stream at a time each (default 1; 2 on 2 cores)")
 
@@ -77,6 +83,10 @@ def run_bench(args) -> int:
         raise UserError(
             "--ratios makes the fidelity table of a question set; add --accuracy QUESTIONS.json and --videos DIR."
         )
+    if args.ingest_cost:
+        from potwatch.bench.ingest_cost import run_ingest_cost
+
+        return run_ingest_cost(args, command_line())
     if args.ratios is not None:
         return _run_fidelity(args)
     if args.accuracy:
@@ -123,11 +133,13 @@ def parse_policies(text: str) -> tuple[str, ...]:
     """'tar_van,keep_merge' -> the names, each a registered compressing policy (UserError otherwise)."""
     from potwatch.compression.policies.base import make_policy
 
+    from potwatch.bench.configurations import configuration
+
     names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
     if not names:
         raise UserError("--policies names no policy; give a comma-separated list such as tar_van,keep_merge.")
     for name in names:
-        if not make_policy(name).evicts:  # an unknown name raises its own UserError here
+        if not make_policy(configuration(name)[0]).evicts:  # an unknown name raises its own UserError here
             raise UserError(f"--policies takes compressing policies; '{name}' is the full cache, which always runs.")
     return names
 
@@ -152,7 +164,9 @@ def _run_accuracy(args) -> int:
     text = args.mem_cap or "1GB"
     mem_cap = None if parse_optional_mem_cap(text) is None else text  # validated; the report keeps it as typed
     adapter = load_model(args.model or "tiny", device=args.device, trust_remote_code=args.trust_remote_code)
-    summary = run_accuracy(adapter, items, args.videos, mem_cap, args.policy, args.fps, args.max_frames)
+    summary = run_accuracy(adapter, items, args.videos, mem_cap, args.policy, args.fps, args.max_frames,
+                           answers=args.answers, ingest=args.ingest)
+    summary["ingest"] = args.ingest
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = command_line()

@@ -1,13 +1,22 @@
 """Benchmark configurations by name: a policy, optionally with its K/V stored in fewer bits, written
-`tar_van@8bit`, so the quantised cache sits in every table beside the policies at 16 bits."""
+`tar_van@8bit`, so the quantised cache sits in every table beside the policies at 16 bits; and optionally
+with change-aware ingest, written `tar_van+changed` (streaming/change_filter.py), so sending only what
+changed sits beside sending every visual token."""
 
 from __future__ import annotations
+
+CHANGED = "+changed"
 
 
 def configuration(name: str) -> tuple[str, int]:
     """'tar_van@8bit' -> ('tar_van', 8); a plain policy name keeps K/V as the model computes them (16)."""
-    policy, _, width = name.partition("@")
+    policy, _, width = name.removesuffix(CHANGED).partition("@")
     return policy, int(width.removesuffix("bit")) if width else 16
+
+
+def ingest_of(name: str) -> str:
+    """'tar_van+changed' -> 'changed'; any other name sends every visual token ('all')."""
+    return "changed" if name.endswith(CHANGED) else "all"
 
 
 def quantised_variants(policy: str, widths) -> list[str]:
@@ -15,9 +24,10 @@ def quantised_variants(policy: str, widths) -> list[str]:
     per-head slots, which a quantised cache cannot hold (compression/quantized_kv.py)."""
     from potwatch.compression.policies.base import make_policy
 
-    if make_policy(policy).slot_counts:
+    base, changed = policy.removesuffix(CHANGED), CHANGED if policy.endswith(CHANGED) else ""
+    if make_policy(configuration(policy)[0]).slot_counts:
         return []
-    return [f"{policy}@{bits}bit" for bits in widths if bits != 16]
+    return [f"{base}@{bits}bit{changed}" for bits in widths if bits != 16]
 
 
 DEFAULT_POLICY = "tar_van"  # the benchmarks' reference: listed first, and the one run at fewer bits

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from potwatch.bench.accuracy import QAItem, find_video, letter_token_ids, questions_by_video, score_letters
-from potwatch.bench.configurations import compressing_policies, configuration, quantised_variants
+from potwatch.bench.accuracy import TEXT_ANSWER_TOKENS, QAItem, find_video, letter_token_ids, questions_by_video, score_letters
+from potwatch.bench.configurations import compressing_policies, configuration, ingest_of, quantised_variants
 from potwatch.bench.logits import session_answer, session_logits
 from potwatch.compression.budget import session_geometry
 from potwatch.compression.policies.base import make_policy
@@ -37,7 +37,6 @@ DEFAULT_RATIOS = "1/2,1/4,1/8,1/16"
 # question; half the cap lets small caps pass the session's minimum-cap check without taking frames' room.
 DIALOGUE_SHARE = 0.5
 ANSWER_TOKENS = 1  # one next-token distribution is all a letter needs
-TEXT_ANSWER_TOKENS = 24  # a free-text answer of the world is at most about 20 tokens
 WRONG_TEXT = "x"  # the mark of a free-text answer that does not check out
 
 
@@ -139,7 +138,7 @@ def _run(adapter, frames, times, items, letters, name, ratio, cap_bytes, plan) -
     try:
         session = StreamSession(adapter, mem_cap=cap_bytes, policy=policy, fps=plan.fps, max_new_tokens=ANSWER_TOKENS,
                                 dialogue_share=DIALOGUE_SHARE, target_ratio=plan.target_ratio,
-                                frame_size=frames[0].shape[:2], kv_bits=kv_bits)
+                                frame_size=frames[0].shape[:2], kv_bits=kv_bits, ingest=ingest_of(name))
     except MemCapError as error:
         return record | {"error": str(error)}
     predicted, held, seen, fed = [], [], [], 0
@@ -160,6 +159,7 @@ def _run(adapter, frames, times, items, letters, name, ratio, cap_bytes, plan) -
         cap_bytes=cap_bytes,
         peak_bytes=session.peak_bytes,
         compressions=session.monitor.event_count,
+        sent_tokens=session.ingest_stats()["sent_tokens"],
         seconds=time.perf_counter() - started,
     )
     session.close()

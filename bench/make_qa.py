@@ -1,5 +1,6 @@
 """`potwatch make-qa`: a held-out question set from the synthetic world — N short mp4 videos and one
-`questions.json` that `potwatch bench --accuracy` reads.
+`questions.json` that `potwatch bench --accuracy` reads (and, with `--lmms-task`, the same set as a local
+lmms-eval task: bench/lmms_task.py).
 
 Stream i of seed S is drawn from `random.Random("potwatch-qa:S:i")`: training draws its streams from
 integer seeds, so no held-out stream can be one the model trained on. Videos are written at twice the
@@ -34,12 +35,18 @@ def add_make_qa_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=80.0,
                         help=f"length of every video in seconds (default 80, at least {MIN_SECONDS:g})")
     parser.add_argument("--out", required=True, help="folder for the videos and questions.json (made if missing)")
+    parser.add_argument("--lmms-task", action="store_true",
+                        help="also write the set as a local lmms-eval task (JSONL, task YAMLs, utils.py; "
+                             "see docs/lmms-eval.md)")
 
 
 def run_make_qa(args) -> int:
-    summary = make_qa(args.seed, args.streams, args.seconds, args.out, progress=True)
+    summary = make_qa(args.seed, args.streams, args.seconds, args.out, progress=True, lmms_task=args.lmms_task)
     print(f"wrote {summary['streams']} videos ({summary['video_bytes'] / 1e6:.1f} MB) and "
           f"{summary['questions']} questions ({summary['early']} early) to {Path(args.out) / 'questions.json'}")
+    if summary.get("lmms_tasks"):
+        print(f"wrote the lmms-eval tasks {', '.join(summary['lmms_tasks'])}: lmms-eval --include_path {args.out} "
+              f"--tasks {summary['lmms_tasks'][-1]} --model potwatch --model_args model=tiny,mem_cap=none")
     return 0
 
 
@@ -56,8 +63,10 @@ def qa_stream(seed: int, index: int, seconds: float):
     return stream, questions + ([now[1]] if now else [])
 
 
-def make_qa(seed: int, streams: int, seconds: float, out: str | Path, progress: bool = False) -> dict:
-    """Write the videos and questions.json into `out`; returns counts for the report."""
+def make_qa(seed: int, streams: int, seconds: float, out: str | Path, progress: bool = False,
+            lmms_task: bool = False) -> dict:
+    """Write the videos and questions.json into `out` (and the lmms-eval task, `lmms_task`); returns counts
+    for the report."""
     from potwatch.streaming.age_phrases import GRID, MIN_TOLERANCE_S
     from potwatch.world.stream import SAMPLE_FPS
 
@@ -75,8 +84,13 @@ def make_qa(seed: int, streams: int, seconds: float, out: str | Path, progress: 
                 "ages": {"said_on": age_grid, "right_within": "one step of the grid", "at_least_s": MIN_TOLERANCE_S},
                 "videos": videos, "questions": entries}
     (folder / "questions.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    return {"streams": streams, "questions": len(entries), "early": sum(e["early"] for e in entries),
-            "video_bytes": video_bytes}
+    summary = {"streams": streams, "questions": len(entries), "early": sum(e["early"] for e in entries),
+               "video_bytes": video_bytes}
+    if lmms_task:
+        from potwatch.bench.lmms_task import write_lmms_task
+
+        summary["lmms_tasks"] = write_lmms_task(folder, entries)
+    return summary
 
 
 def write_stream_video(stream, path: Path) -> Path:

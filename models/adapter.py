@@ -36,6 +36,20 @@ class Block:
         meta = TokenMeta(*(getattr(self.meta, field.name)[..., start:stop] for field in fields(TokenMeta)))
         return replace(self, embeds=self.embeds[:, start:stop], meta=meta)
 
+    @staticmethod
+    def join(blocks: list[Block]) -> Block:
+        """Plain blocks one after the other, as one (change-aware ingest sends a few quiet groups together)."""
+        if len(blocks) == 1:
+            return blocks[0]
+        meta = TokenMeta(*(torch.cat([getattr(b.meta, field.name) for b in blocks], dim=-1) for field in fields(TokenMeta)))
+        return Block(torch.cat([b.embeds for b in blocks], dim=1), meta)
+
+    def take(self, index: torch.Tensor) -> Block:
+        """The tokens at `index` (increasing), with their own positions: a block with holes, as change-aware
+        ingest sends it (streaming/change_filter.py); a family whose blocks carry more slices takes those too."""
+        meta = TokenMeta(*(getattr(self.meta, field.name)[..., index] for field in fields(TokenMeta)))
+        return replace(self, embeds=self.embeds[:, index.to(self.embeds.device)], meta=meta)
+
 
 class ModelAdapter(ABC):
     """One model family. Shared by every session that uses the model; per-stream state lives in the
@@ -147,8 +161,14 @@ class ModelAdapter(ABC):
         return self.text_block(self.prompt.system_ids(), TokenKind.SYSTEM, positions)
 
     @abstractmethod
-    def vision_block(self, frames: list[np.ndarray], first_frame: int, positions) -> Block:
-        """Visual tokens for frames (a multiple of `frames_per_group`), the first being sampled frame `first_frame`."""
+    def vision_block(self, frames: list[np.ndarray], first_frame: int, positions, features=None) -> Block:
+        """Visual tokens for frames (a multiple of `frames_per_group`), the first being sampled frame `first_frame`;
+        `features`: the vision tower's output for them (`vision_features`), when already at hand."""
+
+    def vision_features(self, frames: list[np.ndarray]):
+        """The vision tower's output for frames, which `vision_block(..., features=)` places: kept by change-aware
+        ingest to skip the tower on a repeated group (streaming/repeat_frames.py). None: the family cannot."""
+        return None
 
     def question_ids(self, question: str) -> list[int]:
         """Token ids that close the video, ask `question` and open the assistant's answer."""

@@ -62,11 +62,15 @@ class LlavaOnevisionAdapter(Rope1DAdapter):
         mark = torch.tensor([token == NEWLINE for token in ids], device=self.device)[None, :, None]
         return torch.where(mark, self.model.model.image_newline.to(embeds.dtype), embeds)
 
-    def vision_block(self, frames: list[np.ndarray], first_frame: int, positions) -> Block:
+    def vision_features(self, frames: list[np.ndarray]) -> torch.Tensor:
+        """The frames' visual tokens [1, n, hidden] from the tower and projector."""
         pixels = torch.from_numpy(self.processor(frames)).unsqueeze(0)  # [1, n, 3, size, size]
         vision_dtype = self.model.model.vision_tower.dtype
         features = self.model.model.get_video_features(pixel_values_videos=pixels.to(self.device, vision_dtype))
-        embeds = features.pooler_output[:, :-1].to(self.dtype)  # drop the video's closing image_newline
+        return features.pooler_output[:, :-1].to(self.dtype)  # drop the video's closing image_newline
+
+    def vision_block(self, frames: list[np.ndarray], first_frame: int, positions, features=None) -> Block:
+        embeds = self.vision_features(frames) if features is None else features
         per_frame = self.grid_side**2
         k = torch.arange(len(frames) * per_frame)
         frame = first_frame + k // per_frame

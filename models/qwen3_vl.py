@@ -49,6 +49,17 @@ class DeepstackBlock(Block):
             piece.deepstack = [features[first:last] for features in self.deepstack] if last > first else []
         return piece
 
+    def take(self, index: torch.Tensor) -> DeepstackBlock:
+        taken = super().take(index)
+        if self.deepstack:
+            mask = self.visual_mask[0].cpu()
+            patch_index = torch.cumsum(mask.long(), 0) - 1  # each token's row in the DeepStack features
+            kept = index[mask[index]]
+            taken.visual_mask = self.visual_mask[:, index.to(self.visual_mask.device)]
+            rows = patch_index[kept].to(self.deepstack[0].device)
+            taken.deepstack = [features[rows] for features in self.deepstack] if len(kept) else []
+        return taken
+
 
 def group_time(first_frame: int, frames_per_group: int, fps: float) -> float:
     """Mean time of a group's frames, as Qwen3-VL's processor prints it."""
@@ -94,11 +105,15 @@ class Qwen3VLAdapter(QwenVLAdapter):
     def _group_text(self, seconds: float) -> tuple[list[int], list[int]]:
         return self._ids(f"<{seconds:.1f} seconds><|vision_start|>"), self._ids("<|vision_end|>")
 
-    def vision_block(self, frames: list[np.ndarray], first_frame: int, positions) -> Block:
+    def vision_features(self, frames: list[np.ndarray]):
+        """(the tower's output with its DeepStack features, grid (groups, grid_h, grid_w))."""
         pixels, (groups, grid_h, grid_w) = self.processor(frames)
         visual = self.model.model.visual
         grid = torch.tensor([[groups, grid_h, grid_w]], device=self.device)
-        out = visual(torch.from_numpy(pixels).to(self.device, visual.dtype), grid_thw=grid)
+        return visual(torch.from_numpy(pixels).to(self.device, visual.dtype), grid_thw=grid), (groups, grid_h, grid_w)
+
+    def vision_block(self, frames: list[np.ndarray], first_frame: int, positions, features=None) -> Block:
+        out, (groups, grid_h, grid_w) = self.vision_features(frames) if features is None else features
         per_group = out.pooler_output.shape[0] // groups
         cols = grid_w // self.processor.merge_size
         parts = []  # (embeds [n, hidden], meta, is_patch [n]) in sequence order, so positions run in order

@@ -50,12 +50,17 @@ class QwenVLAdapter(ModelAdapter):
         return {i for i in ids if i is not None}
 
     # --- blocks -----------------------------------------------------------------------------------
-    def vision_block(self, frames: list[np.ndarray], first_frame: int, positions) -> Block:
+    def vision_features(self, frames: list[np.ndarray]):
+        """(embeds [1, n, hidden], grid (groups, grid_h, grid_w)) from the vision tower."""
         pixels, (groups, grid_h, grid_w) = self.processor(frames)
         visual = self.model.model.visual
         pixel_values = torch.from_numpy(pixels).to(self.device, visual.dtype)
         grid = torch.tensor([[groups, grid_h, grid_w]], device=self.device)
         embeds = visual(pixel_values, grid_thw=grid).pooler_output.to(self.dtype).unsqueeze(0)
+        return embeds, (groups, grid_h, grid_w)
+
+    def vision_block(self, frames: list[np.ndarray], first_frame: int, positions, features=None) -> Block:
+        embeds, (groups, grid_h, grid_w) = self.vision_features(frames) if features is None else features
         merge = self.processor.merge_size
         rows, cols = grid_h // merge, grid_w // merge
         k = torch.arange(groups * rows * cols)

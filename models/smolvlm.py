@@ -93,11 +93,15 @@ class SmolVLMAdapter(Rope1DAdapter):
         header = self._ids(FRAME_HEADER.format(timestamp=timestamp(seconds)))
         return header + [self.image_token_id] * self.grid_side**2 + self._frame_end_ids
 
-    def vision_block(self, frames: list[np.ndarray], first_frame: int, positions) -> Block:
+    def vision_features(self, frames: list[np.ndarray]) -> torch.Tensor:
+        """The frames' visual tokens [n * grid_side**2, hidden] from the tower and connector."""
         pixels = torch.from_numpy(self.processor(frames)).unsqueeze(0)  # [1, n, 3, size, size]
         vision_dtype = self.model.model.vision_model.dtype
         features = self.model.model.get_image_features(pixels.to(self.device, vision_dtype)).pooler_output
-        features = torch.cat(list(features), dim=0).to(self.dtype)  # [n * grid_side**2, hidden]
+        return torch.cat(list(features), dim=0).to(self.dtype)
+
+    def vision_block(self, frames: list[np.ndarray], first_frame: int, positions, features=None) -> Block:
+        features = self.vision_features(frames) if features is None else features
         ids, frame, row, col = [], [], [], []
         for index in range(len(frames)):
             frame_ids = self._frame_ids((first_frame + index) / positions.fps)

@@ -27,6 +27,11 @@ from potwatch.streaming.oom_retry import is_out_of_memory, piece_sizes, release_
 
 log = logging.getLogger(__name__)
 
+# Under `ingest="changed"`, quiet groups that send only a few tokens wait for each other, up to this many
+# groups or a whole group's worth of tokens, and reach the language model in one forward: on a small model
+# a forward's fixed cost, not its tokens, is most of the time. A question (or `flush`) sends them first.
+MAX_WAITING_GROUPS = 8
+
 
 class BlockPipeline:
     """`feed`, `flush` and the forward of every block (see the module's docstring)."""
@@ -59,7 +64,8 @@ class BlockPipeline:
 
     def flush(self) -> int:
         """Ingest the frames still waiting to fill a block now (the odd last frame of Qwen's two-frame
-        groups, say), so a question sees every frame fed. Returns blocks ingested.
+        groups, say), and send the tokens waiting under change-aware ingest, so a question sees every frame
+        fed. Returns blocks ingested.
 
         A short temporal group is completed by repeating its last frame, as Qwen's own video
         preprocessing does; the frames that would have filled it are then skipped (counted in
@@ -67,12 +73,13 @@ class BlockPipeline:
         self._check_open()
         with self._lock:
             if not self._pending:
-                return 0
+                return self._send_waiting()
             real = len(self._pending)
             padding = -real % self.adapter.frames_per_group
             self._pending.extend([self._pending[-1]] * padding)
             self._ingest_pending(real_frames=real)
             self._skip_frames = padding
+            self._send_waiting()
             return 1
 
     def _ingest_pending(self, real_frames: int | None = None) -> None:
@@ -80,7 +87,8 @@ class BlockPipeline:
         self._pending = []
         with model_turns(self.adapter).turn(BLOCK):  # the time waited for the model is not this block's cost
             started = time.perf_counter()
-            if self.monitor.make_room(self.block_tokens, headroom=self._question_headroom()):  # first: ids follow
+            room = self.block_tokens + sum(map(len, self._waiting))
+            if self.monitor.make_room(room, headroom=self._question_headroom()):  # first: ids follow
                 self._after_compaction()
             try:
                 self._ingest_block(frames, first, piece_tokens=None)
@@ -106,11 +114,54 @@ class BlockPipeline:
         saved_positions = copy.deepcopy(self.positions)
         try:
             with torch.no_grad():
-                block = self.adapter.vision_block(frames, first, self.positions)
-            self._run(block, logits=False, piece_tokens=piece_tokens, observe=True)
+                block = self._vision_block(frames, first)
+            if self._may_wait(block):
+                self._waiting.append(block)
+            else:
+                self._run(Block.join(self._waiting + [block]), logits=False, piece_tokens=piece_tokens, observe=True)
+                self._waiting = []
         except BaseException:
             self.positions = saved_positions
             raise
+        if self.change_filter is not None:
+            self.change_filter.commit()
+            self.repeated_frames.commit()
+
+    def _may_wait(self, block: Block) -> bool:
+        """Whether a block of changed tokens may wait for the next (see MAX_WAITING_GROUPS): only plain blocks,
+        and only under positions "keep", where no compaction re-numbers ids while it waits."""
+        if self.change_filter is None or self.positions_mode != "keep" or type(block) is not Block:
+            return False
+        if self.cache.capped and self.cache.capacity < self.min_tokens() + self.tokens_per_group:
+            return False  # the cap must hold the waiting tokens beside a whole block
+        waiting = self._waiting + [block]
+        return sum(map(len, waiting)) < self.tokens_per_group and len(waiting) < MAX_WAITING_GROUPS
+
+    def _send_waiting(self) -> int:
+        """Send the blocks waiting under change-aware ingest now (a question must see them). Returns 1 if any."""
+        if not self._waiting:
+            return 0
+        with model_turns(self.adapter).turn(BLOCK):
+            if self.monitor.make_room(sum(map(len, self._waiting)), headroom=self._question_headroom()):
+                self._after_compaction()
+            with torch.no_grad():
+                self._run(Block.join(self._waiting), logits=False, observe=True)
+        self._waiting = []
+        return 1
+
+    def _vision_block(self, frames: list[np.ndarray], first: int):
+        """The block of visual tokens the language model gets: all of them (`ingest="all"`), or under
+        `ingest="changed"` only those that changed (streaming/change_filter.py), with the tower's output reused
+        for a repeated group (streaming/repeat_frames.py)."""
+        if self.change_filter is None:
+            return self.adapter.vision_block(frames, first, self.positions)
+        features = self.repeated_frames.reusable(frames)
+        if features is None:
+            features = self.adapter.vision_features(frames)
+            self.repeated_frames.computed(features)
+        block = self.adapter.vision_block(frames, first, self.positions, features=features) if features is not None \
+            else self.adapter.vision_block(frames, first, self.positions)
+        return self.change_filter.select(block)
 
     def _ingest_in_pieces(self, frames: list[np.ndarray], first: int) -> None:
         """The block ran out of device memory: retry it in ever smaller pieces, then give up on it,

@@ -25,6 +25,8 @@ from potwatch.errors import DeviceMemoryError, MemCapError, UserError
 from potwatch.models.adapter import Block, ModelAdapter
 from potwatch.models.count_attention import install_count_attention
 from potwatch.streaming.block_pipeline import BlockPipeline
+from potwatch.streaming.change_filter import DEFAULT_CHANGE_THRESHOLD, ChangeFilter
+from potwatch.streaming.repeat_frames import RepeatedFrames
 from potwatch.streaming.dialogue import NOMINAL_QUESTION_TOKENS, Dialogue
 from potwatch.streaming.frame_input import check_frame_size
 from potwatch.streaming.model_turns import BLOCK, model_turns
@@ -51,7 +53,9 @@ class StreamSession(BlockPipeline, Dialogue, SessionStats):
     quantises them so the same cap holds more tokens (every head of a layer then keeps the same tokens; see
     compression/quantized_kv.py). threads: torch's CPU threads, process-wide: None (the default) leaves them
     alone; "auto" applies potwatch's choice (usable cores less one; OMP_NUM_THREADS, when set, wins); an int
-    sets them (see potwatch/threads.py). settings: a `StreamSettings` already checked
+    sets them (see potwatch/threads.py). ingest: "all" sends every visual token to the language model; "changed"
+    only those that changed by more than `change_threshold` since their patch was last sent, and skips the vision
+    tower for a repeated group (streaming/change_filter.py, repeat_frames.py): faster on fixed cameras. settings: a `StreamSettings` already checked
     (streaming/settings.py), in place of those keyword arguments."""
 
     def __init__(
@@ -69,12 +73,15 @@ class StreamSession(BlockPipeline, Dialogue, SessionStats):
         positions: str | None = None,
         kv_bits: int = 16,
         threads: int | str | None = None,
+        ingest: str = "all",
+        change_threshold: float = DEFAULT_CHANGE_THRESHOLD,
         settings: StreamSettings | None = None,
     ):
         if settings is None:  # every setting checked before anything is loaded or changed
             settings = StreamSettings.from_user(mem_cap=mem_cap, policy=policy, fps=fps, kv_bits=kv_bits,
                                                 positions=positions, max_new_tokens=max_new_tokens, threads=threads,
-                                                policy_options=policy_options)
+                                                policy_options=policy_options, ingest=ingest,
+                                                change_threshold=change_threshold)
         self.thread_choice = session_threads(settings.threads)  # before any torch work of this session
         if isinstance(model, str):
             from potwatch.models.registry import load_model
@@ -126,6 +133,10 @@ class StreamSession(BlockPipeline, Dialogue, SessionStats):
         self._pending: list[np.ndarray] = []
         self._pending_first = 0
         self._skip_frames = 0  # frames of a temporal group that a flush already completed by repetition
+        self._waiting: list[Block] = []  # changed tokens of quiet groups, sent together (streaming/block_pipeline.py)
+        changed = self.settings.ingest == "changed"
+        self.change_filter = ChangeFilter(self.settings.change_threshold) if changed else None
+        self.repeated_frames = RepeatedFrames() if changed else None
         self.frames_seen = 0
         self.frames_ingested = 0
         self.dropped_frames = 0
@@ -197,8 +208,8 @@ class StreamSession(BlockPipeline, Dialogue, SessionStats):
         )
 
     def reset(self, mem_cap: str | int | None | object = ..., policy: str | None = None, fps: float | None = None,
-              kv_bits: int | None = None) -> None:
-        """Forget the stream and the dialogue; optionally change cap, policy, fps or K/V bits.
+              kv_bits: int | None = None, ingest: str | None = None, change_threshold: float | None = None) -> None:
+        """Forget the stream and the dialogue; optionally change cap, policy, fps, K/V bits or ingest.
 
         Settings that cannot work (a cap too small, an unknown policy) raise a UserError and leave the
         session as it was. The old cache is freed before the new one is allocated, so a cap sized to the
@@ -209,7 +220,8 @@ class StreamSession(BlockPipeline, Dialogue, SessionStats):
         with self._lock:
             saved = dict(self.__dict__)
             try:
-                self.settings = self.settings.changed(mem_cap=mem_cap, policy=policy, fps=fps, kv_bits=kv_bits)
+                self.settings = self.settings.changed(mem_cap=mem_cap, policy=policy, fps=fps, kv_bits=kv_bits,
+                                                      ingest=ingest, change_threshold=change_threshold)
                 # a fresh policy either way: what it learnt from the old stream (adakv's shares) goes with it
                 self.policy = self.settings.new_policy()
                 if mem_cap is not ...:

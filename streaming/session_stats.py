@@ -48,7 +48,20 @@ class SessionStats:
                 "ingest_seconds": self.ingest_seconds,
                 "ms_per_frame": 1000 * self.ingest_seconds / self.frames_ingested if self.frames_ingested else None,
                 "recent_ms_per_frame": _ms_per_frame(self._recent_block_seconds),
+                "ingest": self.ingest_stats(),
             }
+
+    def ingest_stats(self) -> dict:
+        """What change-aware ingest did: visual tokens the tower made, those sent to the language model,
+        and groups whose tower run was skipped as repeats (all None under `ingest="all"`)."""
+        counts = self.change_filter.counts if self.change_filter is not None else None
+        return {
+            "mode": self.settings.ingest,
+            "change_threshold": self.settings.change_threshold if counts else None,
+            "visual_tokens": counts.visual_tokens if counts else None,
+            "sent_tokens": counts.sent_tokens if counts else None,
+            "tower_skips": self.repeated_frames.skips if counts else None,
+        }
 
     def frames_covered(self) -> int:
         """Frames in cache: frames seen that still have tokens in the cache (see `frames_in_cache`)."""

@@ -1,5 +1,5 @@
 """The settings of a stream, checked once: memory cap, K/V bits, compression policy (with its
-options), positions, frame rate, answer length, threads and dtype.
+options), positions, frame rate, answer length, threads, dtype and ingest (all or changed tokens).
 
 The command line (app/watch.py), the web UI (app/ui/sessions.py) and `StreamSession(...)` all build a
 `StreamSettings` with `from_user`, so a value that cannot work gets the same one sentence wherever it
@@ -18,6 +18,7 @@ from potwatch.compression.mem_cap import is_auto, parse_optional_mem_cap
 from potwatch.compression.policies.base import make_policy
 from potwatch.compression.quantized_kv import check_kv_bits, check_policy_width
 from potwatch.errors import ModelLoadError, UserError
+from potwatch.streaming.change_filter import DEFAULT_CHANGE_THRESHOLD, check_change_threshold, check_ingest
 from potwatch.streaming.sources import check_rate
 from potwatch.threads import check_threads
 
@@ -45,11 +46,14 @@ class StreamSettings:
     max_new_tokens: int = 48
     threads: int | str | None = None
     dtype: str | None = None
+    ingest: str = "all"  # "changed": only visual tokens that changed reach the model (streaming/change_filter.py)
+    change_threshold: float = DEFAULT_CHANGE_THRESHOLD
 
     @classmethod
     def from_user(cls, mem_cap="1GB", policy: str = "tar_van", fps=2.0, kv_bits=16, positions: str | None = None,
                   max_new_tokens=48, threads=None, dtype: str | None = None, policy_options: dict | None = None,
-                  auto_allowed: bool = True) -> "StreamSettings":
+                  auto_allowed: bool = True, ingest: str = "all",
+                  change_threshold=DEFAULT_CHANGE_THRESHOLD) -> "StreamSettings":
         """The settings as given, checked, or the UserError of the first that cannot work. mem_cap: a size
         ('2GB', bytes), None or 'none' for no cap, 'auto' (refused, with its sentence, unless `auto_allowed`)."""
         with _about("mem_cap"):
@@ -76,14 +80,19 @@ class StreamSettings:
                 raise UserError(f"Threads {threads!r} is not a number of threads; give a whole number, 'auto' or None.")
             if threads is not None and threads != "auto":
                 check_threads(threads)
+        with _about("ingest"):
+            ingest = check_ingest(ingest)
+        with _about("change_threshold"):
+            change_threshold = check_change_threshold(change_threshold)
         with _about("dtype"):
             if isinstance(dtype, str) and dtype and dtype not in DTYPES + DTYPE_ALIASES:
                 raise ModelLoadError(f"Unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}.")
         return cls(cap_bytes=cap_bytes, cap_is_auto=auto, policy=policy, policy_options=options, fps=fps,
                    kv_bits=kv_bits, positions=positions, max_new_tokens=max_new_tokens, threads=threads,
-                   dtype=dtype or None)
+                   dtype=dtype or None, ingest=ingest, change_threshold=change_threshold)
 
-    def changed(self, mem_cap=..., policy: str | None = None, fps=None, kv_bits=None) -> "StreamSettings":
+    def changed(self, mem_cap=..., policy: str | None = None, fps=None, kv_bits=None, ingest: str | None = None,
+                change_threshold=None) -> "StreamSettings":
         """These settings with some changed (what `StreamSession.reset` may change), checked again; a new
         policy drops the options given for the old one."""
         keeps_policy = policy is None or policy == self.policy
@@ -94,6 +103,8 @@ class StreamSettings:
             kv_bits=self.kv_bits if kv_bits is None else kv_bits,
             positions=self.positions, max_new_tokens=self.max_new_tokens, threads=self.threads, dtype=self.dtype,
             policy_options=self.policy_options if keeps_policy else None,
+            ingest=self.ingest if ingest is None else ingest,
+            change_threshold=self.change_threshold if change_threshold is None else change_threshold,
         )
 
     def new_policy(self):

@@ -109,7 +109,7 @@ def test_apply_and_reset_in_the_ui_shows_the_sentence_and_the_tab_goes_on(demo_a
 
     from potwatch.app.ui.handlers import Handlers
     from potwatch.app.ui.sessions import SessionPool, TabSettings
-    from potwatch.app.ui.settings import FIELDS
+    from potwatch.app.ui.settings import SETTING_OUTPUTS
 
     device = SmallDevice(monkeypatch, limit=10**9)
     pool = SessionPool(demo_adapter, max_sessions=1, settings=TabSettings(mem_cap=OLD_CAP), max_new_tokens=4)
@@ -120,11 +120,11 @@ def test_apply_and_reset_in_the_ui_shows_the_sentence_and_the_tab_goes_on(demo_a
         tab = pool.get(request.session_hash)
         device.limit = int(1.2 * tab.session.cache.nbytes)
         outputs = handlers.apply_settings("2MB", "window", 1, 16, request)
-        field_errors = dict(zip(FIELDS, outputs[-len(FIELDS):]))
-        assert field_errors["mem_cap"].startswith("⚠ Device cpu has no room for the new cache (2.00 MB), so the session "
-                                                  "starts afresh")
-        assert outputs[-len(FIELDS) - 5] == OLD_CAP  # the cap field shows the cap in force again
-        assert outputs[-len(FIELDS) - 6] == []  # the chat is cleared, as the session's dialogue is
+        shown = dict(zip(("chat", *SETTING_OUTPUTS), outputs[-len(SETTING_OUTPUTS) - 1:]))
+        assert shown["mem_cap_error"].startswith("⚠ Device cpu has no room for the new cache (2.00 MB), so the session "
+                                                 "starts afresh")
+        assert shown["mem_cap"] == OLD_CAP  # the cap field shows the cap in force again
+        assert shown["chat"] == []  # the chat is cleared, as the session's dialogue is
         assert tab.chat == [] and tab.settings.mem_cap == OLD_CAP and tab.session.cap_bytes == 400_000
         list(handlers.ask("Hello again?", request))
         assert tab.chat[-1]["content"] and "⚠" not in tab.chat[-1]["content"]

@@ -29,7 +29,7 @@ def setup(script: Path, *args: str, python: str = "python3") -> subprocess.Compl
 def test_help_names_the_three_set_ups(script):
     result = setup(script, "--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: bash setup.sh")
-    assert all(option in result.stdout for option in ("--cuda", "--system-torch", "--cluster", "--dry-run"))
+    assert all(option in result.stdout for option in ("--cuda", "--system-torch", "--cluster", "--lmms-eval", "--dry-run"))
 
 
 @pytest.mark.parametrize("args, words", [
@@ -81,3 +81,31 @@ def test_system_torch_without_a_torch_says_what_to_do(script, tmp_path):
     result = setup(script, "--system-torch", python=str(no_torch))
     assert result.returncode == 1 and "cannot import torch; install your platform's torch first" in result.stderr
     assert not (script.parent / ".venv").exists()
+
+
+def test_lmms_eval_makes_its_own_venv_with_the_pins(script):
+    """torch first, then potwatch's `lmms` extra with torch held by a constraint, then CPU-only: no
+    torchvision (PyPI's is a CUDA build that breaks beside CPU torch); .venv is never touched."""
+    lines = setup(script, "--lmms-eval", "--dry-run").stdout.splitlines()
+    assert lines[0] == "python3 -m venv .venv-lmms"
+    assert lines[2] == ".venv-lmms/bin/python -m pip install --quiet torch==2.13.0"
+    assert lines[3] == "sh -c echo 'torch==2.13.0' > .venv-lmms/torch.txt"
+    assert lines[4] == ".venv-lmms/bin/python -m pip install --quiet -e .[lmms] --constraint .venv-lmms/torch.txt"
+    assert lines[5] == ".venv-lmms/bin/python -m pip uninstall --quiet --yes torchvision"
+    assert 'get_model("potwatch")' in lines[6]
+    assert not any(".venv/" in line or line.endswith(" .venv") for line in lines)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'lmms = ["lmms-eval==0.7.3", "filelock<4", "av<16"]' in pyproject
+
+
+def test_lmms_eval_with_cuda_keeps_torchvision_from_the_same_index(script):
+    lines = setup(script, "--lmms-eval", "--cuda", "12.6", "--dry-run").stdout.splitlines()
+    assert lines[2] == (".venv-lmms/bin/python -m pip install --quiet torch==2.13.0 torchvision==0.28.0 "
+                        "--index-url https://download.pytorch.org/whl/cu126")
+    assert not any("uninstall" in line for line in lines)
+
+
+def test_lmms_eval_refuses_the_system_torch(script):
+    result = setup(script, "--lmms-eval", "--system-torch", python=sys.executable)
+    assert result.returncode == 2 and result.stderr.startswith("setup.sh: --lmms-eval installs pip's torch")
+    assert not (script.parent / ".venv-lmms").exists()

@@ -1,7 +1,8 @@
 """The web UI end to end in a real headless Chromium (Debian's, driven by Playwright for Python).
 
 The webcam test feeds the browser a fake camera (a .y4m file rendered from the demo scene) into an
-in-process server; the file test starts `potwatch serve --model demo` as a user would; the tiny test
+in-process server; the file test starts `potwatch serve --model demo` as a user would, and plays the
+demo ingesting only what changed; the tiny test
 clicks the one-click examples on the `tiny` model, then lays the page out at phone width. All save
 screenshots under tests/artifacts/; the tiny test also writes the README's assets/ui.png and
 docs/ui-phone.png.
@@ -319,6 +320,23 @@ def test_demo_file_plays_through_the_file_tab_of_potwatch_serve(browser, tmp_pat
         page.locator("#use-demo").click()
         wait_text(page, "#video-words", "demo.mp4", 30)
 
+        # ingest only what changed, picked in the settings; a threshold out of range first: the reason beside
+        # its field, both fields back at the values in force, nothing changed
+        page.locator("#ingest input").click()
+        page.get_by_role("option", name="only what changed").click()
+        page.locator("#change-threshold input").fill("-1")
+        page.locator("#apply").click()
+        wait_text(page, "#change-threshold-error", "The change threshold must be a number from 0 to 10; try 0.15", 15)
+        page.wait_for_function("() => document.querySelector('#change-threshold input').value === '0.15'",
+                               timeout=10_000)
+        assert page.locator("#ingest input").input_value() == "every token"
+        page.locator("#ingest input").click()
+        page.get_by_role("option", name="only what changed").click()
+        page.locator("#apply").click()
+        page.wait_for_function("() => document.querySelector('#change-threshold-error').innerText.trim() === ''",
+                               timeout=15_000)
+        assert page.locator("#ingest input").input_value() == "only what changed"
+
         # a file that is not a video: refused by the name the user gave it, and taken off the field
         broken = tmp_path / "holiday.mp4"
         broken.write_bytes(b"\x00" * 4096)
@@ -335,6 +353,11 @@ def test_demo_file_plays_through_the_file_tab_of_potwatch_serve(browser, tmp_pat
         assert not page.locator("#play").is_visible()
         wait_frames(page, 8, 60)
         assert plot_image(page, "#current-frame")
+        # the demo's kitchen barely moves: the status says how few of its visual tokens reached the model
+        wait_text(page, "#status", "visual tokens (only what changed)", 30)
+        sent, made = (int(n.replace(",", "")) for n in re.search(r"sent ([\d,]+) of ([\d,]+) visual tokens",
+                                                                    status(page)).groups())
+        assert 0 < sent < made, status(page)
 
         chat = ask(page, "Is anything red?")
         assert "this answer is meaningless" in chat
@@ -456,7 +479,7 @@ def _smallest_text_pt(figure) -> float:
 
 def test_controls_are_whole_and_plots_readable_on_a_desktop_and_a_phone(browser, demo_adapter):
     """At 1400×1000 and 360×740: the upload's icon clear of its label, no label over the chat's messages,
-    the policy menu's arrow clear of its text; on the phone the plots are drawn for its width, with no
+    the policy and ingest menus' arrows clear of their text; on the phone the plots are drawn for its width, with no
     text under 10 px as shown."""
     from potwatch.app.ui.page import build_app, launch_options
     from potwatch.app.ui.plots import DPI, memory_figure, retention_figure
@@ -478,16 +501,20 @@ def test_controls_are_whole_and_plots_readable_on_a_desktop_and_a_phone(browser,
             page.locator("#upload [data-testid=upload-icon]").wait_for(state="visible", timeout=10_000)
             where = page.evaluate("""() => {
                 const box = s => document.querySelector(s).getBoundingClientRect();
-                const input = document.querySelector('#policy input');
+                const textEnd = s => { const input = document.querySelector(s + ' input');
+                    return input.getBoundingClientRect().right - parseFloat(getComputedStyle(input).paddingRight); };
                 return {icon: box('#upload [data-testid=upload-icon]'), label: box('#upload [data-testid=block-label]'),
-                        drop: box('#upload button'), text_end: input.getBoundingClientRect().right
-                            - parseFloat(getComputedStyle(input).paddingRight), arrow: box('#policy .icon-wrap'),
+                        drop: box('#upload button'), text_end: textEnd('#policy'), arrow: box('#policy .icon-wrap'),
+                        ingest_text_end: textEnd('#ingest'), ingest_arrow: box('#ingest .icon-wrap'),
+                        ingest_cut: (i => i.scrollWidth > i.clientWidth)(document.querySelector('#ingest input')),
                         chat_labels: document.querySelectorAll('#chat [data-testid=block-label]').length};
             }""")
             size = f"{viewport['width']}×{viewport['height']}"
             assert where["icon"]["top"] >= where["label"]["bottom"], (size, where)  # not under the label
             assert where["icon"]["bottom"] <= where["drop"]["bottom"], (size, where)  # nor cut off
             assert where["text_end"] <= where["arrow"]["left"] + 1, (size, where)
+            assert where["ingest_text_end"] <= where["ingest_arrow"]["left"] + 1, (size, where)
+            assert not where["ingest_cut"], (size, where)  # "every token" whole, not cut short
             assert where["chat_labels"] == 0, size  # nothing floats over the messages as they scroll
             if viewport is PHONE:
                 page.wait_for_function("() => { const i = document.querySelector('#memory-plot img');"

@@ -317,9 +317,10 @@ def test_an_empty_question_gets_a_hint_beside_the_box_and_a_question_before_any_
 
 def applied(outputs: tuple) -> dict:
     """apply_settings' outputs after the refresh, by name."""
-    names = ("chat", "mem_cap", "policy", "fps", "kv_bits", "cap_words", "mem_cap_error", "policy_error",
-             "kv_bits_error", "fps_error")
-    return {**named(outputs), **dict(zip(names, outputs[len(REFRESH):]))}
+    from potwatch.app.ui.settings import SETTING_OUTPUTS
+
+    assert len(outputs) == len(REFRESH) + 1 + len(SETTING_OUTPUTS)
+    return {**named(outputs), **dict(zip(("chat", *SETTING_OUTPUTS), outputs[len(REFRESH):]))}
 
 
 def watch_a_little(pool, request, frames: int = 4) -> None:
@@ -366,6 +367,104 @@ def test_settings_apply_on_reset_and_bad_ones_change_nothing(handlers, pool):
     assert "need a memory cap" in out["kv_bits_error"] and out["mem_cap"] == "1MB"
 
 
+SENT_WORDS = re.compile(r"sent ([\d,]+) of ([\d,]+) visual tokens \(only what changed\)")
+
+
+def test_ingest_only_what_changed_applies_on_reset_and_the_status_says_what_was_sent(handlers, pool):
+    request = tab_request()
+    handlers.load(request)
+    tab = pool.get(request.session_hash)
+    assert tab.session.stats()["ingest"]["mode"] == "all" and applied(
+        handlers.apply_settings(SMALL_CAP, "tar_van", 2, 16, request))["ingest"] == "all"  # left out: as in force
+    out = applied(handlers.apply_settings(SMALL_CAP, "tar_van", 2, 16, request, "changed", 0.2))
+    assert (out["ingest"], out["change_threshold"]) == ("changed", 0.2)
+    assert all(out[f"{field}_error"] == "" for field in ("mem_cap", "policy", "kv_bits", "fps", "ingest",
+                                                          "change_threshold"))
+    ingest = tab.session.stats()["ingest"]
+    assert (ingest["mode"], ingest["change_threshold"], ingest["visual_tokens"]) == ("changed", 0.2, 0)
+    assert "visual tokens" not in out["status"]  # nothing through the tower yet: nothing to say
+    _, tab = playing_demo(handlers, pool, 8)  # a new video keeps the tab's settings
+    wait_for(lambda: (tab.stats["ingest"]["visual_tokens"] or 0) > tab.stats["ingest"]["sent_tokens"],
+             what="a group with unchanged tokens left out")
+    status = handlers.tick(request)[0]
+    match = SENT_WORDS.search(status)
+    assert match, status
+    sent, made = (int(number.replace(",", "")) for number in match.groups())
+    assert 0 < sent < made  # the demo's kitchen barely moves: most of its tokens never reach the model
+    handlers.stop(request)
+    out = applied(handlers.apply_settings(SMALL_CAP, "tar_van", 2, 16, request, "all"))
+    assert out["ingest"] == "all" and tab.session.stats()["ingest"]["mode"] == "all"
+    assert "visual tokens" not in out["status"]
+
+
+def test_a_bad_ingest_or_threshold_is_answered_beside_its_field_and_changes_nothing(handlers, pool):
+    request = tab_request()
+    handlers.load(request)
+    watch_a_little(pool, request)
+    list(handlers.ask("Hello?", request))
+    tab = pool.get(request.session_hash)
+    cache, seen, chat = tab.session.cache, tab.stats["frames_seen"], list(tab.chat)
+    out = applied(handlers.apply_settings(SMALL_CAP, "tar_van", 2, 16, request, "sometimes", 0.15))
+    assert out["ingest_error"] == ("⚠ Pick what to ingest from the list: every token or only what changed "
+                                   "(not 'sometimes').")
+    assert out["ingest"] == "all" and out["mem_cap_error"] == out["change_threshold_error"] == ""
+    for typed in (-1, 11, "lots"):
+        out = applied(handlers.apply_settings(SMALL_CAP, "tar_van", 2, 16, request, "changed", typed))
+        assert out["change_threshold_error"] == ("⚠ The change threshold must be a number from 0 to 10; try 0.15 "
+                                                 "(lower sends more tokens)."), typed
+        assert (out["ingest"], out["change_threshold"], out["ingest_error"]) == ("all", 0.15, ""), typed
+        assert "--" not in out["change_threshold_error"] and is_skip(out["chat"])
+    assert tab.session.cache is cache and tab.stats["frames_seen"] == seen and tab.chat == chat  # nothing reset
+    assert tab.session.stats()["ingest"]["mode"] == "all" and tab.settings.ingest == "all"
+
+
+def test_the_ingest_fields_reach_the_session_through_gradio_s_own_event_processing(pool):
+    """The request sits between the first four fields and the ingest ones (so older callers keep working):
+    Gradio passes it by its type hint, and the page's six inputs land where they belong."""
+    from potwatch.app.ui.page import build_app
+
+    app = build_app(pool)
+    gradio_call(app, "load", [])
+    out = applied(tuple(gradio_call(app, "apply_settings", ["500kB", "window", 1, 16, "changed", 0.3])))
+    assert (out["mem_cap"], out["policy"], out["fps"], out["ingest"], out["change_threshold"]) == (
+        "500kB", "window", 1.0, "changed", 0.3)
+    settings = pool.get("tab-a").session.settings
+    assert (settings.cap_bytes, settings.ingest, settings.change_threshold) == (500_000, "changed", 0.3)
+
+
+def test_a_waiting_tab_s_apply_and_examples_give_as_many_outputs_as_the_page_wires(pool):
+    """Gradio refuses a reply with fewer outputs than the event has, and the page then never updates."""
+    from potwatch.app.ui.page import build_app
+
+    handlers = Handlers(pool, demo_video=None)
+    wired = {getattr(f.fn, "__name__", ""): len(f.outputs) for f in build_app(pool).fns.values()}
+    handlers.load(tab_request("a"))
+    handlers.load(tab_request("b"))
+    refused = handlers.apply_settings(SMALL_CAP, "tar_van", 2, 16, tab_request("c"))
+    assert refused[0].startswith("⚠") and len(refused) == wired["apply_settings"]
+    assert len(next(handlers.example("What is there?", tab_request("a")))) == wired["run"]  # no demo video here
+    assert len(next(handlers.example("What is there?", tab_request("c")))) == wired["run"]
+
+
+def test_serve_ingest_is_each_new_tab_s_starting_ingest(demo_adapter):
+    from potwatch.app.cli import build_parser
+    from potwatch.app.ui.serve import starting_settings
+
+    args = build_parser().parse_args(["serve", "--ingest", "changed", "--change-threshold", "0.25"])
+    settings = starting_settings(args, SMALL_CAP)
+    assert (settings.ingest, settings.change_threshold) == ("changed", 0.25)
+    assert starting_settings(build_parser().parse_args(["serve"]), SMALL_CAP).ingest == "all"  # the default
+    pool = SessionPool(demo_adapter, max_sessions=1, settings=settings, max_new_tokens=6)
+    try:
+        handlers = Handlers(pool)
+        handlers.load(tab_request())
+        ingest = pool.get("tab-a").session.stats()["ingest"]
+        assert (ingest["mode"], ingest["change_threshold"]) == ("changed", 0.25)
+        assert handlers.settings_outputs(pool.get("tab-a"))[-2:] == ("changed", 0.25)  # the page's fields show it
+    finally:
+        pool.close_all()
+
+
 @pytest.mark.parametrize("policy", ["keep_merge", "adakv"])
 def test_the_slot_count_policies_apply_from_the_ui_beside_a_tab_of_another(handlers, pool, policy):
     """The model is shared: one tab on a policy with slot counts, another on tar_van, both answer."""
@@ -396,10 +495,10 @@ def test_frames_per_second_out_of_range_is_answered_beside_the_field_by_potwatch
 
     app = build_app(pool)
     gradio_call(app, "load", [])
-    outputs = gradio_call(app, "apply_settings", ["lots", "tar_van", 2, 16])  # an older cap error on screen
+    outputs = gradio_call(app, "apply_settings", ["lots", "tar_van", 2, 16, "all", 0.15])  # an older cap error on screen
     assert outputs[len(REFRESH) + 6].startswith("⚠ Memory cap 'lots' is not a size")
     for fps in (0, -1, 31):
-        out = applied(tuple(gradio_call(app, "apply_settings", [SMALL_CAP, "tar_van", fps, 16])))
+        out = applied(tuple(gradio_call(app, "apply_settings", [SMALL_CAP, "tar_van", fps, 16, "all", 0.15])))
         assert out["fps_error"] == "⚠ Frames per second must be a number above 0 and at most 30; try 2.", fps
         assert out["fps"] == 2.0 and out["mem_cap"] == SMALL_CAP and out["mem_cap_error"] == ""
         assert is_skip(out["chat"]) and "⚠" not in (out["status"] if isinstance(out["status"], str) else "")
@@ -582,6 +681,8 @@ def test_history_is_bounded(pool):
 @pytest.mark.parametrize("args, message", [
     (["--mem-cap", "lots"], "Memory cap 'lots' is not a size"),
     (["--policy", "magic"], "Unknown policy 'magic'"),
+    (["--ingest", "sometimes"], "Unknown ingest mode 'sometimes'; use all (every visual token) or changed"),
+    (["--ingest", "changed", "--change-threshold", "-1"], "The change threshold -1.0 is not a number from 0 to 10"),
     (["--max-sessions", "0"], "--max-sessions 0 allows no session"),
     (["--port", "70000"], "--port 70000 is not a port number"),
 ])

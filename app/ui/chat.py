@@ -15,6 +15,7 @@ from potwatch.errors import UserError
 from potwatch.streaming.answer import Answer
 
 from potwatch.app.ui.sessions import PoolFullError, TabSession
+from potwatch.app.ui.settings import SETTING_OUTPUTS
 from potwatch.app.ui.status import answer_message
 from potwatch.app.ui.words import readable, ui_words
 
@@ -88,7 +89,7 @@ class ChatHandlers:
         `question`. Asks at once when this tab has just watched the demo to its end; waits for the end
         when the demo is playing (or answers from what was seen if it is stopped first). Yields (chat,
         hint, the settings outputs of `Handlers.settings_outputs`, the source tabs)."""
-        unchanged = (SKIP(),) * 10
+        unchanged = (SKIP(),) * (len(SETTING_OUTPUTS) + 1)  # the settings outputs and the source tabs
         if self.demo_video is None:
             yield (SKIP(), "The demo video is not installed on this server; upload a video instead.", *unchanged)
             return

@@ -24,7 +24,7 @@ from potwatch.app.ui.chat import ChatHandlers
 from potwatch.app.ui.defaults import TYPICAL_FRAME
 from potwatch.app.ui.plots import memory_figure, retention_figure
 from potwatch.app.ui.sessions import PoolFullError, SessionPool, TabSession, give_memory_back
-from potwatch.app.ui.settings import FIELDS, SettingError, check_fields, reset_error
+from potwatch.app.ui.settings import FIELDS, SETTING_OUTPUTS, SettingError, check_fields, reset_error
 from potwatch.app.ui.status import memory_note, numbers_table, status_line
 from potwatch.app.ui.style import PHONE_PX
 from potwatch.app.ui.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, delete_upload, is_upload
@@ -90,10 +90,12 @@ class Handlers(ChatHandlers):
         return tab.cap_line + allowed
 
     def settings_outputs(self, tab: TabSession, error: SettingError | None = None) -> tuple:
-        """The settings fields as in force, the cap's description, and each field's error (one at most)."""
+        """The settings fields as in force, the cap's description, and each field's error (one at most), in
+        the order of `SETTING_OUTPUTS`."""
         settings = tab.settings
         errors = tuple(f"⚠ {error}" if error is not None and error.field == field else "" for field in FIELDS)
-        return (settings.mem_cap, settings.policy, settings.fps, settings.kv_bits, self.cap_description(tab), *errors)
+        return (settings.mem_cap, settings.policy, settings.fps, settings.kv_bits, self.cap_description(tab), *errors,
+                settings.ingest, settings.change_threshold)
 
     def _full_outputs(self, tab: TabSession, clicked: bool = True) -> tuple:
         """The refresh outputs, all rendered now."""
@@ -328,17 +330,26 @@ class Handlers(ChatHandlers):
 
     # --- settings ------------------------------------------------------------------------------
     def apply_settings(self, mem_cap: str | None, policy: str | None, fps: float | None,
-                       kv_bits: int | str | None, request: gr.Request) -> tuple:
+                       kv_bits: int | str | None, request: gr.Request, ingest: str | None = None,
+                       change_threshold: float | str | None = None) -> tuple:
         """Reset the tab's session with new settings. Returns the refresh outputs, the chat, then the
         settings outputs (`settings_outputs`). A setting that cannot work changes nothing: its field is
-        set back to the value in force, with the reason beside it."""
+        set back to the value in force, with the reason beside it.
+
+        The ingest fields come after the request (Gradio passes it by its type hint, wherever it is), so
+        callers that give only the first four keep working. A field left out or emptied (None) stays as in
+        force, as the bits do."""
         try:
             tab = self._tab(request)
         except PoolFullError as error:
-            return (*self._refused(error), *[SKIP()] * 10)
+            return (*self._refused(error), SKIP(), *[SKIP()] * len(SETTING_OUTPUTS))  # the chat, the settings
+        in_force = tab.settings
         try:
             hint = self.cap_hint if not str(mem_cap or "").strip() else ""  # worked out only when it is said
-            tab.apply(check_fields(mem_cap, policy, fps, tab.settings.kv_bits if kv_bits is None else kv_bits, hint))
+            tab.apply(check_fields(
+                mem_cap, policy, fps, in_force.kv_bits if kv_bits is None else kv_bits, hint,
+                ingest=in_force.ingest if ingest is None else ingest,
+                change_threshold=in_force.change_threshold if change_threshold is None else change_threshold))
         except DeviceMemoryError as error:  # the session started afresh at its old settings: so does the page
             return (*self._full_outputs(tab), [], *self.settings_outputs(tab, reset_error(error)))
         except UserError as error:

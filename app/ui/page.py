@@ -16,7 +16,7 @@ import gradio as gr  # noqa: E402
 from potwatch.app.ui.chat import EXAMPLE_QUESTIONS  # noqa: E402
 from potwatch.app.ui.handlers import DEMO_VIDEO, REFRESH, Handlers  # noqa: E402
 from potwatch.app.ui.sessions import SessionPool  # noqa: E402
-from potwatch.app.ui.settings import policy_choices  # noqa: E402
+from potwatch.app.ui.settings import INGEST_CHOICES, SETTING_OUTPUTS, policy_choices  # noqa: E402
 from potwatch.app.ui.status import header  # noqa: E402
 from potwatch.app.ui.style import CSS, theme  # noqa: E402
 from potwatch.app.ui.uploads import MAX_UPLOAD_MB  # noqa: E402
@@ -25,6 +25,7 @@ TICK_S = 1.0  # refresh of status, numbers, plots and the current frame
 WEBCAM_EVERY_S = 0.5  # how often the browser sends a camera frame
 MAX_UPLOAD = f"{MAX_UPLOAD_MB}mb"  # Gradio answers a bigger upload with HTTP 413
 UPLOAD_PX = 150  # the drop area's height: its icon and three lines clear the field's label
+INGEST_PX = 200  # the ingest fields' least width: "only what changed" whole beside the menu's arrow
 
 
 def launch_options() -> dict:
@@ -87,6 +88,18 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
                         policy = gr.Dropdown(policy_choices(), value=settings.policy, label="Compression policy",
                                              info="what to keep when the cache is full", elem_id="policy")
                         policy_error = _field_error("policy-error")
+                        with gr.Row():  # wide enough for "only what changed": one under the other on a phone
+                            with gr.Column(min_width=INGEST_PX):
+                                ingest = gr.Dropdown(INGEST_CHOICES, value=settings.ingest, label="Ingest",
+                                                     info="only what changed: faster on a fixed camera",
+                                                     elem_id="ingest")
+                                ingest_error = _field_error("ingest-error")
+                            with gr.Column(min_width=INGEST_PX):
+                                # as fps: no minimum/maximum, so potwatch's check answers beside the field
+                                change_threshold = gr.Number(value=settings.change_threshold, label="Change threshold",
+                                                             info="with only what changed: lower sends more tokens",
+                                                             elem_id="change-threshold")
+                                change_threshold_error = _field_error("change-threshold-error")
                         apply = gr.Button("Apply and reset", elem_id="apply")
                         cap_words = gr.Markdown(elem_id="cap-words")
                 with gr.Column(scale=6, elem_id="talk-column"):
@@ -114,8 +127,11 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
         screen_width = gr.Number(visible=False, elem_id="screen-width")  # filled by the page's JavaScript each tick
 
         refresh = [c[name] for name in REFRESH]
-        setting_outputs = [mem_cap, policy, fps, kv_bits, cap_words, mem_cap_error, policy_error, kv_bits_error,
-                           fps_error]
+        fields = {"mem_cap": mem_cap, "policy": policy, "fps": fps, "kv_bits": kv_bits, "cap_words": cap_words,
+                  "ingest": ingest, "change_threshold": change_threshold, "mem_cap_error": mem_cap_error,
+                  "policy_error": policy_error, "kv_bits_error": kv_bits_error, "fps_error": fps_error,
+                  "ingest_error": ingest_error, "change_threshold_error": change_threshold_error}
+        setting_outputs = [fields[name] for name in SETTING_OUTPUTS]
         # Sessions are per tab, so no event waits for another tab's; the endpoints are the page's own.
         quiet = {"show_progress": "hidden", "concurrency_limit": None, "api_visibility": "private"}
         app.load(handlers.load, outputs=[*refresh, chat, cap_words], **quiet)
@@ -135,7 +151,7 @@ def build_app(pool: SessionPool, demo_video: Path | None = DEMO_VIDEO) -> gr.Blo
         for button, text in examples:
             button.click(handlers.example_runner(text), outputs=[chat, question_hint, *setting_outputs, source_tabs],
                          **quiet)
-        apply.click(handlers.apply_settings, inputs=[mem_cap, policy, fps, kv_bits],
+        apply.click(handlers.apply_settings, inputs=[mem_cap, policy, fps, kv_bits, ingest, change_threshold],
                     outputs=[*refresh, chat, *setting_outputs], **quiet)
     handlers.blocks = app  # so a closed tab's page state can be dropped
     return app

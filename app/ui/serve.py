@@ -25,6 +25,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="tar_van", help="each session's default compression policy (`potwatch policies` lists them; default tar_van)")
     parser.add_argument("--kv-bits", default="16", metavar="16|8|4", help="each session's default bits per cached key or value: 16, 8 or 4 (quantised: the same cap holds more tokens); users can change it per tab (default 16)")
     parser.add_argument("--fps", type=float, default=2.0, help="each session's default frames sampled per second (default 2)")
+    parser.add_argument("--ingest", default="all", metavar="all|changed", help="each session's default ingest: every visual token to the language model, or only those that changed since their patch was last sent (faster on fixed cameras); users can change it per tab (default all)")
+    parser.add_argument("--change-threshold", type=float, default=None, metavar="X", help="each session's default change threshold under --ingest changed: the relative change of a token's embedding that sends it (default 0.15)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     parser.add_argument("--max-sessions", type=int, default=4, help="browser tabs served at once, each with its own cache (default 4)")
@@ -113,6 +115,16 @@ def limits_line(limits, start_cap: str, max_sessions: int) -> str:
     return f"{budget}; {each}"
 
 
+def starting_settings(args: argparse.Namespace, mem_cap: str):
+    """Each new tab's settings from the command line (`mem_cap` as it stands before the model loads),
+    checked: a value that cannot work stops the server with one sentence."""
+    from potwatch.app.ui.sessions import TabSettings
+
+    threshold = {} if args.change_threshold is None else {"change_threshold": args.change_threshold}  # none: the default
+    return TabSettings(mem_cap=mem_cap, policy=args.policy, fps=args.fps, kv_bits=args.kv_bits, ingest=args.ingest,
+                       **threshold).checked()
+
+
 def _auto_settings(adapter, settings, max_sessions: int):
     """Each tab's starting cap under --mem-cap auto: what fits beside the model, shared by --max-sessions
     tabs (each with its own activations), said with the figures it came from."""
@@ -166,13 +178,13 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError(f"The web UI needs the ui extra ({error.name} is missing); run: pip install -e '.[ui]'.") from error
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number; give one between 1 and 65535, e.g. 7860.")
-    from potwatch.app.ui.sessions import SessionPool, TabSettings
+    from potwatch.app.ui.sessions import SessionPool
 
     from potwatch.compression.mem_cap import is_auto
 
     auto = is_auto(args.mem_cap)
     given_cap = None if auto else args.mem_cap  # 'auto' becomes a size once the model is loaded
-    settings = TabSettings(mem_cap=given_cap or "1GB", policy=args.policy, fps=args.fps, kv_bits=args.kv_bits).checked()
+    settings = starting_settings(args, given_cap or "1GB")
     if args.max_sessions < 1:
         raise UserError(f"--max-sessions {args.max_sessions} allows no session; give 1 or more.")
     if args.max_new_tokens < 1:

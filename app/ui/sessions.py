@@ -23,6 +23,7 @@ import numpy as np
 from potwatch.compression.mem_cap import format_bytes, parse_optional_mem_cap
 from potwatch.errors import DeviceMemoryError, UserError
 from potwatch.streaming.answer import Answer
+from potwatch.streaming.change_filter import DEFAULT_CHANGE_THRESHOLD
 from potwatch.streaming.session import StreamSession
 from potwatch.streaming.settings import StreamSettings
 from potwatch.streaming.sources import Frame
@@ -78,12 +79,15 @@ def cap_value(text: str | int | None) -> int | None:
 
 @dataclass(frozen=True)
 class TabSettings:
-    """Per-session settings; they apply on reset."""
+    """Per-session settings; they apply on reset. ingest: "all" sends every visual token to the model,
+    "changed" only those that changed by more than `change_threshold` (streaming/change_filter.py)."""
 
     mem_cap: str = "1GB"
     policy: str = "tar_van"
     fps: float = 2.0
     kv_bits: int = 16
+    ingest: str = "all"
+    change_threshold: float = DEFAULT_CHANGE_THRESHOLD
 
     def checked(self) -> "TabSettings":
         """The same settings, or a UserError that says what to fix (`error.setting` names the field). The
@@ -98,12 +102,15 @@ class TabSettings:
         if not (0 < fps <= 30):
             raise _on("fps", UserError(f"The frame rate {self.fps!r} is not between 0 and 30 frames a second; try 2."))
         settings = replace(self, mem_cap=mem_cap, fps=fps)
-        return replace(settings, kv_bits=settings.for_session().kv_bits)
+        checked = settings.for_session()
+        return replace(settings, kv_bits=checked.kv_bits, ingest=checked.ingest,
+                       change_threshold=checked.change_threshold)
 
     def for_session(self, max_new_tokens: int = 48) -> StreamSettings:
         """These settings as a session takes them, checked ('auto' is refused: a tab's cap is a size)."""
         return StreamSettings.from_user(mem_cap=self.mem_cap, policy=self.policy, fps=self.fps, kv_bits=self.kv_bits,
-                                        max_new_tokens=max_new_tokens, auto_allowed=False)
+                                        max_new_tokens=max_new_tokens, auto_allowed=False, ingest=self.ingest,
+                                        change_threshold=self.change_threshold)
 
 
 def _on(setting: str, error: UserError) -> UserError:
@@ -332,7 +339,8 @@ class TabSession:
             watching = self.source_kind == "webcam"
             self._stop_runner()
             try:
-                self.session.reset(mem_cap=cap, policy=settings.policy, fps=settings.fps, kv_bits=settings.kv_bits)
+                self.session.reset(mem_cap=cap, policy=settings.policy, fps=settings.fps, kv_bits=settings.kv_bits,
+                                   ingest=settings.ingest, change_threshold=settings.change_threshold)
             except UserError as error:
                 if isinstance(error, DeviceMemoryError) and not self.session.closed:
                     self._forget_stream()  # the session started afresh at its old settings: so does the page

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 from potwatch.compression.policies.base import POLICIES, policy_names
 from potwatch.errors import UserError
+from potwatch.streaming.change_filter import DEFAULT_CHANGE_THRESHOLD
 
 from potwatch.app.ui.sessions import TabSettings
 from potwatch.app.ui.words import ui_words
 
-FIELDS = ("mem_cap", "policy", "kv_bits", "fps")
+FIELDS = ("mem_cap", "policy", "kv_bits", "fps", "ingest", "change_threshold")
 LABELS = {"mem_cap": "Memory cap", "policy": "Compression policy", "kv_bits": "Bits per key/value",
-          "fps": "Frames per second"}
+          "fps": "Frames per second", "ingest": "Ingest", "change_threshold": "Change threshold"}
+# What `Handlers.settings_outputs` gives, in order: the fields in force, the cap's description, each field's
+# error; the ingest fields come last, so the outputs that were there before them keep their places.
+SETTING_OUTPUTS = ("mem_cap", "policy", "fps", "kv_bits", "cap_words", *(f"{field}_error" for field in FIELDS),
+                   "ingest", "change_threshold")
+# (label, value) of the ingest dropdown: what reaches the language model of each new frame
+INGEST_CHOICES = [("every token", "all"), ("only what changed", "changed")]
 
 
 class SettingError(UserError):
@@ -28,7 +35,8 @@ def policy_choices() -> list[tuple[str, str]]:
             for name in policy_names()]
 
 
-def check_fields(mem_cap, policy, fps, kv_bits, cap_hint: str = "a size such as 1MB or 400kB, or none") -> TabSettings:
+def check_fields(mem_cap, policy, fps, kv_bits, cap_hint: str = "a size such as 1MB or 400kB, or none",
+                 ingest="all", change_threshold=DEFAULT_CHANGE_THRESHOLD) -> TabSettings:
     """The settings as the session takes them, or a SettingError for the first field that cannot work,
     in the page's words (the checks themselves are `TabSettings.checked`'s). `cap_hint`: caps that work
     here, for the message of an empty cap."""
@@ -36,12 +44,25 @@ def check_fields(mem_cap, policy, fps, kv_bits, cap_hint: str = "a size such as 
     if not mem_cap:
         raise SettingError("mem_cap", f"The memory cap is empty; type {cap_hint}.")
     bits = str(kv_bits).strip()
+    ingest = str(ingest or "").strip()
     try:
-        return TabSettings(mem_cap=mem_cap, policy=str(policy or ""), fps=fps, kv_bits=bits).checked()
+        return TabSettings(mem_cap=mem_cap, policy=str(policy or ""), fps=fps, kv_bits=bits, ingest=ingest,
+                           change_threshold=_number(change_threshold)).checked()
     except UserError as error:
         field, rule = getattr(error, "setting", "mem_cap"), getattr(error, "rule", "value")
         words = _PAGE_WORDS.get((field, rule))
-        raise SettingError(field, words.format(policy=policy, bits=bits) if words else ui_words(error)) from None
+        raise SettingError(field, words.format(policy=policy, bits=bits, ingest=ingest) if words
+                           else ui_words(error)) from None
+
+
+def _number(value):
+    """A number typed as text ('0.2') as a float; anything else as given, for the session's check to refuse."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 # What the page says when a field cannot work, by (setting, rule) of the error; the cap's own sentence
@@ -54,6 +75,9 @@ _PAGE_WORDS = {
                               "type a cap or pick 16.",
     ("kv_bits", "per_head"): "The policy {policy} needs 16 bits per key/value (it keeps tokens per head, which a "
                              "quantised cache cannot); pick 16 or the policy tar_van.",
+    ("ingest", "value"): "Pick what to ingest from the list: every token or only what changed (not '{ingest}').",
+    ("change_threshold", "value"): "The change threshold must be a number from 0 to 10; try 0.15 (lower sends more "
+                                   "tokens).",
 }
 
 

@@ -54,6 +54,7 @@ def status_line(tab: TabSession) -> str:
     line = f"**{activity(tab)}**: {frames} frame{'' if frames == 1 else 's'}, {cache_words(stats)}"
     if stats.get("compressions"):
         line += f", {stats['compressions']} compression{'' if stats['compressions'] == 1 else 's'}"
+    line += ingest_words(stats.get("ingest") or {})
     dropped = stats.get("dropped_frames", 0)  # a snapshot: the camera's newest misses may not be in it yet
     line += dropped_words(dropped, min(tab.missed_frames(), dropped), stats.get("fps", 2.0))
     if tab.answering:
@@ -62,6 +63,14 @@ def status_line(tab: TabSession) -> str:
     if problem:
         line += f"\n\n⚠ {ui_words(problem, tab.video_path, tab.video_name)}"
     return line
+
+
+def ingest_words(ingest: dict) -> str:
+    """', sent 1,234 of 9,000 visual tokens (only what changed)' once a tab ingesting only what changed has
+    run its vision tower; nothing when it ingests every token (all are sent: nothing to say)."""
+    if ingest.get("mode") != "changed" or not ingest.get("visual_tokens"):
+        return ""
+    return f", sent {ingest['sent_tokens']:,} of {ingest['visual_tokens']:,} visual tokens (only what changed)"
 
 
 def clock(seconds: float) -> str:

@@ -16,7 +16,7 @@ CSS = f"""
 .field-error {{ color: #c53030; font-size: 0.9em; min-height: 0; }}
 .field-error:empty {{ display: none; }}
 #memory-note {{ font-size: 0.95em; }}
-#policy input {{ padding-right: 28px !important; text-overflow: ellipsis; }}  /* the menu's arrow sits over the right end */
+#policy input, #ingest input {{ padding-right: 28px !important; text-overflow: ellipsis; }}  /* the menu's arrow sits over the right end */
 @media (max-width: {PHONE_PX}px) {{
   #main-row {{ flex-direction: column; }}
   #talk-column {{ order: -1; }}

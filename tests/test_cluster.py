@@ -124,7 +124,8 @@ def _ray_pids() -> list[int]:
 def test_bad_requests_get_their_status_and_one_sentence(client):
     refusals = {}
     for name, settings in {"no cap": {}, "none": {"mem_cap": "none"}, "policy": {"mem_cap": CAP, "policy": "nope"},
-                           "unknown": {"mem_cap": CAP, "colour": "red"}, "above budget": {"mem_cap": "1GB"}}.items():
+                           "unknown": {"mem_cap": CAP, "colour": "red"}, "above budget": {"mem_cap": "1GB"},
+                           "host's own": {"mem_cap": CAP, "threads": 8}, "ingest": {"mem_cap": CAP, "ingest": "often"}}.items():
         with pytest.raises(ClusterRefusal) as refused:
             client.open(**settings)
         refusals[name] = refused.value
@@ -190,7 +191,7 @@ def test_streams_stay_on_their_host_and_keep_their_counts(cluster, client):
 
 
 def test_frames_faster_than_the_fps_are_sampled(client):
-    stream = client.open(mem_cap=CAP, fps=1.0)
+    stream = client.open(mem_cap=CAP, fps=1.0, ingest="changed")  # any setting a session takes, but the host's
     try:
         reply = stream.push(frames(8, 3), [i * 0.25 for i in range(8)])  # 4 fps into a 1 fps stream
         assert reply["taken"] == 2 and reply["between_samples"] == 6 and reply["frames_seen"] == 2

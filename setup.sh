@@ -5,6 +5,7 @@
 #   bash setup.sh --cuda [12.8]    pip's CUDA build of torch 2.13.0 for that CUDA version, from PyTorch's index
 #   bash setup.sh --system-torch   the torch already installed for $PYTHON (a Jetson's JetPack torch): the venv
 #                                  sees the system's packages and torch is never reinstalled
+# --cluster also installs the cluster extra (Ray and Ray Serve, for `potwatch cluster`; about 240 MB).
 # --lmms-eval makes a second, separate venv, ./.venv-lmms, for running lmms-eval's tasks through potwatch
 # (docs/lmms-eval.md): the same torch first, then potwatch with its `lmms` extra (lmms-eval pinned, with the
 # pins it needs beside torch 2.13); ./.venv is left as it is. It combines with --cuda.
@@ -15,11 +16,12 @@ PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 TORCHVISION_VERSION=${TORCHVISION_VERSION:-0.28.0}  # the release paired with torch 2.13 (CUDA --lmms-eval only)
 TORCH_INDEX=https://download.pytorch.org/whl
-USAGE="usage: bash setup.sh [--cuda [VERSION] | --system-torch] [--lmms-eval] [--dry-run]"
+USAGE="usage: bash setup.sh [--cuda [VERSION] | --system-torch] [--cluster] [--lmms-eval] [--dry-run]"
 
 mode=cpu
 cuda_version=12.8
 dry_run=
+extras=dev,ui
 lmms_eval=
 choose() {  # the torch to install: one of cuda and system, at most
   [ "$mode" = cpu ] || [ "$mode" = "$1" ] || {
@@ -37,9 +39,10 @@ while [ $# -gt 0 ]; do
       [[ "$cuda_version" =~ ^[0-9]+\.[0-9]+$ ]] || {
         echo "setup.sh: '$cuda_version' is not a CUDA version; give one like --cuda 12.8." >&2; exit 2; } ;;
     --system-torch) choose system ;;
+    --cluster) extras=dev,ui,cluster ;;
     --lmms-eval) lmms_eval=1 ;;
     --dry-run) dry_run=1 ;;
-    -h|--help) echo "$USAGE"; sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) echo "$USAGE"; sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option '$1'; $USAGE (see --help)." >&2; exit 2 ;;
   esac
   shift
@@ -105,8 +108,8 @@ if [ "$mode" = system ]; then
   # pip must keep the system's torch: a constraint pins it to the version installed
   constraint=.venv/system-torch.txt
   run sh -c "echo 'torch==${system_torch}' > $constraint"
-  run .venv/bin/python -m pip install --quiet -e ".[dev,ui]" --constraint "$constraint"
+  run .venv/bin/python -m pip install --quiet -e ".[$extras]" --constraint "$constraint"
 else
-  run .venv/bin/python -m pip install --quiet -e ".[dev,ui]"
+  run .venv/bin/python -m pip install --quiet -e ".[$extras]"
 fi
 run .venv/bin/python -c 'import torch; cuda = torch.version.cuda or "none"; print(f"potwatch is set up with torch {torch.__version__} (CUDA {cuda}, GPU found: {torch.cuda.is_available()}): .venv/bin/potwatch --help")'

@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_arguments(commands.add_parser("serve", help="start the web UI: webcam or file, chat, memory and retention plots"))
 
+    from potwatch.cluster.command import add_cluster_arguments
+
+    add_cluster_arguments(commands.add_parser("cluster", help="serve many streams from stream hosts on Ray over HTTP/JSON (the cluster extra; docs/cluster.md)"))
+
     from potwatch.bench.make_qa import add_make_qa_arguments
 
     add_make_qa_arguments(commands.add_parser("make-qa", help="write a held-out question set: synthetic-world videos and questions.json"))
@@ -84,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             from potwatch.app.ui.serve import run_serve
 
             return run_serve(args)
+        if args.command == "cluster":
+            from potwatch.cluster.command import run_cluster  # Ray loads only here
+
+            return run_cluster(args)
         if args.command == "make-qa":
             from potwatch.bench.make_qa import run_make_qa
 

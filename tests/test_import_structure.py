@@ -3,7 +3,8 @@
 The layers, top to bottom: app and lmms (the faces: command line, web UI, and the lmms-eval model, which
 nothing of potwatch imports) -> bench (the benchmark harness, which
 `potwatch bench` runs) -> world (the synthetic world, a data generator) -> streaming -> models -> compression
--> kernels. assets/ holds a script that draws the demo video, beside bench. The modules directly in potwatch/ (errors, threads, cgroup, arguments,
+-> kernels. assets/ holds a script that draws the demo video, beside bench; cluster/ (`potwatch cluster`, stream
+hosts on Ray) sits beside bench too, under the command line that starts it. The modules directly in potwatch/ (errors, threads, cgroup, arguments,
 time_spec) are shared leaves: anyone may import them, and they import none of the parts."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 
 from import_graph import Edge, find_circle, import_edges, module_files
 
-LAYERS = {"app": 0, "lmms": 0, "bench": 1, "assets": 1, "world": 2, "streaming": 3, "models": 4, "compression": 5, "kernels": 6}
+LAYERS = {"app": 0, "lmms": 0, "bench": 1, "cluster": 1, "assets": 1, "world": 2, "streaming": 3, "models": 4, "compression": 5, "kernels": 6}
 
 
 def part(module: str) -> str:

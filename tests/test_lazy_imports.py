@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers", "av", "gradio", "matplotlib", "cv2", "numpy")
+HEAVY = ("torch", "transformers", "av", "gradio", "matplotlib", "cv2", "numpy", "ray")
 
 
 def loaded_after(code: str) -> set[str]:
@@ -38,7 +38,7 @@ assert "usage: potwatch" in out.getvalue()
 """
 
 
-@pytest.mark.parametrize("command", [(), ("watch",), ("serve",), ("bench",), ("make-qa",)],
+@pytest.mark.parametrize("command", [(), ("watch",), ("serve",), ("bench",), ("make-qa",), ("cluster",)],
                          ids=lambda c: " ".join(c) or "potwatch")
 def test_help_loads_no_heavy_module(command):
     modules = loaded_after(help_of(*command))

@@ -72,6 +72,8 @@ def test_risky_options_are_off_unless_given():
     assert watch.trust_remote_code is False
     assert build_parser().parse_args(["watch", "v.mp4", "--trust-remote-code"]).trust_remote_code is True
     assert build_parser().parse_args(["serve", "--trust-remote-code"]).trust_remote_code is True
+    cluster = build_parser().parse_args(["cluster"])  # a local Ray on loopback, the front door on 127.0.0.1
+    assert cluster.host == "127.0.0.1" and cluster.address is None and not hasattr(cluster, "trust_remote_code")
 
 
 # --- the server ----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def setup(script: Path, *args: str, python: str = "python3") -> subprocess.Compl
 def test_help_names_the_three_set_ups(script):
     result = setup(script, "--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: bash setup.sh")
-    assert all(option in result.stdout for option in ("--cuda", "--system-torch", "--lmms-eval", "--dry-run"))
+    assert all(option in result.stdout for option in ("--cuda", "--system-torch", "--cluster", "--lmms-eval", "--dry-run"))
 
 
 @pytest.mark.parametrize("args, words", [
@@ -49,6 +49,12 @@ def test_the_default_installs_the_pinned_torch_first(script):
     assert lines[0] == "python3 -m venv .venv"
     assert lines[2] == ".venv/bin/python -m pip install --quiet torch==2.13.0"
     assert lines[3] == ".venv/bin/python -m pip install --quiet -e .[dev,ui]"
+
+
+def test_cluster_adds_the_cluster_extra(script):
+    lines = setup(script, "--cluster", "--dry-run").stdout.splitlines()
+    assert lines[2] == ".venv/bin/python -m pip install --quiet torch==2.13.0"
+    assert lines[3] == ".venv/bin/python -m pip install --quiet -e .[dev,ui,cluster]"
 
 
 @pytest.mark.parametrize("args, index", [(["--cuda"], "cu128"), (["--cuda", "12.6"], "cu126"), (["--cuda=13.0"], "cu130")])

@@ -53,10 +53,6 @@ class RepeatedFrames:
         self.skips = 0  # groups whose tower output was reused, once their block reached the cache
         self.largest_change: float | None = None  # of the last group compared (for measuring the threshold)
 
-    def reset(self) -> None:
-        self._means = self._features = self._pending = None
-        self._reusing = False
-
     def reusable(self, frames: list[np.ndarray]):
         """The tower output to reuse for `frames`, or None when they differ from the last group computed."""
         means = tile_means(frames)

@@ -682,7 +682,7 @@ def test_history_is_bounded(pool):
     (["--mem-cap", "lots"], "Memory cap 'lots' is not a size"),
     (["--policy", "magic"], "Unknown policy 'magic'"),
     (["--ingest", "sometimes"], "Unknown ingest mode 'sometimes'; use all (every visual token) or changed"),
-    (["--ingest", "changed", "--change-threshold", "-1"], "The change threshold -1.0 is not a number from 0 to 10"),
+    (["--ingest", "changed", "--change-threshold", "-1"], "The change threshold -1 is not a number from 0 to 10"),
     (["--max-sessions", "0"], "--max-sessions 0 allows no session"),
     (["--port", "70000"], "--port 70000 is not a port number"),
 ])

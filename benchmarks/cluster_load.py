@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -128,10 +127,7 @@ def run_hosts(hosts: int, args, frames: list) -> dict:
 
         machine = Machine()
         machine.start()
-        began = time.perf_counter()
-        with ThreadPoolExecutor(len(streams)) as pool:
-            pushes = list(pool.map(camera, streams))
-        push_wall = time.perf_counter() - began
+        pushes, push_wall = in_parallel(camera, streams)
         push_machine = machine.stop()
         taken = sum(s.stats()["frames_seen"] for s in streams)
 
@@ -143,35 +139,13 @@ def run_hosts(hosts: int, args, frames: list) -> dict:
                 latencies.append(time.perf_counter() - sent)
             return latencies
 
-        with ThreadPoolExecutor(len(streams)) as pool:
-            asks = [x for part in pool.map(asker, streams) for x in part]
-
-        def stats_loop(stream) -> int:
-            done = 0
-            stop = time.monotonic() + args.stats_s
-            while time.monotonic() < stop and done < 100_000:
-                stream.stats()
-                done += 1
-            return done
-
+        asks = [x for part in in_parallel(asker, streams)[0] for x in part]
         machine.start()
-        began = time.perf_counter()
-        with ThreadPoolExecutor(len(streams)) as pool:
-            requests = sum(pool.map(stats_loop, streams))
-        stats_wall = time.perf_counter() - began
+        counts, stats_wall = in_parallel(lambda stream: calls_for(stream.stats, args.stats_s), streams)
+        requests = sum(counts)
         stats_machine = machine.stop()
-        def overview_loop(_) -> int:
-            done = 0
-            stop = time.monotonic() + args.stats_s / 2
-            while time.monotonic() < stop and done < 100_000:
-                client.overview()
-                done += 1
-            return done
-
-        began = time.perf_counter()
-        with ThreadPoolExecutor(len(streams)) as pool:
-            overviews = sum(pool.map(overview_loop, range(len(streams))))
-        overview_rate = overviews / (time.perf_counter() - began)
+        counts, overview_wall = in_parallel(lambda _: calls_for(client.overview, args.stats_s / 2), streams)
+        overview_rate = sum(counts) / overview_wall
         lookups = directory_lookups(cluster.directory, streams[0].id, args.stats_s / 2)
         for stream in streams:
             stream.close()
@@ -183,6 +157,23 @@ def run_hosts(hosts: int, args, frames: list) -> dict:
                 "machine_while_pushing": push_machine, "machine_while_stats": stats_machine}
     finally:
         cluster.stop()
+
+
+def in_parallel(work, items: list) -> tuple[list, float]:
+    """`work` on every item at once, one thread each: (results in order, wall seconds)."""
+    began = time.perf_counter()
+    with ThreadPoolExecutor(len(items)) as pool:
+        results = list(pool.map(work, items))
+    return results, time.perf_counter() - began
+
+
+def calls_for(call, seconds: float, most: int = 100_000) -> int:
+    """How many times `call()` ran in `seconds` (at most `most`: the loop is bounded either way)."""
+    done, stop = 0, time.monotonic() + seconds
+    while time.monotonic() < stop and done < most:
+        call()
+        done += 1
+    return done
 
 
 def directory_lookups(directory, stream_id: str, seconds: float) -> float:

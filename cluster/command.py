@@ -14,6 +14,7 @@ import time
 
 from potwatch.compression.mem_cap import format_bytes, parse_mem_cap
 from potwatch.errors import MemCapError, UserError
+from potwatch.ports import check_port
 
 DEFAULT_PORT = 8000
 
@@ -72,7 +73,7 @@ def cluster_config(args: argparse.Namespace):
 def run_cluster(args: argparse.Namespace) -> int:
     """Start the cluster, say where it answers, and serve until Ctrl-C or SIGTERM; then stop it."""
     config = cluster_config(args)
-    _check_port(config.http_host, config.port)
+    check_port(config.http_host, config.port)
     from potwatch.cluster.start import check_address, start_cluster
 
     if args.address:
@@ -104,19 +105,6 @@ def run_cluster(args: argparse.Namespace) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
-
-
-def _check_port(host: str, port: int) -> None:
-    """Fail before Ray starts when the front door's port is taken."""
-    import socket
-
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as error:
-        raise UserError(f"Port {port} on {host} is taken or cannot be bound ({error.strerror}); pick another with "
-                        "--port or --host.") from None
 
 
 def _stop_on_sigterm():

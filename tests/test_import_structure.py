@@ -5,7 +5,7 @@ nothing of potwatch imports) -> bench (the benchmark harness, which
 `potwatch bench` runs) -> world (the synthetic world, a data generator) -> streaming -> models -> compression
 -> kernels. assets/ holds a script that draws the demo video, beside bench; cluster/ (`potwatch cluster`, stream
 hosts on Ray) sits beside bench too, under the command line that starts it. The modules directly in potwatch/ (errors, threads, cgroup, arguments,
-time_spec) are shared leaves: anyone may import them, and they import none of the parts."""
+time_spec, ports) are shared leaves: anyone may import them, and they import none of the parts."""
 
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -15,6 +14,7 @@ import time
 from potwatch.arguments import add_threads_argument, add_trust_remote_code_argument
 from potwatch.compression.mem_cap import format_bytes, parse_mem_cap
 from potwatch.errors import MemCapError, UserError
+from potwatch.ports import check_port
 
 DEFAULT_PORT = 7860
 
@@ -39,16 +39,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     add_trust_remote_code_argument(parser)
     add_threads_argument(parser)
-
-
-def _check_port(host: str, port: int) -> None:
-    """Fail before the model loads when the port is taken (the server binds it again right after)."""
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as error:
-        raise UserError(f"Port {port} on {host} is taken or cannot be bound ({error.strerror}); pick another with --port or --host.") from error
 
 
 def _size(option: str, text: str | None) -> int | None:
@@ -196,7 +186,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         check_threads(args.threads)
-    _check_port(args.host, args.port)
+    check_port(args.host, args.port)
     # tabs run the model in lanes of whole cores (streaming/model_turns.py): never more threads than cores
     thread_choice, lanes = use_serve_threads(args.threads, args.max_sessions)
     print(f"potwatch: {thread_choice.describe()}", file=sys.stderr, flush=True)

@@ -47,9 +47,8 @@ def run_once(adapter, frames, cap_bytes: int, ingest: str) -> dict:
     session.flush()  # the groups still waiting to be sent count too
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     stats = session.stats()
-    visual = len(frames) // step * session.tokens_per_group
-    sent = stats["ingest"]["sent_tokens"] if ingest == "changed" else visual
     groups = len(frames) // step
+    sent = stats["ingest"]["sent_tokens"] if ingest == "changed" else groups * session.tokens_per_group
     record = {
         "ms_per_frame": 1000 * wall / stats["frames_ingested"],
         "cpu_ms_per_frame": 1000 * cpu / stats["frames_ingested"],  # this process's CPU time: what others' load hides

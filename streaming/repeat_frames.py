@@ -51,17 +51,14 @@ class RepeatedFrames:
         self._pending: tuple[np.ndarray, object] | None = None
         self._reusing = False
         self.skips = 0  # groups whose tower output was reused, once their block reached the cache
-        self.largest_change: float | None = None  # of the last group compared (for measuring the threshold)
 
     def reusable(self, frames: list[np.ndarray]):
         """The tower output to reuse for `frames`, or None when they differ from the last group computed."""
         means = tile_means(frames)
         self._pending, self._reusing = (means, None), False
         if self._means is None or self._means.shape != means.shape:
-            self.largest_change = None
             return None
-        self.largest_change = tile_change(means, self._means)
-        if self.largest_change <= self.threshold:
+        if tile_change(means, self._means) <= self.threshold:
             self._pending, self._reusing = None, True  # the reference stays the group the tower ran on
             return self._features
         return None

@@ -15,6 +15,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from potwatch.compression.budget import KVGeometry
 from potwatch.compression.quantized_kv import DEQUANT_CHUNK_TOKENS, QUANTIZED_FIELDS, QuantizedRows, allocate_quantized
 from potwatch.compression.token_meta import META_FIELDS, POS_DTYPE, TokenKind, TokenMeta
+from potwatch.kernels import native
 from potwatch.kernels.rope_shift import move_rotary_
 from potwatch.kernels.triton_dispatch import triton_ready
 
@@ -204,6 +205,8 @@ class CappedLayer(CacheLayerMixin):
 
 def indices_where(mask: torch.Tensor) -> torch.Tensor:
     """Column indices [rows, count] where `mask` [rows, n] holds; every row must hold the same count."""
+    if mask.shape[0] and native.ready(mask):
+        return native.mask_positions(mask, int(mask[0].sum()))
     return mask.nonzero()[:, 1].view(mask.shape[0], -1)
 
 
@@ -212,7 +215,8 @@ def move_rows(rows: torch.Tensor | list[torch.Tensor], keep: torch.Tensor) -> No
     `rows` may be a list of such tensors with the same B and capacity (K and V, say), moved together.
 
     `keep` [B, m] is ascending, so keep[b, j] >= j: moving the kept rows front to back in chunks
-    never overwrites a row a later chunk still has to read. Each chunk is read into a small scratch
+    never overwrites a row a later chunk still has to read. On the CPU a C loop moves each run of kept
+    rows with one memmove (kernels/cpu_pass.c); without a C compiler each chunk is read into a small scratch
     with one index_select over all rows, then written into place; a leading run that already sits
     where it belongs in every row is skipped (dropping one old turn leaves everything before it).
     The fields share the chunks' indices and one scratch, which is allocated once per call."""
@@ -222,6 +226,10 @@ def move_rows(rows: torch.Tensor | list[torch.Tensor], keep: torch.Tensor) -> No
 
         for field in fields:
             move_rows_triton(field, keep)
+        return
+    if all(native.moves_rows(field) for field in fields):  # on the CPU: one C loop, each kept row moved once
+        for field in fields:
+            native.move_rows(field, keep)
         return
     batch, capacity = fields[0].shape[:2]
     m = keep.shape[1]
@@ -317,13 +325,20 @@ class CappedKVCache(Cache):
             move_rows(self.storage["key_mean"], by_layer[:, 0].contiguous())
         else:
             move_rows([self.rows("keys"), self.rows("values")], keep)
-        for name in [name for name, _ in META_FIELDS] + [state.name for state in self.geometry.token_state]:
-            meta = self.rows(name)
-            meta[:, :m] = torch.gather(meta[:, :n], 1, keep)
+        names = [name for name, _ in META_FIELDS] + [state.name for state in self.geometry.token_state]
         pos = self.storage["pos"]  # [layers, rows, heads, capacity]
-        layers, pos_rows, heads, _ = pos.shape
-        index = keep.view(layers, 1, heads, m).expand(layers, pos_rows, heads, m)
-        pos[..., :m] = torch.gather(pos[..., :n], 3, index)
+        layers, pos_rows, heads, capacity = pos.shape
+        if native.ready(keep):  # in place, as K and V; each position row moves as its head's row
+            for name in names:
+                native.move_rows(self.rows(name).unsqueeze(-1), keep)
+            head_row = torch.arange(layers * heads).view(layers, 1, heads).expand(layers, pos_rows, heads)
+            native.move_rows(pos.view(-1, capacity, 1), keep, keep_row=head_row.reshape(-1))
+        else:
+            for name in names:
+                meta = self.rows(name)
+                meta[:, :m] = torch.gather(meta[:, :n], 1, keep)
+            index = keep.view(layers, 1, heads, m).expand(layers, pos_rows, heads, m)
+            pos[..., :m] = torch.gather(pos[..., :n], 3, index)
         for layer in self.layers:
             layer.length = m
             layer._refresh_views()
@@ -364,13 +379,8 @@ class CappedKVCache(Cache):
         visual tokens and holes too, except under per-head budgets, where this is their mean over all
         (layer, head) rows, rounded down."""
         kinds = self.rows("kind")[:, : self.length] if self.capped else self.layers[0].meta["kind"][:, : self.length]
-        counts = {kind: int((kinds[0] == kind).sum()) for kind in TokenKind}
-        holes = int((kinds == TokenKind.HOLE).sum())
-        if holes:
-            rows = kinds.shape[0]
-            counts[TokenKind.HOLE] = holes // rows
-            counts[TokenKind.VISION] = int((kinds == TokenKind.VISION).sum()) // rows
-        return counts
+        totals = torch.bincount(kinds.reshape(-1), minlength=len(TokenKind)).tolist()  # over every row at once
+        return {kind: totals[kind] // kinds.shape[0] for kind in TokenKind}
 
     def mark_holes(self, holes: torch.Tensor) -> None:
         """Make the slots `holes` [layers * heads, length] marks empty: kind HOLE, no frame, patch or turn,
@@ -383,6 +393,10 @@ class CappedKVCache(Cache):
 
     def frames_held(self) -> torch.Tensor:
         """Distinct frame indices with at least one token left in any layer or head, ascending."""
+        if self.capped:  # every row at once: a count per frame, with text and holes in bin 0
+            n = self.length
+            frame = torch.where(self.rows("kind")[:, :n] == TokenKind.VISION, self.rows("frame")[:, :n], -1)
+            return torch.bincount(frame.view(-1) + 1)[1:].nonzero().view(-1)
         held = [layer.meta["frame"][:, : layer.length][layer.meta["kind"][:, : layer.length] == TokenKind.VISION]
                 for layer in self.layers]
         newest = max((int(h.max()) for h in held if h.numel()), default=-1)

@@ -147,7 +147,8 @@ def test_wheel_carries_the_run_time_data_and_the_license(wheel):
         metadata = archive.read("potwatch-0.1.0.dist-info/METADATA").decode()
     needed = {f"potwatch/assets/{path.relative_to(ASSETS).as_posix()}" for path in (ASSETS / "tiny").iterdir()}
     assert len(needed) >= 8  # config, weights, tokenizer, processor, chat template ...
-    assert needed | {"potwatch/assets/demo.mp4", "potwatch-0.1.0.dist-info/licenses/LICENSE"} <= names
+    assert needed | {"potwatch/assets/demo.mp4", "potwatch-0.1.0.dist-info/licenses/LICENSE",
+                     "potwatch/kernels/cpu_pass.c"} <= names
     assert "potwatch/assets/ui.png" not in names  # the README's screenshot stays in the checkout
     assert "License-Expression: Apache-2.0" in metadata.splitlines()
     assert "License-File: LICENSE" in metadata.splitlines()
@@ -161,6 +162,15 @@ def test_potwatch_comes_from_the_wheel(installed, elsewhere):
     module, video = (Path(line) for line in found.stdout.split())
     assert installed.prefix.resolve() in module.resolve().parents
     assert installed.prefix.resolve() in video.resolve().parents and video.is_file()
+
+
+def test_the_installed_package_builds_its_compression_loops(installed, elsewhere):
+    probe = ("import os, sys; os.environ['POTWATCH_CACHE'] = sys.argv[1]; from potwatch.kernels import native; "
+             "print(native.library()._name)")
+    built = run([installed.python, "-c", probe, elsewhere / "potwatch-cache"], cwd=elsewhere)
+    assert built.returncode == 0, built.stderr
+    library = Path(built.stdout.strip())
+    assert library.parent == elsewhere / "potwatch-cache" / "native" and library.is_file()
 
 
 def test_watch_answers_from_any_folder(installed, elsewhere):

@@ -11,6 +11,7 @@ import torch
 from potwatch.compression.policies.visual_tokens import VisualTokens
 from potwatch.compression.quantized_kv import QuantizedView
 from potwatch.errors import PolicyOptionError
+from potwatch.kernels import native
 from potwatch.kernels.triton_dispatch import triton_ready
 
 # Score given to older tokens whose (row, col) has no token in the recent frames: the largest TaR score
@@ -64,12 +65,16 @@ def ranking_key(score: torch.Tensor) -> torch.Tensor:
 def top_indices(score: torch.Tensor, keep: int) -> torch.Tensor:
     """The `keep` highest-scoring indices per row, ascending. Ties go to the earlier index, so the result
     is deterministic on every device."""
+    if native.ready(score):  # one C loop per row instead of a top-k, a scatter and a nonzero
+        return native.mask_positions(native.pick_top(score, None, keep), keep)
     chosen = torch.topk(ranking_key(score), keep, dim=1, sorted=False).indices
     return mask_to_indices(torch.zeros_like(score, dtype=torch.bool).scatter(1, chosen, True), keep)
 
 
 def mask_to_indices(mask: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of a mask with exactly `keep` True per row, ascending."""
+    if native.ready(mask):
+        return native.mask_positions(mask, keep)
     heads, n = mask.shape
     positions = torch.arange(n, device=mask.device).expand(heads, n)
     return positions[mask].view(heads, keep)
@@ -124,6 +129,10 @@ def recent_tokens(frame: torch.Tensor, recent_ratio: float, keep: int | torch.Te
     Returns (in_recent: tokens of those frames, kept: the ones that fit in `keep` (an int, or one per
     head [H]): the window's share of the budget, newest frame first and within a frame the later cache
     positions first). Both are bool [H, n]. Holes (`valid` False, frame -1) are in no frame."""
+    if native.ready(frame):  # one C loop per row where frames ascend along it, as they usually do
+        window = native.recent_window(frame, valid, recent_ratio, keep)
+        if window is not None:
+            return window
     heads, n = frame.shape
     rank, order, _ = frame_ranks(frame, newest_first=True)
     real = torch.ones_like(rank, dtype=torch.bool) if valid is None else valid.gather(1, order)
@@ -144,13 +153,19 @@ def tar_scores(tokens: VisualTokens, in_recent: torch.Tensor) -> torch.Tensor:
 
     Uses mean-of-cosines = dot(k, mean of recent unit keys at that coordinate) / |k|, so it costs one
     [coordinates, D] table per head and one dot product per token instead of a frames x frames
-    comparison. The keys are read where they lie (the cache's rows) and once only: a chunk of rows at
-    a time gets its table rows, dot products and norms while it is in the CPU's cache (`key_similarity`);
-    rows that are not visual tokens look up an all-zero table row and are never read back. On CUDA with
-    triton one fused kernel (kernels/tar_similarity_triton.py) does the dot products and norms instead."""
+    comparison. The keys are read where they lie (the cache's rows). On the CPU one C loop
+    (kernels/cpu_pass.c) builds the table and scores every token in one read of its key; without a C
+    compiler a chunk of rows at a time gets its table rows, dot products and norms while it is in the
+    CPU's cache (`key_similarity`), rows that are not visual tokens looking up an all-zero table row that
+    is never read back. On CUDA with triton one fused kernel (kernels/tar_similarity_triton.py) does the
+    dot products and norms."""
     heads, n = tokens.frame.shape
     keys = tokens.keys  # [heads, N, D], the cache's rows at the cache's dtype
     rows_per_head = keys.shape[1]
+    if native.reads_keys(keys):  # on the CPU, one C loop reads each key once (kernels/cpu_pass.c)
+        score = native.tar_scores(keys, tokens.rows(), tokens.row, tokens.col, in_recent, NOVEL_SCORE)
+        if score is not None:
+            return score
     coordinate, coordinates = patch_coordinates(tokens.row, tokens.col)
     table = coordinates + 1  # the last row of each head's table stays zero
     rows = tokens.rows()
@@ -272,6 +287,8 @@ def pool_per_frame(
 
 def pick_ranked(score: torch.Tensor, allowed: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """Mask of the `count[h]` highest-scoring allowed tokens in each head (counts may differ per head)."""
+    if native.ready(score):
+        return native.pick_top(score, allowed, count)
     heads, n = score.shape
     count = count.clamp(min=0, max=n)
     most = int(count.max()) if heads else 0

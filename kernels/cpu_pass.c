@@ -260,42 +260,46 @@ static inline int64_t ranking_key(float score, int64_t j, int64_t n)
     return (int64_t)ordered * 4294967296LL + (n - 1 - j);
 }
 
-/* The k-th largest of n distinct values (1 <= k <= n), reordering v: Hoare's quickselect. */
-static int64_t kth_largest(int64_t *v, int64_t n, int64_t k)
+/* The k-th largest of n distinct keys (1 <= k <= n): a radix select, eight bits at a time from the top.
+ * Each pass counts the candidates' next byte, keeps those whose byte holds the k-th largest, and moves
+ * on; no comparison of two keys, so no branch the CPU mispredicts (about 2.5x a quickselect here).
+ * `a` and `b` are scratch of n each. */
+static int64_t kth_largest(const int64_t *keys, int64_t n, int64_t k, uint64_t *a, uint64_t *b)
 {
-    int64_t low = 0, high = n - 1, target = k - 1;
-    while (low < high) {
-        int64_t a = v[low], b = v[low + (high - low) / 2], c = v[high];
-        int64_t pivot = a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
-        int64_t i = low, j = high;
-        while (i <= j) {
-            while (v[i] > pivot)
-                i++;
-            while (v[j] < pivot)
-                j--;
-            if (i <= j) {
-                int64_t swap = v[i];
-                v[i++] = v[j];
-                v[j--] = swap;
-            }
+    const uint64_t sign = 0x8000000000000000ull; /* flipped, signed order becomes unsigned order */
+    for (int64_t j = 0; j < n; j++)
+        a[j] = (uint64_t)keys[j] ^ sign;
+    uint64_t found = 0;
+    int64_t count = n;
+    for (int shift = 56; shift >= 0 && count > 1; shift -= 8) {
+        int64_t histogram[256] = {0};
+        for (int64_t j = 0; j < count; j++)
+            histogram[(a[j] >> shift) & 255]++;
+        int digit = 255;
+        while (histogram[digit] < k)
+            k -= histogram[digit--];
+        int64_t kept = 0;
+        for (int64_t j = 0; j < count; j++) {
+            b[kept] = a[j];
+            kept += ((a[j] >> shift) & 255) == (uint64_t)digit;
         }
-        if (target <= j)
-            high = j;
-        else if (target >= i)
-            low = i;
-        else
-            return v[target];
+        uint64_t *swap = a;
+        a = b;
+        b = swap;
+        count = kept;
+        found |= (uint64_t)digit << shift;
     }
-    return v[target];
+    return (int64_t)((count == 1 ? a[0] : found) ^ sign);
 }
 
 /* picked[h, j] = 1 for the count[h] best scores of row h among its allowed positions (allowed[h, j];
  * every position when allowed is NULL), a tie going to the earlier position: selection.pick_ranked and
- * top_indices. `scratch` holds 2n int64. */
+ * top_indices. `scratch` holds 3n int64. */
 void pick_top(const float *score, const uint8_t *allowed, const int64_t *count, int64_t heads, int64_t n,
               int64_t *scratch, uint8_t *picked)
 {
-    int64_t *key = scratch, *order = scratch + n;
+    int64_t *key = scratch;
+    uint64_t *a = (uint64_t *)(scratch + n), *b = (uint64_t *)(scratch + 2 * n);
     for (int64_t h = 0; h < heads; h++) {
         const float *s = score + h * n;
         const uint8_t *ok = allowed ? allowed + h * n : NULL;
@@ -306,8 +310,7 @@ void pick_top(const float *score, const uint8_t *allowed, const int64_t *count, 
             continue;
         for (int64_t j = 0; j < n; j++)
             key[j] = ranking_key(ok && !ok[j] ? -INFINITY : s[j], j, n);
-        memcpy(order, key, (size_t)n * sizeof *key);
-        int64_t least = kth_largest(order, n, k);
+        int64_t least = kth_largest(key, n, k, a, b);
         for (int64_t j = 0; j < n; j++)
             out[j] = key[j] >= least && (!ok || ok[j]);
     }

@@ -23,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -30,10 +31,12 @@ import torch
 SOURCE = Path(__file__).with_name("cpu_pass.c")
 FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler knows no -march=native
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+PARALLEL_MIN_BYTES = 4 << 20  # work a thread of its own is worth: below it, one thread does it all
 
 log = logging.getLogger(__name__)
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+_pool: ThreadPoolExecutor | None = None  # made on the first pass that splits its rows
 
 
 def cache_dir() -> Path:
@@ -144,6 +147,24 @@ def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+def _row_ranges(rows: int, work_bytes: int) -> list[tuple[int, int]]:
+    """Ranges of rows, one per thread torch may use (`torch.get_num_threads()`), none under
+    PARALLEL_MIN_BYTES of work: the big loops split their rows between threads, as torch's own ops do."""
+    parts = max(1, min(torch.get_num_threads(), rows, work_bytes // PARALLEL_MIN_BYTES))
+    step = -(-rows // parts)
+    return [(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+
+def _in_threads(calls: list) -> list:
+    """Run the calls (each a C loop over its own rows: ctypes lets go of the GIL while C runs) at once."""
+    global _pool
+    if len(calls) == 1:
+        return [calls[0]()]
+    if _pool is None or _pool._max_workers < len(calls):
+        _pool = ThreadPoolExecutor(len(calls), thread_name_prefix="potwatch-pass")
+    return list(_pool.map(lambda call: call(), calls))
+
+
 def tar_scores(keys: torch.Tensor, at: torch.Tensor, row: torch.Tensor, col: torch.Tensor, recent: torch.Tensor,
                novel: float) -> torch.Tensor | None:
     """`selection.tar_scores` from its parts: keys [heads, N, D] (`reads_keys`), the visual tokens' rows
@@ -153,10 +174,16 @@ def tar_scores(keys: torch.Tensor, at: torch.Tensor, row: torch.Tensor, col: tor
     n = at.shape[1]
     at, row, col, recent = at.contiguous().long(), row.contiguous().short(), col.contiguous().short(), _bytes(recent)
     scores = torch.empty(heads, n, dtype=torch.float32)
-    status = library().tar_scores(keys.data_ptr(), DTYPES[keys.dtype], heads, keys.stride(0), keys.stride(1), dim,
-                                  at.data_ptr(), row.data_ptr(), col.data_ptr(), recent.data_ptr(), n, novel,
-                                  scores.data_ptr())
-    return scores if status == 0 else None
+
+    def score(start: int, end: int) -> int:
+        return library().tar_scores(keys[start:end].data_ptr(), DTYPES[keys.dtype], end - start, keys.stride(0),
+                                    keys.stride(1), dim, at[start:end].data_ptr(), row[start:end].data_ptr(),
+                                    col[start:end].data_ptr(), recent[start:end].data_ptr(), n, novel,
+                                    scores[start:end].data_ptr())
+
+    ranges = _row_ranges(heads, heads * n * dim * keys.element_size())
+    statuses = _in_threads([lambda start=start, end=end: score(start, end) for start, end in ranges])
+    return scores if not any(statuses) else None
 
 
 def move_rows(rows: torch.Tensor, keep: torch.Tensor, keep_row: torch.Tensor | None = None) -> None:
@@ -164,11 +191,21 @@ def move_rows(rows: torch.Tensor, keep: torch.Tensor, keep_row: torch.Tensor | N
     keep_row[b] (b when None); rows [B, capacity, D] (`moves_rows`), keep [R, m] strictly ascending."""
     batch, _, width = rows.shape
     keep = keep.contiguous().long()
-    if batch == 0 or keep.shape[1] == 0:
+    m = keep.shape[1]
+    if batch == 0 or m == 0:
         return
-    keep_row = None if keep_row is None else keep_row.contiguous().long()
-    library().move_rows(rows.data_ptr(), batch, rows.stride(0) * rows.element_size(), width * rows.element_size(),
-                        keep.data_ptr(), keep.shape[1], _address(keep_row))
+    item = width * rows.element_size()
+    if keep_row is not None:  # the position rows: small, one thread
+        keep_row = keep_row.contiguous().long()
+        library().move_rows(rows.data_ptr(), batch, rows.stride(0) * rows.element_size(), item, keep.data_ptr(), m,
+                            keep_row.data_ptr())
+        return
+
+    def move(start: int, end: int) -> None:
+        library().move_rows(rows[start:end].data_ptr(), end - start, rows.stride(0) * rows.element_size(), item,
+                            keep[start:end].data_ptr(), m, None)
+
+    _in_threads([lambda start=start, end=end: move(start, end) for start, end in _row_ranges(batch, batch * m * item)])
 
 
 def recent_window(frame: torch.Tensor, valid: torch.Tensor | None, ratio: float,
@@ -190,7 +227,7 @@ def pick_top(score: torch.Tensor, allowed: torch.Tensor | None, count: int | tor
     heads, n = score.shape
     score, allowed, count = score.contiguous().float(), _bytes(allowed), _per_row(count, heads)
     picked = torch.empty(heads, n, dtype=torch.bool)
-    scratch = torch.empty(2 * n, dtype=torch.int64)
+    scratch = torch.empty(3 * n, dtype=torch.int64)
     library().pick_top(score.data_ptr(), _address(allowed), count.data_ptr(), heads, n, scratch.data_ptr(),
                        picked.data_ptr())
     return picked

@@ -1,8 +1,9 @@
 """The compression pass's C loops (kernels/cpu_pass.c) against the plain-torch path each replaces, which
 is also what runs on a machine without a C compiler: the same scores, the same picks, the same compacted
 cache. Each loop is fed what the pass feeds it and odd cases besides (ties and signed zeros, holes,
-frames out of time order, 16-bit keys, strided views); then whole passes of several policies must leave
-the cache byte for byte as the torch path leaves it. Last, the build itself: a fresh cache folder gets a
+frames out of time order, 16-bit keys, strided views); then whole passes of several policies, on one
+thread and with the rows split between threads, must leave the cache byte for byte as the torch path
+leaves it. Last, the build itself: a fresh cache folder gets a
 library, and a machine without a compiler gets the torch path."""
 
 from __future__ import annotations
@@ -170,8 +171,19 @@ def test_move_rows_with_a_row_map_moves_each_position_row_as_its_head():
 # --- whole passes ---------------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=[1, 3], ids=["one-thread", "rows-split-between-3-threads"])
+def threads(request, monkeypatch):
+    """The big loops on one thread, or their rows split between three (however little the work)."""
+    if request.param > 1:
+        monkeypatch.setattr(native, "PARALLEL_MIN_BYTES", 1)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("policy", ["tar_van", "tar", "van", "uniform", "window", "keep_merge", "adakv"])
-def test_a_whole_pass_leaves_the_cache_as_the_torch_path_does(torch_path, policy):
+def test_a_whole_pass_leaves_the_cache_as_the_torch_path_does(torch_path, threads, policy):
     geometry = KVGeometry(4, 2, 32, torch.float32, token_state=make_policy(policy).per_token_state or (VALUE_NORM,))
     layout = qwen_layout((3, 5))
     caches = []
@@ -189,7 +201,7 @@ def test_a_whole_pass_leaves_the_cache_as_the_torch_path_does(torch_path, policy
         assert torch.equal(tensor, plain.storage[name]), name
 
 
-def test_refilled_cache_at_the_cost_bench_geometry_compresses_alike(torch_path):
+def test_refilled_cache_at_the_cost_bench_geometry_compresses_alike(torch_path, threads):
     """The cost bench's layout (Qwen2-VL-2B's 28 x 2 heads of 128, 54-token blocks) at a small cap."""
     geometry = KVGeometry(28, 2, 128, torch.float32, token_state=(VALUE_NORM,))
     layout = qwen_layout((6, 9))

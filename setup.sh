@@ -112,4 +112,6 @@ if [ "$mode" = system ]; then
 else
   run .venv/bin/python -m pip install --quiet -e ".[$extras]"
 fi
+# the compression pass's C loops, built now rather than at the first compression (kernels/native.py)
+run .venv/bin/python -c 'from potwatch.kernels import native; print("the compression pass runs in C on the CPU" if native.library() else "setup.sh: no C compiler found (cc, gcc or clang), so compression on the CPU runs on plain torch, about 3x slower; install gcc to speed it up.")'
 run .venv/bin/python -c 'import torch; cuda = torch.version.cuda or "none"; print(f"potwatch is set up with torch {torch.__version__} (CUDA {cuda}, GPU found: {torch.cuda.is_available()}): .venv/bin/potwatch --help")'

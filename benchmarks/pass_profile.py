@@ -7,7 +7,8 @@ passes' ms and potwatch's functions by cumulative time.
     .venv/bin/python benchmarks/pass_profile.py keep_merge --model demo-llava-0.5b
 
 Without --model the geometry is Qwen2-VL-2B's (28 layers x 2 KV heads x 128, float32 on the CPU) with its
-54-token blocks, and no model is loaded. Run it with OMP_NUM_THREADS=1 on a shared machine."""
+54-token blocks, and no model is loaded. Run it with OMP_NUM_THREADS=1 on a shared machine. The CPU pass
+runs its C loops (kernels/cpu_pass.c); POTWATCH_NATIVE=0 profiles the plain-torch path instead."""
 
 from __future__ import annotations
 

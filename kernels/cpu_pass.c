@@ -1,10 +1,11 @@
-/* The two loops of a compression pass on the CPU that touch every key or every kept K/V row: TaR's
- * scores (each key read once, its patch's mean unit key looked up in a table that stays in the CPU's
- * cache) and the in-place compaction of kept rows (each moved once, no scratch).
+/* The loops of a compression pass on the CPU: TaR's scores (each key read once, its patch's mean unit
+ * key looked up in a table that stays in the CPU's cache), the recent window, the top-k picks, index
+ * lists from masks, and the in-place compaction of kept rows (each moved once, no scratch). Each works on
+ * every (layer, KV head) row in one call: no Python per layer, no full-size temporaries.
  *
  * Plain C, no torch headers: kernels/native.py builds it with the system's C compiler on first use and
  * calls it through ctypes. The plain-torch code in compression/ is the fallback where no compiler is
- * found, and the oracle the tests hold these loops to. */
+ * found, and the oracle the tests hold these loops to (tests/test_native_pass.py). */
 
 #include <math.h>
 #include <stdint.h>

@@ -4,8 +4,11 @@ compiler, loaded through ctypes, called on torch tensors' memory.
 Why C and not more torch ops: TaR needs, for every key, a dot product with a table row picked by the key's
 patch, and compaction moves every kept row within its own buffer. In torch both take a gather into a
 scratch and then a second op per chunk of rows (selection.key_similarity, capped_cache.move_rows), so a
-pass read the keys twice and moved K/V twice, with ~200 small ops in between; in C each key is read once
-and each kept row moved once. There is nothing here torch's own C++ does not do; it just cannot fuse it.
+pass read the keys twice and moved K/V twice; and ranking took ~100 small ops on [rows, tokens] tables
+(top-k, scatters, nonzero) that each cost more in dispatch than in work. In C each key is read once, each
+kept row moved once, and each pick, window and index list is one loop per row. Nothing here is beyond
+torch's own C++; torch just cannot fuse it. The two loops over K/V split their rows between as many
+threads as torch uses (`torch.get_num_threads()`), as torch's own ops would.
 
 The build takes about half a second, lands in ~/.cache/potwatch/native (or $POTWATCH_CACHE), keyed by
 the source, the flags and the machine, and is reused by every later process. Without a compiler, or with
@@ -36,7 +39,8 @@ PARALLEL_MIN_BYTES = 4 << 20  # work a thread of its own is worth: below it, one
 log = logging.getLogger(__name__)
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
-_pool: ThreadPoolExecutor | None = None  # made on the first pass that splits its rows
+_pool: ThreadPoolExecutor | None = None  # made on the first pass that splits its rows, and its size
+_pool_threads = 0
 
 
 def cache_dir() -> Path:
@@ -157,11 +161,11 @@ def _row_ranges(rows: int, work_bytes: int) -> list[tuple[int, int]]:
 
 def _in_threads(calls: list) -> list:
     """Run the calls (each a C loop over its own rows: ctypes lets go of the GIL while C runs) at once."""
-    global _pool
+    global _pool, _pool_threads
     if len(calls) == 1:
         return [calls[0]()]
-    if _pool is None or _pool._max_workers < len(calls):
-        _pool = ThreadPoolExecutor(len(calls), thread_name_prefix="potwatch-pass")
+    if len(calls) > _pool_threads:
+        _pool, _pool_threads = ThreadPoolExecutor(len(calls), thread_name_prefix="potwatch-pass"), len(calls)
     return list(_pool.map(lambda call: call(), calls))
 
 

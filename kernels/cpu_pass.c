@@ -181,6 +181,11 @@ int tar_scores(const void *keys, int dtype, int64_t heads, int64_t row_stride, i
     return 0;
 }
 
+/* rows[b][j] = rows[b][keep[r, j]] for every j < m, in place, for `batch` rows of items of `item_bytes`
+ * bytes, rows `row_bytes` apart, where r is keep_row[b] (b itself when keep_row is NULL: the position ids
+ * keep one row per RoPE section beside the heads, all moving as their head's row). keep[r] is strictly
+ * ascending, so keep[r, j] >= j: walking j upwards never overwrites an item still to be read. A run of
+ * consecutive sources moves with one memmove, and a leading run already in place is not touched. */
 #define MOVE_EACH(type)                                                                                    \
     for (; j < m; j++)                                                                                     \
     ((type *)row)[j] = ((const type *)row)[source[j]]

@@ -33,6 +33,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("cpu_pass.c")
 FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler knows no -march=native
+# -ffp-contract=fast: multiply-adds fused (ISO C mode turns that off); -fno-math-errno: sqrtf inlined
+COMMON_FLAGS = ["-std=c11", "-ffp-contract=fast", "-fno-math-errno", "-shared", "-fPIC"]
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 PARALLEL_MIN_BYTES = 4 << 20  # work a thread of its own is worth: below it, one thread does it all
 
@@ -65,7 +67,7 @@ def _build(compiler: str, flags: list[str], target: Path) -> bool:
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
-    command = [compiler, *flags, "-std=c11", "-ffp-contract=fast", "-fno-math-errno", "-shared", "-fPIC", str(SOURCE), "-o", temporary, "-lm"]
+    command = [compiler, *flags, *COMMON_FLAGS, str(SOURCE), "-o", temporary, "-lm"]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
@@ -92,7 +94,8 @@ def library() -> ctypes.CDLL | None:
         return None
     source = SOURCE.read_bytes()
     for flags in FLAG_SETS:
-        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), compiler.encode(), _machine().encode()]))
+        settings = " ".join([compiler, *flags, *COMMON_FLAGS])
+        key = hashlib.sha256(b"\0".join([source, settings.encode(), _machine().encode()]))
         target = cache_dir() / f"cpu_pass-{key.hexdigest()[:16]}.so"
         try:
             if target.exists() or _build(compiler, flags, target):

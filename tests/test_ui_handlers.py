@@ -332,13 +332,18 @@ def watch_a_little(pool, request, frames: int = 4) -> None:
     tab.record(retention=True)
 
 
-# --- settings ------------------------------------------------------------------------------------
-def test_settings_apply_on_reset_and_bad_ones_change_nothing(handlers, pool):
+def tab_with_a_turn(handlers, pool):
+    """A loaded tab that has watched a few frames and answered one question: (its request, the tab)."""
     request = tab_request()
     handlers.load(request)
     watch_a_little(pool, request)
     list(handlers.ask("Hello?", request))
-    tab = pool.get(request.session_hash)
+    return request, pool.get(request.session_hash)
+
+
+# --- settings ------------------------------------------------------------------------------------
+def test_settings_apply_on_reset_and_bad_ones_change_nothing(handlers, pool):
+    request, tab = tab_with_a_turn(handlers, pool)
     assert tab.stats["turns"] == 1
     out = applied(handlers.apply_settings("10kB", "tar_van", 2, 16, request))
     # the error sits beside the field it concerns, in the page's words, and the field shows the cap in force
@@ -398,11 +403,7 @@ def test_ingest_only_what_changed_applies_on_reset_and_the_status_says_what_was_
 
 
 def test_a_bad_ingest_or_threshold_is_answered_beside_its_field_and_changes_nothing(handlers, pool):
-    request = tab_request()
-    handlers.load(request)
-    watch_a_little(pool, request)
-    list(handlers.ask("Hello?", request))
-    tab = pool.get(request.session_hash)
+    request, tab = tab_with_a_turn(handlers, pool)
     cache, seen, chat = tab.session.cache, tab.stats["frames_seen"], list(tab.chat)
     out = applied(handlers.apply_settings(SMALL_CAP, "tar_van", 2, 16, request, "sometimes", 0.15))
     assert out["ingest_error"] == ("⚠ Pick what to ingest from the list: every token or only what changed "

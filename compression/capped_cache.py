@@ -392,18 +392,17 @@ class CappedKVCache(Cache):
             self.rows(name)[:, :n].masked_fill_(holes, value)
 
     def frames_held(self) -> torch.Tensor:
-        """Distinct frame indices with at least one token left in any layer or head, ascending."""
-        if self.capped:  # every row at once: a count per frame, with text and holes in bin 0
+        """Distinct frame indices with at least one token left in any layer or head, ascending: a count per
+        frame over every row (one block for a capped cache, each layer's for an uncapped one), with text and
+        holes in bin 0."""
+        if self.capped:
             n = self.length
-            frame = torch.where(self.rows("kind")[:, :n] == TokenKind.VISION, self.rows("frame")[:, :n], -1)
-            return torch.bincount(frame.view(-1) + 1)[1:].nonzero().view(-1)
-        held = [layer.meta["frame"][:, : layer.length][layer.meta["kind"][:, : layer.length] == TokenKind.VISION]
-                for layer in self.layers]
-        newest = max((int(h.max()) for h in held if h.numel()), default=-1)
-        present = torch.zeros(newest + 1, dtype=torch.bool, device=self.layers[0].device)
-        for frames in held:
-            present[frames] = True  # a presence table: no sort of every layer's frames
-        return present.nonzero().view(-1)
+            rows = [(self.rows("kind")[:, :n], self.rows("frame")[:, :n])]
+        else:
+            rows = [(layer.meta["kind"][:, : layer.length], layer.meta["frame"][:, : layer.length])
+                    for layer in self.layers]
+        frame = torch.cat([torch.where(kind == TokenKind.VISION, frame, -1).view(-1) for kind, frame in rows])
+        return torch.bincount(frame + 1)[1:].nonzero().view(-1)
 
     def retention(self, tokens_per_frame: int) -> dict[int, float]:
         """For each frame still held: the share of its `tokens_per_frame` tokens kept, over layers and heads."""
